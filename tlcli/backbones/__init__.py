@@ -1,0 +1,1 @@
+"""Pretrained feature extractors: timm image models and Hugging Face text encoders."""

@@ -1,0 +1,35 @@
+"""The backbone protocol every model family implements."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """A pretrained feature extractor.
+
+    forward(x) -> (batch, num_features) pooled features, where x is an image tensor
+    (B, 3, H, W) for modality "image" or a dict of token tensors (input_ids,
+    attention_mask, ...) for modality "text".
+    """
+
+    modality: str = "image"
+    num_features: int
+
+    def layer_groups(self) -> list[tuple[str, list[str]]]:
+        """Parameter names grouped by depth, input side first: [(group_name, [param names])].
+
+        Names are relative to this module (as in self.named_parameters()). Every
+        trainable parameter appears in exactly one group.
+        """
+        raise NotImplementedError
+
+    def data_config(self) -> dict[str, Any]:
+        """How inputs must be prepared, taken from the model's own pretrained config.
+
+        image: {"modality": "image", "input_size": (3, H, W), "interpolation": str,
+                "mean": (r, g, b), "std": (r, g, b), "crop_pct": float}
+        text:  {"modality": "text", "tokenizer": PreTrainedTokenizerBase, "max_length": int}
+        """
+        raise NotImplementedError

@@ -1,0 +1,121 @@
+"""What the config tree offers: `tlcli ls`, and composing overrides with clear errors."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tlcli.errors import ConfigError, did_you_mean
+from tlcli.paths import conf_dir
+
+
+def groups() -> dict[str, list[str]]:
+    """{group: [option, ...]} for every folder of YAMLs under conf/ (nested groups as a/b)."""
+    root = conf_dir()
+    out: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        rel = path.relative_to(root)
+        if len(rel.parts) > 1:
+            out.setdefault("/".join(rel.parts[:-1]), []).append(path.stem)
+    return out
+
+
+def description(path: Path) -> str:
+    """The file's first comment line."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def ls(args: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    all_groups = groups()
+    wanted = [a for a in args if not a.startswith("-")]
+    for name in wanted:
+        if name not in all_groups:
+            raise_or = ConfigError(f"no config group '{name}'." + did_you_mean(name, all_groups))
+            from tlcli.cli import _report
+
+            return _report(raise_or)
+    table = Table(show_header=True, header_style="bold")
+    for col in ("group", "option", "description"):
+        table.add_column(col)
+    for group, options in all_groups.items():
+        if wanted and group not in wanted:
+            continue
+        for opt in options:
+            table.add_row(group, opt, description(conf_dir() / group / f"{opt}.yaml"))
+    Console().print(table)
+    return 0
+
+
+def _backbone_rewrite(overrides: list[str]) -> list[str]:
+    """`backbone=NAME` with no preset file means any timm model (or an HF id with a '/')."""
+    presets = set(groups().get("backbone", []))
+    out = []
+    for o in overrides:
+        m = re.fullmatch(r"backbone=([^,\[\]]+)", o)
+        if not m or m.group(1) in presets:
+            out.append(o)
+            continue
+        name = m.group(1)
+        if "/" in name:
+            out += ["backbone=hf", f"backbone.name={name}"]
+            continue
+        import timm
+
+        if not timm.list_models(name):
+            close = did_you_mean(name, sorted(presets) + timm.list_models())
+            raise ConfigError(
+                f"unknown backbone '{name}': not a preset in conf/backbone and not a timm model name."
+                f"{close} List presets with `tlcli ls backbone`; use backbone=hf backbone.name=ORG/NAME for Hugging Face."
+            )
+        out += ["backbone=timm", f"backbone.name={name}"]
+    return out
+
+
+def compose_checked(config_name: str, overrides: list[str]):
+    """Compose like Hydra would, turning composition failures into one-line ConfigErrors."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    overrides = _backbone_rewrite(overrides)
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="tlcli"):
+        try:
+            return compose(config_name=config_name, overrides=overrides)
+        except HydraException as exc:
+            keys = _all_keys(OmegaConf.to_container(compose(config_name=config_name), resolve=False))
+            raise ConfigError(_explain(exc, keys)) from exc
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _all_keys(v, full + ".")
+    return keys
+
+
+def _explain(exc: Exception, keys: list[str]) -> str:
+    msg = str(exc)
+    m = re.search(r"Could not override '([^']+)'", msg)
+    if m:
+        key = m.group(1)
+        return (
+            f"unknown config key '{key}' in the overrides." + did_you_mean(key, keys)
+            + f" See the keys with `tlcli cat`; to add a new key on purpose write +{key}=VALUE."
+        )
+    m = re.search(r"Could not find '([^']+)/([^'/]+)'", msg)
+    if m:
+        group, option = m.groups()
+        options = groups().get(group, [])
+        return (
+            f"unknown option '{option}' for {group}=." + did_you_mean(option, options)
+            + f" Available: {', '.join(options)}."
+        )
+    return msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__

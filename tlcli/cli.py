@@ -1,0 +1,134 @@
+"""`tlcli VERB [overrides...]`: peel the verb, hand the rest to Hydra.
+
+Imports are lazy: `tlcli --help`, `tlcli ls` and `tlcli fit --cfg job` must not pay
+for torch/lightning.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: tlcli VERB [key=value ...] [hydra flags]
+
+verbs:
+  fit     fine-tune a pretrained backbone, early-stop on val, test the best checkpoint
+  ls      list config groups and their options (tlcli ls [group])
+  cat     print the composed config for the given overrides, and validate it
+
+examples:
+  tlcli fit                                   # embedded digits, offline EfficientNet-Lite0
+  tlcli fit backbone=resnet50 task=cls data=imagefolder data.root=DIR
+  tlcli fit -m finetune=full,linear_probe optimizer.lr=1e-3,3e-4
+  tlcli fit --cfg job                         # print the composed config, do not train
+  tlcli fit --help                            # config groups and options
+"""
+VERBS = ("fit", "ls", "cat")
+HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd", "--info", "--experimental-rerun"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    from tlcli.errors import ConfigError, did_you_mean
+
+    if verb not in VERBS:
+        return _report(ConfigError(f"unknown verb '{verb}'." + did_you_mean(verb, VERBS) + " Run `tlcli --help` for the list."))
+    if verb == "ls":
+        from tlcli.catalog import ls
+
+        return ls(rest)
+    if verb == "cat":
+        return _cat(rest)
+    return _hydra_verb(verb, rest)
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The key=value arguments among Hydra's own flags."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif not a.startswith("-"):
+            out.append(a)
+    return out
+
+
+def _hydra_verb(verb: str, args: list[str]) -> int:
+    from tlcli.catalog import compose_checked
+    from tlcli.errors import TlcliError
+
+    from tlcli.catalog import _backbone_rewrite
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    passthrough = any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in args)
+    try:
+        args = _backbone_rewrite(args)
+        if not multirun and not passthrough:
+            # preflight: a typo in an override gets a clear message and exit 2 before anything starts
+            compose_checked(verb, _overrides(args))
+    except TlcliError as err:
+        return _report(err)
+    import hydra
+
+    from tlcli.paths import conf_dir
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=verb)
+    def _run(cfg):
+        return _call(verb, cfg)
+
+    sys.argv = [f"tlcli {verb}"] + args
+    _run()
+    return 0
+
+
+def _call(verb: str, cfg):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from tlcli.errors import find_tlcli_error
+
+    try:
+        from tlcli import run
+
+        return getattr(run, verb)(cfg)
+    except Exception as exc:  # noqa: BLE001 - user errors become a report + exit code
+        err = find_tlcli_error(exc)
+        if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # let the sweep finish its other jobs; Hydra reports this one
+        raise SystemExit(_report(err)) from None
+
+
+def _report(err) -> int:
+    from tlcli.console import print_error
+
+    print_error(err.kind, err.problems)
+    return err.exit_code
+
+
+def _cat(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from tlcli.catalog import compose_checked
+    from tlcli.errors import TlcliError
+
+    try:
+        cfg = compose_checked("fit", _overrides(args))
+        from tlcli.config import validate
+
+        validate(cfg)
+    except TlcliError as err:
+        print(OmegaConf.to_yaml(cfg) if "cfg" in locals() else "", end="")
+        return _report(err)
+    print(OmegaConf.to_yaml(cfg), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

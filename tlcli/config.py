@@ -1,0 +1,30 @@
+"""Checks on the composed config that need no model or data: all problems reported at once."""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from tlcli.errors import ConfigError, did_you_mean
+
+MONITORS = ("val/acc", "val/f1_macro", "val/loss")
+GROUPS = ("backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer")
+
+
+def validate(cfg: DictConfig) -> None:
+    problems = []
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        problems.append(f"{key} is required (it is ??? in the config): set it, e.g. {key}=VALUE")
+    for group in GROUPS:
+        node = cfg.get(group)  # group presence, not a value default
+        if node is None or "_target_" not in node:
+            problems.append(f"config group '{group}' is not selected: pick one, e.g. `tlcli ls {group}`")
+    if cfg.monitor not in MONITORS:
+        problems.append(
+            f"monitor={cfg.monitor} is not a logged metric; choose one of {', '.join(MONITORS)}."
+            + did_you_mean(str(cfg.monitor), MONITORS)
+        )
+    if cfg.monitor_mode not in ("min", "max"):
+        problems.append(f"monitor_mode={cfg.monitor_mode} must be min or max")
+    elif cfg.monitor == "val/loss" and cfg.monitor_mode == "max":
+        problems.append("monitor=val/loss with monitor_mode=max would keep the worst model: set monitor_mode=min")
+    if problems:
+        raise ConfigError(problems)

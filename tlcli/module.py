@@ -1,0 +1,137 @@
+"""TransferModule: backbone + head + task, with optimizer groups from the strategy."""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from tlcli.errors import ConfigError
+from tlcli.finetune.base import FinetuneStrategy
+
+log = logging.getLogger(__name__)
+
+
+class TransferModule(L.LightningModule):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        task: nn.Module,
+        strategy: FinetuneStrategy,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        schedule: Callable[[int, int, int], float],
+        class_names: list[str],
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.backbone, self.head, self.task = backbone, head, task
+        self.strategy, self.optimizer_factory, self.schedule = strategy, optimizer, schedule
+        self.class_names = list(class_names)
+        # The resolved run config, as plain containers, saved inside every checkpoint.
+        self.config = config or {}
+        num_classes = len(self.class_names)
+        self.val_metrics = task.metrics(num_classes).clone(prefix="val/")
+        self.test_metrics = task.metrics(num_classes).clone(prefix="test/")
+        self.test_outputs: dict[str, torch.Tensor] = {}
+        self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        strategy.setup(self)
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    # -- train mode: frozen parts stay in eval (BatchNorm statistics pinned) --
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and not self.strategy.train_bn:
+            epoch = self.trainer.current_epoch if self._trainer is not None else 0
+            for m in self.strategy.frozen_modules(self, epoch):
+                m.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self.train(True)  # the frozen set can change at an epoch boundary
+
+    # -- steps --
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.task.loss(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", self.task.loss(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.val_metrics.update(self.task.metric_inputs(logits), y)
+        self.log_dict(self.val_metrics, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("test/loss", self.task.loss(logits, y), batch_size=len(y), sync_dist=True)
+        self.test_metrics.update(self.task.metric_inputs(logits), y)
+        self.log_dict(self.test_metrics)
+        self._test_buffers.append((y.detach().cpu(), self.task.scores(logits).detach().float().cpu()))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_buffers = []
+
+    def on_test_epoch_end(self) -> None:
+        if not self._test_buffers:
+            return
+        y = torch.cat([b[0] for b in self._test_buffers])
+        scores = torch.cat([b[1] for b in self._test_buffers])
+        if self.trainer.world_size > 1:  # every rank holds a shard: gather them all
+            y = self.all_gather(y.to(self.device)).flatten(0, 1).cpu()
+            scores = self.all_gather(scores.to(self.device)).flatten(0, 1).cpu()
+        self.test_outputs = {"y_true": y, "y_score": scores}
+
+    # -- optimizer: all groups built once; freezing is an LR factor per group --
+    def optimizer_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        groups = []
+        for g in self.strategy.param_groups(self):
+            trainable = [(n, p) for n, p in g.params if p.requires_grad]
+            # no weight decay on biases and norm weights (every 0/1-d tensor)
+            decay = [p for n, p in trainable if p.ndim > 1]
+            no_decay = [p for n, p in trainable if p.ndim <= 1]
+            lr = base_lr * g.lr_mult
+            for suffix, params, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
+                if params:
+                    groups.append({"name": g.name + suffix, "params": params, "lr": lr, "weight_decay": wd})
+        if not groups:
+            raise ConfigError("finetune leaves no trainable parameters: pick another finetune= strategy")
+        return groups
+
+    def optimizer_defaults(self) -> tuple[float, float]:
+        """(lr, weight_decay) as configured, read off the optimizer class's own defaults."""
+        probe = self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))])
+        return probe.defaults["lr"], probe.defaults.get("weight_decay", 0.0)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.optimizer_groups(*self.optimizer_defaults()))
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            raise ConfigError("trainer.max_epochs must be a positive number of epochs, e.g. trainer.max_epochs=10")
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, math.ceil(total_steps / max_epochs))
+        lambdas = [self._lr_lambda(g["name"].split("/")[0], steps_per_epoch, total_steps) for g in optimizer.param_groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_lambda(self, group: str, steps_per_epoch: int, total_steps: int):
+        # A plain closure (not a callable object): LambdaLR then keeps it out of the
+        # checkpoint, and on resume it is recomputed from the restored step count.
+        def factor(step: int) -> float:
+            epoch = step // steps_per_epoch
+            return self.schedule(step, steps_per_epoch, total_steps) * self.strategy.lr_factor(group, epoch)
+
+        return factor
+
+    # -- checkpoints carry what `tlcli test ckpt=...` needs to rebuild the model --
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tlcli"] = {"config": self.config, "class_names": self.class_names}

@@ -1,0 +1,105 @@
+"""fit(cfg): instantiate the parts Hydra picked, wire them, hand them to a Lightning Trainer.
+
+Read top to bottom; every size the parts share (feature width, number of classes,
+input transforms) is wired here, never by config interpolation.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tlcli import console, report
+from tlcli.callbacks import History
+from tlcli.config import validate
+from tlcli.errors import ConfigError
+from tlcli.module import TransferModule
+
+log = logging.getLogger(__name__)
+
+
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    # 1. the parts: backbone first, because the data transforms come from it
+    backbone = instantiate(cfg.backbone)
+    datamodule = instantiate(cfg.data, data_config=backbone.data_config())
+    datamodule.setup("fit")
+    task = instantiate(cfg.task)
+    if task.multilabel != datamodule.multilabel:
+        raise ConfigError(_task_data_mismatch(task.multilabel))
+    task.build(datamodule.num_classes, datamodule.label_counts())
+    head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
+    module = TransferModule(
+        backbone=backbone,
+        head=head,
+        task=task,
+        strategy=instantiate(cfg.finetune),
+        optimizer=instantiate(cfg.optimizer),
+        schedule=instantiate(cfg.scheduler),
+        class_names=datamodule.class_names,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+    # 2. the trainer, with callbacks and loggers from their groups
+    history = History()
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + [history]
+    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
+
+    # 3. train, early-stopped on validation
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split}
+    best = history.best(cfg.monitor, cfg.monitor_mode)
+    if best is not None:
+        metrics[f"best_val/{cfg.monitor}"] = best[cfg.monitor]
+        metrics["best_val/epoch"] = int(best["epoch"])
+
+    # 4. test the best checkpoint (on val when the data has no test split, and say so)
+    if cfg.test_after_fit:
+        ckpt = _best_checkpoint(trainer)
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics["tested_checkpoint"] = ckpt
+        if trainer.is_global_zero and module.test_outputs:
+            summary = report.write_report(
+                run_dir,
+                module.test_outputs["y_true"].numpy(),
+                module.test_outputs["y_score"].numpy(),
+                module.class_names,
+                multilabel=task.multilabel,
+                threshold=task.threshold.tolist() if task.multilabel else 0.5,
+                split=datamodule.test_split,
+                console=console.console,
+            )
+            log.debug("report: %s", summary)
+    if trainer.is_global_zero:
+        report.write_json_atomic(run_dir / "metrics.json", metrics)
+        console.console.print(f"run dir: {run_dir}")
+    return metrics
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    if cb is not None and cb.best_model_path:
+        return cb.best_model_path
+    if cb is not None and cb.last_model_path:
+        return cb.last_model_path
+    return None  # no checkpointing configured: test the weights in memory
+
+
+def _task_data_mismatch(task_multilabel: bool) -> str:
+    if task_multilabel:
+        return "task=multilabel needs multi-label data: use data=csv with data.label_columns=[col1,col2,...]"
+    return "the data is multi-label (data.label_columns is set): use task=multilabel"
+
