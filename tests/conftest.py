@@ -1,4 +1,5 @@
 """Shared fixtures: offline environment, generated datasets, composed configs."""
+
 from __future__ import annotations
 
 import os
@@ -49,3 +50,36 @@ def make_imagefolder(
 def imagefolder(tmp_path: Path) -> Path:
     """A small generated ImageFolder with train/val/test splits and 3 classes."""
     return make_imagefolder(tmp_path / "images")
+
+
+def compose_fit(overrides: list[str], run_dir: Path, config_name: str = "fit"):
+    """Compose conf/<config_name>.yaml like `tlcli fit` would, with the hydra node registered
+    (so ${hydra:runtime.output_dir} resolves to run_dir) and then dropped from the job config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from tlcli.catalog import _backbone_rewrite
+    from tlcli.paths import conf_dir
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=_backbone_rewrite(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+# Overrides that make a fit take seconds: tiny random timm model at low resolution, few epochs.
+TINY = [
+    "backbone=test_resnet",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.max_epochs=2",
+    "callbacks.progress_bar=null",
+]

@@ -1,4 +1,5 @@
 """Strategies and the optimizer/scheduler wiring: which parameters move, which LR each group has when."""
+
 from __future__ import annotations
 
 import functools
@@ -75,9 +76,15 @@ def loader():
 
 def train(module, epochs, tmp_path, ckpt_path=None, callbacks=()):
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
-        enable_checkpointing=True, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        enable_checkpointing=True,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, loader(), loader(), ckpt_path=ckpt_path)
     return trainer

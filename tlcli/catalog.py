@@ -1,4 +1,5 @@
 """What the config tree offers: `tlcli ls`, and composing overrides with clear errors."""
+
 from __future__ import annotations
 
 import re
@@ -70,7 +71,8 @@ def _backbone_rewrite(overrides: list[str]) -> list[str]:
             close = did_you_mean(name, sorted(presets) + timm.list_models())
             raise ConfigError(
                 f"unknown backbone '{name}': not a preset in conf/backbone and not a timm model name."
-                f"{close} List presets with `tlcli ls backbone`; use backbone=hf backbone.name=ORG/NAME for Hugging Face."
+                f"{close} List presets with `tlcli ls backbone`; "
+                "use backbone=hf backbone.name=ORG/NAME for Hugging Face."
             )
         out += ["backbone=timm", f"backbone.name={name}"]
     return out
@@ -107,7 +109,8 @@ def _explain(exc: Exception, keys: list[str]) -> str:
     if m:
         key = m.group(1)
         return (
-            f"unknown config key '{key}' in the overrides." + did_you_mean(key, keys)
+            f"unknown config key '{key}' in the overrides."
+            + did_you_mean(key, keys)
             + f" See the keys with `tlcli cat`; to add a new key on purpose write +{key}=VALUE."
         )
     m = re.search(r"Could not find '([^']+)/([^'/]+)'", msg)
@@ -115,7 +118,8 @@ def _explain(exc: Exception, keys: list[str]) -> str:
         group, option = m.groups()
         options = groups().get(group, [])
         return (
-            f"unknown option '{option}' for {group}=." + did_you_mean(option, options)
+            f"unknown option '{option}' for {group}=."
+            + did_you_mean(option, options)
             + f" Available: {', '.join(options)}."
         )
     return msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__

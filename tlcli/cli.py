@@ -3,6 +3,7 @@
 Imports are lazy: `tlcli --help`, `tlcli ls` and `tlcli fit --cfg job` must not pay
 for torch/lightning.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,18 @@ examples:
   tlcli fit --help                            # config groups and options
 """
 VERBS = ("fit", "ls", "cat")
-HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd", "--info", "--experimental-rerun"}
+HYDRA_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "--experimental-rerun",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from tlcli.errors import ConfigError, did_you_mean
 
     if verb not in VERBS:
-        return _report(ConfigError(f"unknown verb '{verb}'." + did_you_mean(verb, VERBS) + " Run `tlcli --help` for the list."))
+        return _report(
+            ConfigError(f"unknown verb '{verb}'." + did_you_mean(verb, VERBS) + " Run `tlcli --help` for the list.")
+        )
     if verb == "ls":
         from tlcli.catalog import ls
 
@@ -59,10 +73,8 @@ def _overrides(args: list[str]) -> list[str]:
 
 
 def _hydra_verb(verb: str, args: list[str]) -> int:
-    from tlcli.catalog import compose_checked
+    from tlcli.catalog import _backbone_rewrite, compose_checked
     from tlcli.errors import TlcliError
-
-    from tlcli.catalog import _backbone_rewrite
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     passthrough = any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in args)

@@ -1,4 +1,5 @@
 """Checks on the composed config that need no model or data: all problems reported at once."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf

@@ -1,4 +1,5 @@
 """Terminal output at the CLI edge: the start-of-run summary and error reports (rich)."""
+
 from __future__ import annotations
 
 from rich.console import Console
@@ -24,7 +25,9 @@ def print_model_summary(module, groups: list[dict]) -> None:
     for g in groups:
         factor = module.strategy.lr_factor(g["name"].split("/")[0], 0)
         n = sum(p.numel() for p in g["params"])
-        table.add_row(g["name"], str(len(g["params"])), f"{n:,}", f"{g['lr']:.3g}", f"{g['weight_decay']:g}", f"{factor:g}")
+        table.add_row(
+            g["name"], str(len(g["params"])), f"{n:,}", f"{g['lr']:.3g}", f"{g['weight_decay']:g}", f"{factor:g}"
+        )
     console.print(table)
 
 

@@ -1,4 +1,5 @@
 """TransferModule: backbone + head + task, with optimizer groups from the strategy."""
+
 from __future__ import annotations
 
 import logging
@@ -119,7 +120,9 @@ class TransferModule(L.LightningModule):
             raise ConfigError("trainer.max_epochs must be a positive number of epochs, e.g. trainer.max_epochs=10")
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, math.ceil(total_steps / max_epochs))
-        lambdas = [self._lr_lambda(g["name"].split("/")[0], steps_per_epoch, total_steps) for g in optimizer.param_groups]
+        lambdas = [
+            self._lr_lambda(g["name"].split("/")[0], steps_per_epoch, total_steps) for g in optimizer.param_groups
+        ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

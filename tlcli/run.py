@@ -3,6 +3,7 @@
 Read top to bottom; every size the parts share (feature width, number of classes,
 input transforms) is wired here, never by config interpolation.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
     # 2. the trainer, with callbacks and loggers from their groups
     history = History()
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + [history]
-    loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.logger else False
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [history]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -102,4 +103,3 @@ def _task_data_mismatch(task_multilabel: bool) -> str:
     if task_multilabel:
         return "task=multilabel needs multi-label data: use data=csv with data.label_columns=[col1,col2,...]"
     return "the data is multi-label (data.label_columns is set): use task=multilabel"
-

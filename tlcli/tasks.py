@@ -1,4 +1,5 @@
 """Tasks: the loss, the metrics and how logits become scores."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,7 @@ class Classification(nn.Module):
             self.weight = torch.where(counts > 0, weight, torch.zeros_like(weight))
         elif isinstance(cw, str):
             raise ConfigError(
-                f"task.class_weights='{cw}' is not understood: use null, balanced, "
-                f"or a list of {num_classes} numbers"
+                f"task.class_weights='{cw}' is not understood: use null, balanced, or a list of {num_classes} numbers"
             )
         else:
             if len(cw) != num_classes:

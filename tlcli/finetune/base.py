@@ -12,6 +12,7 @@ AdamW and SGD scale both the step and the decoupled weight decay by the LR).
 BatchNorm statistics of a frozen part are pinned by putting it in eval mode unless
 `train_bn=true`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Freeze, then unfreeze: train the head alone, then everything with a lower backbone LR."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
 """Full fine-tuning: every parameter trains at the base LR."""
+
 from __future__ import annotations
 
 from tlcli.finetune.base import FinetuneStrategy

@@ -1,4 +1,5 @@
 """Linear probe: the backbone is frozen for the whole run; only the head learns."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,0 +1,59 @@
+"""Task losses, class weights, thresholds and heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tlcli.errors import ConfigError
+from tlcli.heads import LinearHead, MLPHead
+from tlcli.tasks import Classification, MultiLabel
+
+
+def test_balanced_class_weights_follow_inverse_frequency():
+    task = Classification(class_weights="balanced")
+    task.build(3, [10, 5, 0])
+    # 15 samples / (3 classes * count); a class with no training samples gets 0
+    assert task.weight.tolist() == pytest.approx([0.5, 1.0, 0.0])
+    logits, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    assert task.loss(logits, y) == pytest.approx(F.cross_entropy(logits, y, weight=task.weight).item())
+
+
+def test_explicit_class_weights_and_label_smoothing_reach_the_loss():
+    task = Classification(label_smoothing=0.1, class_weights=[1, 2, 3])
+    task.build(3, [1, 1, 1])
+    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 2, 1])
+    expected = F.cross_entropy(logits, y, weight=torch.tensor([1.0, 2.0, 3.0]), label_smoothing=0.1)
+    assert task.loss(logits, y).item() == pytest.approx(expected.item())
+
+
+def test_class_weight_errors_name_the_key_and_fix():
+    with pytest.raises(ConfigError) as e:
+        Classification(class_weights=[1, 2]).build(3, [1, 1, 1])
+    assert str(e.value) == (
+        "task.class_weights has 2 values but the data has 3 classes: give one weight per class, "
+        "or use task.class_weights=balanced"
+    )
+    with pytest.raises(ConfigError, match=r"task.label_smoothing=1.5 must be in \[0, 1\)"):
+        Classification(label_smoothing=1.5)
+
+
+def test_multilabel_per_label_threshold_and_metrics():
+    task = MultiLabel(threshold=[0.5, 0.9])
+    task.build(2, [3, 3])
+    logits = torch.logit(torch.tensor([[0.6, 0.8], [0.4, 0.95]]))
+    assert task.metric_inputs(logits).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    metrics = task.metrics(2)
+    metrics.update(task.metric_inputs(logits), torch.tensor([[1, 0], [0, 1]]))
+    assert metrics.compute()["acc"].item() == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match=r"one number in \(0, 1\) or a list of 2 such numbers"):
+        MultiLabel(threshold=[0.5]).build(2, [1, 1])
+
+
+def test_heads_map_features_to_classes():
+    assert LinearHead(16, 4)(torch.randn(2, 16)).shape == (2, 4)
+    mlp = MLPHead(16, 4, hidden=8, dropout=0.0)
+    assert mlp(torch.randn(2, 16)).shape == (2, 4)
+    assert [type(m).__name__ for m in mlp] == ["Linear", "GELU", "Dropout", "Linear"]
+    assert mlp[0].out_features == 8

@@ -1,0 +1,11 @@
+"""Data modules: each lists its samples; the shared base splits them and serves the loaders.
+
+Transforms and tokenization come from the backbone's data_config, passed in by run.py.
+"""
+
+from tlcli.data.base import TransferDataModule
+from tlcli.data.csv import CSVDataModule
+from tlcli.data.embedded import DigitsDataModule
+from tlcli.data.imagefolder import ImageFolderDataModule
+
+__all__ = ["CSVDataModule", "DigitsDataModule", "ImageFolderDataModule", "TransferDataModule"]

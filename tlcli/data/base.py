@@ -1,0 +1,270 @@
+"""The LightningDataModule every tlcli data source shares.
+
+A subclass only lists its samples (`_load`); this base splits them, builds the
+datasets with the backbone's transforms or tokenizer, and serves the loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tlcli.data.transforms import Transform, image_transforms, load_rgb
+from tlcli.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Samples:
+    """Inputs (paths, texts or arrays) and targets: int64 (N,) or float32 (N, C) for multi-label."""
+
+    inputs: list[Any]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, idx: Sequence[int]) -> Samples:
+        return Samples([self.inputs[i] for i in idx], self.targets[np.asarray(idx, dtype=int)])
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split indices per class: [rest, part_1, ...], part_k holding ~fractions[k] of each class.
+
+    Done per class by hand (not sklearn) so every class lands in every part whenever
+    it has enough samples, and the counts are exactly round(n * fraction), min 1.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        start = 0
+        for k, fraction in enumerate(fractions, start=1):
+            n = max(1, round(len(idx) * fraction))
+            parts[k].extend(idx[start : start + n])
+            start += n
+        parts[0].extend(idx[start:])
+    return [np.sort(np.asarray(p, dtype=int)) for p in parts]
+
+
+def resolve_num_workers(value: int | str) -> int:
+    """`auto`: one worker per spare core, at most 4 (the main process trains on the rest)."""
+    if value == "auto":
+        return min(4, max(0, (os.cpu_count() or 1) - 1))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"data.num_workers={value} must be auto or an integer >= 0")
+    return value
+
+
+class ImageDataset(Dataset):
+    """Decodes lazily: `loader` turns an input (path or array) into a PIL RGB image."""
+
+    def __init__(self, samples: Samples, transform: Transform, loader: Callable[[Any], Any]):
+        self.samples, self.transform, self.loader = samples, transform, loader
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        x = self.transform(self.loader(self.samples.inputs[i]))
+        return x, _target(self.samples.targets[i])
+
+
+class TextDataset(Dataset):
+    """Tokenizes lazily, unpadded; TextCollate pads each batch to its longest item."""
+
+    def __init__(self, samples: Samples, tokenizer: Any, max_length: int):
+        self.samples, self.tokenizer, self.max_length = samples, tokenizer, max_length
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        enc = self.tokenizer(self.samples.inputs[i], truncation=True, max_length=self.max_length)
+        return dict(enc), _target(self.samples.targets[i])
+
+
+class TextCollate:
+    """A class, not a closure, so DataLoader workers can pickle it."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch):
+        encodings, targets = zip(*batch)
+        x = self.tokenizer.pad(list(encodings), padding="longest", return_tensors="pt")
+        return dict(x), torch.utils.data.default_collate(list(targets))
+
+
+def _target(t: np.ndarray):
+    # int -> LongTensor after collate; a multi-hot row -> FloatTensor (B, C)
+    return torch.from_numpy(np.asarray(t, dtype=np.float32)) if t.ndim else int(t)
+
+
+class TransferDataModule(L.LightningDataModule):
+    """Shared splitting, datasets and loaders; attributes are ready after setup().
+
+    num_classes, class_names, multilabel: what the head and task are built for.
+    test_split: "test", or "val" when the data has no test split.
+    """
+
+    modality_hint = "an image backbone"  # completes the wrong-modality message
+
+    def __init__(
+        self,
+        *,
+        val_fraction: float,
+        batch_size: int,
+        num_workers: int | str,
+        augment: bool,
+        image_size: int | None,
+        seed: int,
+        data_config: dict[str, Any] | None,
+    ):
+        super().__init__()
+        if not 0.0 < float(val_fraction) < 1.0:
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.2)"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
+        self.val_fraction = float(val_fraction)
+        self.batch_size = batch_size
+        self.num_workers = resolve_num_workers(num_workers)
+        self.augment, self.image_size, self.seed = bool(augment), image_size, int(seed)
+        self.data_config = data_config
+        self.class_names: list[str] = []
+        self.multilabel = False
+        self.test_split = "test"
+        self.datasets: dict[str, Dataset] = {}
+        self.samples: dict[str, Samples] = {}
+
+    # --- what a subclass provides -------------------------------------------------
+    def _load(self) -> dict[str, Samples | None]:
+        """{"train": Samples, "val": Samples | None, "test": Samples | None}; sets class_names
+        (and multilabel). Raise DataError listing every problem found."""
+        raise NotImplementedError
+
+    # Turns one input into a PIL RGB image. A plain function (not a bound method), so
+    # DataLoader workers pickle just the function, not the whole datamodule.
+    image_loader: Callable[[Any], Any] = staticmethod(load_rgb)
+
+    # --- shared machinery ----------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def modality(self) -> str:
+        if self.data_config is None:
+            raise ConfigError(
+                "the data module needs the backbone's data_config: instantiate it with "
+                "data_config=backbone.data_config()"
+            )
+        return self.data_config["modality"]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:  # run.py and then Lightning both call setup
+            return
+        splits = self._load()
+        train = splits["train"]
+        if splits["val"] is None:
+            splits["train"], splits["val"] = self._split_off_val(train)
+        if splits["test"] is None:
+            self.test_split = "val"
+            log.warning(
+                "no test split: the final test report is on the val split, which also chose "
+                "the best checkpoint, so expect it to be optimistic"
+            )
+        self.samples = {k: v for k, v in splits.items() if v is not None}
+        for name, samples in self.samples.items():
+            if len(samples) == 0:
+                raise DataError(f"the {name} split is empty: add samples to it")
+            self.datasets[name] = self._dataset(samples, train=name == "train")
+        log.info(
+            "data: %d classes; %s",
+            self.num_classes,
+            ", ".join(f"{k} {len(v)}" for k, v in self.samples.items()),
+        )
+
+    def _split_off_val(self, train: Samples) -> tuple[Samples, Samples]:
+        if self.multilabel:  # no single class to stratify on: a seeded random split
+            order = np.random.default_rng(self.seed).permutation(len(train))
+            n_val = max(1, round(len(train) * self.val_fraction))
+            return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
+        counts = np.bincount(train.targets, minlength=self.num_classes)
+        few = [f"{self.class_names[c]} ({n})" for c, n in enumerate(counts) if n < 2]
+        if few:
+            raise DataError(
+                f"classes with fewer than 2 training samples: {', '.join(few)}; a stratified "
+                f"val split (data.val_fraction) needs at least 2 per class: add samples or "
+                f"provide a val split"
+            )
+        rest, val = stratified_split(train.targets, [self.val_fraction], self.seed)
+        log.info(
+            "no val split: holding out %.0f%% of train per class (seed %d)",
+            100 * self.val_fraction,
+            self.seed,
+        )
+        return train.subset(rest), train.subset(val)
+
+    def _dataset(self, samples: Samples, train: bool) -> Dataset:
+        if self.modality == "text":
+            return TextDataset(
+                samples, self.data_config["tokenizer"], self.data_config["max_length"]
+            )
+        train_tf, eval_tf = image_transforms(
+            self.data_config, augment=self.augment, image_size=self.image_size
+        )
+        return ImageDataset(samples, train_tf if train else eval_tf, self.image_loader)
+
+    def _require_image_backbone(self, data_key: str) -> None:
+        if self.modality != "image":
+            raise ConfigError(
+                f"{data_key} holds images but the backbone expects {self.modality} inputs: "
+                f"pick {self.modality_hint}"
+            )
+
+    def label_counts(self) -> list[int]:
+        """Training samples per class (positives per label for multi-label), for class weights."""
+        self.setup("fit")
+        targets = self.samples["train"].targets
+        if self.multilabel:
+            return [int(v) for v in targets.sum(axis=0)]
+        return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            # a lone last sample breaks BatchNorm in train mode; drop only that case
+            drop_last=shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=TextCollate(self.data_config["tokenizer"])
+            if self.modality == "text"
+            else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, shuffle=False)

@@ -1,0 +1,231 @@
+"""Samples listed in CSV files: image paths or texts, one label column or several 0/1 columns.
+
+Read with the stdlib csv module: a CSV is small next to its images, and this keeps
+pandas out of the dependencies.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlcli.data.base import Samples, TransferDataModule
+from tlcli.errors import ConfigError, DataError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+SPLIT_KEYS = {"train": "train_csv", "val": "val_csv", "test": "test_csv"}
+MULTILABEL_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
+MAX_SHOWN = 5  # rows/files named per problem line; the rest are counted
+
+
+def _listing(items: Sequence[Any]) -> str:
+    shown = ", ".join(str(i) for i in items[:MAX_SHOWN])
+    return shown + (f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else "")
+
+
+def _sort_labels(labels: set[str]) -> list[str]:
+    """Numeric order when every label is an integer ("2" before "10"), else text order."""
+    if all(s.lstrip("-").isdigit() for s in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+class CSVDataModule(TransferDataModule):
+    """train_csv (+ optional val_csv, test_csv) with an input column and label column(s).
+
+    input_column: null means "image" for image backbones and "text" for text ones.
+    label_columns: a list of 0/1 columns makes the data multi-label (label_column is
+    then unused). Relative image paths are resolved against root, or against each
+    CSV's own folder when root is null.
+    """
+
+    modality_hint = "a backbone for the data's modality, or set data.modality"
+
+    def __init__(
+        self,
+        train_csv: str,
+        val_csv: str | None = None,
+        test_csv: str | None = None,
+        input_column: str | None = None,
+        label_column: str = "label",
+        label_columns: Sequence[str] | None = None,
+        root: str | None = None,
+        modality: str | None = None,
+        val_fraction: float = 0.2,
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        augment: bool = True,
+        image_size: int | None = None,
+        seed: int = 42,
+        data_config: dict[str, Any] | None = None,
+    ):
+        super().__init__(
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            augment=augment,
+            image_size=image_size,
+            seed=seed,
+            data_config=data_config,
+        )
+        if label_columns is not None and (isinstance(label_columns, str) or len(label_columns) < 1):
+            raise ConfigError(
+                f"data.label_columns={label_columns} must be a list of 0/1 column names, "
+                "e.g. data.label_columns=[cat,dog], or null for one label column"
+            )
+        if modality not in (None, "image", "text"):
+            raise ConfigError(
+                f"data.modality={modality} must be image, text or null (the backbone's)"
+            )
+        self.paths = {"train": train_csv, "val": val_csv, "test": test_csv}
+        self.input_column = input_column
+        self.label_column = label_column
+        self.label_columns = list(label_columns) if label_columns is not None else None
+        self.root = Path(root).expanduser() if root is not None else None
+        self.requested_modality = modality
+        self.multilabel = self.label_columns is not None
+
+    def _load(self) -> dict[str, Samples | None]:
+        modality = self.modality
+        if self.requested_modality not in (None, modality):
+            raise ConfigError(
+                f"data.modality={self.requested_modality} but the backbone expects {modality} "
+                f"inputs: pick a {self.requested_modality} backbone or set data.modality=null"
+            )
+        column = self.input_column or ("text" if modality == "text" else "image")
+        tables = self._read_all(column)
+        problems: list[str] = []
+        rows = {s: self._parse(s, t, column, modality, problems) for s, t in tables.items()}
+        if problems:
+            raise DataError(problems)
+        problems = self._set_classes(rows)
+        if problems:
+            raise DataError(problems)
+        splits: dict[str, Samples | None] = dict.fromkeys(SPLIT_KEYS)
+        index = {c: i for i, c in enumerate(self.class_names)}
+        for split, pairs in rows.items():
+            inputs = [x for x, _ in pairs]
+            if self.multilabel:
+                targets = np.array([y for _, y in pairs], dtype=np.float32).reshape(
+                    -1, self.num_classes
+                )
+            else:
+                targets = np.array([index[y] for _, y in pairs], dtype=np.int64)
+            splits[split] = Samples(inputs, targets)
+        return splits
+
+    def _set_classes(self, rows: dict[str, list[tuple[str, Any]]]) -> list[str]:
+        """Class names from the label columns or the training labels; returns the problems."""
+        if self.multilabel:
+            self.class_names = list(self.label_columns)
+            positives = np.sum([y for _, y in rows["train"]], axis=0)
+            if not positives.all():
+                unused = [c for c, n in zip(self.class_names, positives) if n == 0]
+                log.warning("labels with no positive training rows: %s", ", ".join(unused))
+            return []
+        problems = []
+        self.class_names = _sort_labels({y for _, y in rows["train"]})
+        if len(self.class_names) < 2:
+            problems.append(
+                f"data.train_csv: column '{self.label_column}' has {len(self.class_names)} "
+                f"distinct label(s) ({_listing(self.class_names)}); classification needs "
+                "at least 2"
+            )
+        for split in ("val", "test"):
+            unseen = _sort_labels({y for _, y in rows.get(split, [])} - set(self.class_names))
+            if unseen:
+                problems.append(
+                    f"data.{SPLIT_KEYS[split]}: labels not in data.train_csv: "
+                    f"{_listing(unseen)}; add training rows for them or drop these rows"
+                )
+        return problems
+
+    def _read_all(self, input_column: str) -> dict[str, tuple[Path, list[tuple[int, dict]]]]:
+        """{split: (path, [(line number, row)])} for each CSV given; missing files/columns raise."""
+        needed = [(input_column, "input_column")] + (
+            [(c, "label_columns") for c in self.label_columns]
+            if self.multilabel
+            else [(self.label_column, "label_column")]
+        )
+        problems, tables = [], {}
+        for split, given in self.paths.items():
+            if given is None:
+                continue
+            key, path = SPLIT_KEYS[split], Path(given).expanduser()
+            if not path.is_file():
+                problems.append(f"data.{key}={given}: file not found; set data.{key}=FILE.csv")
+                continue
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+                reader = csv.DictReader(f)
+                header = [h for h in (reader.fieldnames or []) if h is not None]
+                records = [(reader.line_num, r) for r in reader]
+            for col, param in needed:
+                if col not in header:
+                    problems.append(
+                        f"data.{key}: column '{col}' not found in {path} (columns: "
+                        f"{', '.join(header) or 'none'}).{did_you_mean(col, header)} "
+                        f"Set data.{param} to one of them."
+                    )
+            if not records and header:
+                problems.append(f"data.{key}: {path} has a header but no data rows; add rows")
+            tables[split] = (path, records)
+        if problems:
+            raise DataError(problems)
+        return tables
+
+    def _parse(self, split, table, column, modality, problems) -> list[tuple[str, Any]]:
+        """(input, label) pairs for one CSV; appends one line per kind of problem."""
+        path, records = table
+        key = f"data.{SPLIT_KEYS[split]}"
+        empty_input, empty_label, bad_multi, missing_files, pairs = [], [], [], [], []
+        base = self.root if self.root is not None else path.parent
+        for line, rec in records:
+            x = (rec[column] or "").strip()
+            if not x:
+                empty_input.append(line)
+            elif modality == "image":
+                x = str(base / x)
+                if not Path(x).is_file():
+                    missing_files.append(x)
+            if self.multilabel:
+                values = [(rec[c] or "").strip() for c in self.label_columns]
+                bad = [
+                    f"line {line} {c}={v!r}"
+                    for c, v in zip(self.label_columns, values)
+                    if v not in MULTILABEL_VALUES
+                ]
+                bad_multi.extend(bad)
+                y: Any = [MULTILABEL_VALUES.get(v, 0.0) for v in values]
+            else:
+                y = (rec[self.label_column] or "").strip()
+                if not y:
+                    empty_label.append(line)
+            pairs.append((x, y))
+        if empty_input:
+            problems.append(
+                f"{key}: empty '{column}' on lines {_listing(empty_input)} of {path}; "
+                "fill them in or remove the rows"
+            )
+        if empty_label:
+            problems.append(
+                f"{key}: empty label in column '{self.label_column}' on lines "
+                f"{_listing(empty_label)} of {path}; fill them in or remove the rows"
+            )
+        if bad_multi:
+            problems.append(
+                f"{key}: data.label_columns values must be 0 or 1, got "
+                f"{_listing(bad_multi)} in {path}"
+            )
+        if missing_files:
+            where = "data.root" if self.root is not None else "the CSV's folder"
+            problems.append(
+                f"{key}: {len(missing_files)} image file(s) not found: {_listing(missing_files)}; "
+                f"fix the paths (relative paths start at {where}) or set data.root=DIR"
+            )
+        return pairs
