@@ -93,7 +93,10 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     def _run(cfg):
         return _call(verb, cfg)
 
-    sys.argv = [f"tlcli {verb}"] + args
+    from tlcli.paths import PACKAGE_DIR
+
+    # argv[0] must be re-runnable: Lightning's DDP launcher re-executes it for each extra process
+    sys.argv = [str(PACKAGE_DIR / "entry" / f"{verb}.py"), *args]
     _run()
     return 0
 

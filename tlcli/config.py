@@ -10,9 +10,23 @@ MONITORS = ("val/acc", "val/f1_macro", "val/loss")
 GROUPS = ("backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer")
 
 
+def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys still at ??? (without resolving interpolations, which may need a live Hydra run)."""
+    out = []
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            out.append(full)
+        elif not OmegaConf.is_interpolation(node, key):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                out += missing_keys(child, full + ".")
+    return out
+
+
 def validate(cfg: DictConfig) -> None:
     problems = []
-    for key in sorted(OmegaConf.missing_keys(cfg)):
+    for key in missing_keys(cfg):
         problems.append(f"{key} is required (it is ??? in the config): set it, e.g. {key}=VALUE")
     for group in GROUPS:
         node = cfg.get(group)  # group presence, not a value default

@@ -1,0 +1,123 @@
+"""Any timm image model as a pooled-feature backbone."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models import group_parameters
+
+from tlcli.backbones import weights as W
+from tlcli.backbones.base import Backbone
+from tlcli.errors import ConfigError, WeightsError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+
+class TimmBackbone(Backbone):
+    """timm.create_model(name, num_classes=0): forward returns pooled (B, num_features) features.
+
+    weights: "hub" (timm's pretrained weights, downloaded and cached), "none" (random
+    init), "pkg:NAME" (weights shipped in a pip package) or a local .safetensors/.pt/.pth
+    file. Extra keyword arguments go to timm.create_model (e.g. drop_path_rate).
+    """
+
+    modality = "image"
+
+    def __init__(self, name: str, weights: str = "hub", **model_kwargs: Any):
+        super().__init__()
+        _check_name(name)
+        self.name, self.weights = name, str(weights)
+        self.model = _create(name, self.weights == "hub", model_kwargs)
+        if self.weights.startswith(W.PKG_PREFIX):
+            W.packaged_source(self.weights, name, "timm")
+            # Only one packaged timm source exists; a second one would add a branch here.
+            self._load(W.lite0_state_dict(), self.weights)
+        elif self.weights not in ("hub", "none"):
+            self._load(W.read_state_dict(Path(self.weights).expanduser()), self.weights)
+        self.num_features = int(self.model.num_features)
+
+    def _load(self, state: dict[str, torch.Tensor], source: str) -> None:
+        # The checkpoint may carry the classifier our num_classes=0 model does not have.
+        classifier = self.model.pretrained_cfg.get("classifier") or "classifier"
+        heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        W.load_matching(self.model, state, source, drop=tuple(f"{h}." for h in heads))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def data_config(self) -> dict[str, Any]:
+        cfg = timm.data.resolve_data_config({}, model=self.model)
+        keys = ("input_size", "interpolation", "mean", "std", "crop_pct")
+        return {"modality": "image", **{k: cfg[k] for k in keys}}
+
+    def layer_groups(self) -> list[tuple[str, list[str]]]:
+        """timm's own depth grouping (stem, each stage/block, head side), fine-grained."""
+        prefix = "model."
+        names = [n for n, _ in self.model.named_parameters()]
+        matcher = getattr(self.model, "group_matcher", None)
+        if matcher is None:
+            log.info("timm model %s has no group_matcher: one layer group", self.name)
+            return [("model", [prefix + n for n in names])]
+        grouped = group_parameters(self.model, matcher(coarse=False))
+        groups, seen = [], set()
+        for members in grouped.values():
+            label = _group_label(members)
+            label = label if label not in seen else f"{label}#{len(groups)}"
+            seen.add(label)
+            groups.append((label, [prefix + n for n in members]))
+        covered = {n for _, members in grouped.items() for n in members}
+        rest = [prefix + n for n in names if n not in covered]
+        if rest:  # group_parameters assigns every parameter today; stay correct if that changes
+            groups.append(("rest", rest))
+        return groups
+
+
+def _group_label(members: list[str]) -> str:
+    """'conv1+bn1', 'layer2', 'blocks.5+norm': the common prefix under each top-level module."""
+    by_top: dict[str, list[list[str]]] = {}
+    for name in members:
+        parts = name.split(".")[:-1] or name.split(".")
+        by_top.setdefault(parts[0], []).append(parts)
+    labels = []
+    for paths in by_top.values():
+        common = paths[0]
+        for p in paths[1:]:
+            n = 0
+            while n < min(len(common), len(p)) and common[n] == p[n]:
+                n += 1
+            common = common[:n]
+        labels.append(".".join(common))
+    return "+".join(labels)
+
+
+def _check_name(name: str) -> None:
+    # hf-hub:/local-dir: prefixed names are resolved by timm itself.
+    if ":" in name or timm.is_model(name):
+        return
+    stem = re.match(r"[A-Za-z]+", name)
+    pattern = f"*{stem.group(0).lower()}*" if stem else "*"
+    raise ConfigError(
+        f"unknown timm model '{name}' (backbone.name).{did_you_mean(name, timm.list_models())} "
+        f"List models with `tlcli ls backbones --pattern '{pattern}'`"
+    )
+
+
+def _create(name: str, pretrained: bool, model_kwargs: dict[str, Any]) -> torch.nn.Module:
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"timm model '{name}' rejected an extra backbone argument: {e}") from e
+    except Exception as e:
+        if not pretrained:
+            raise
+        # timm/huggingface_hub raise several types (OSError, RuntimeError, hub errors) here.
+        raise WeightsError(
+            f"could not load hub weights for timm model '{name}' (backbone.weights=hub): {str(e).rstrip('.')}. "
+            "Offline, use backbone.weights=none, a local file, or a pkg: source "
+            "(e.g. backbone=lite0_offline)"
+        ) from e

@@ -1,0 +1,1 @@
+"""Per-verb script entries (see fit.py)."""

@@ -1,0 +1,12 @@
+"""`python tlcli/entry/fit.py OVERRIDES` == `tlcli fit OVERRIDES`.
+
+Lightning's DDP launcher starts each extra process by re-running sys.argv[0] with
+sys.argv[1:] (plus hydra.run.dir=...): sys.argv[0] must therefore be a runnable script
+that knows its verb, which the `tlcli` console script is not.
+"""
+import sys
+
+from tlcli.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["fit", *sys.argv[1:]]))
