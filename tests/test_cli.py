@@ -119,3 +119,25 @@ def test_fit_end_to_end_writes_the_run_dir(imagefolder, tmp_path):
     assert "val/acc" in header and any(h.startswith("lr-AdamW/backbone") for h in header)
     assert "optimizer parameter groups" in proc.stdout  # the start-of-run summary
     assert "Per-class report (test split)" in proc.stdout
+
+
+def test_ls_reports_every_unknown_group_at_once(capsys):
+    code, _, err = run_cli(["ls", "backbon", "finetun"], capsys)
+    assert code == 2
+    assert "no config group 'backbon'. Did you mean: backbone?" in err
+    assert "no config group 'finetun'. Did you mean: finetune?" in err
+
+
+def test_ls_backbones_pattern_searches_timm(capsys):
+    code, out, _ = run_cli(["ls", "backbones", "--pattern", "convnext_t*"], capsys)
+    assert code == 0
+    assert out.splitlines()[:2] == ["convnext_tiny", "convnext_tiny_hnf"]
+    assert "2 timm models match 'convnext_t*'" in out
+
+
+def test_key_of_another_strategy_is_a_config_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *TINY, "finetune=full", "+finetune.unfreeze_epoch=1", f"hydra.run.dir={tmp_path}"])
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "finetune.unfreeze_epoch is not an option of finetune=full. Its options: backbone_lr_mult, train_bn." in err

@@ -73,9 +73,7 @@ def test_eval_transform_takes_size_and_normalisation_from_data_config():
     out = image_transforms(other, augment=False)[1](Image.new("RGB", (64, 64), (255, 255, 255)))
     assert out.shape == (3, 24, 40)
     assert out[:, 0, 0].tolist() == [4.0, 2.0, 1.0]
-    assert image_transforms(IMAGE_CFG, augment=False, image_size=16)[1](
-        Image.new("RGB", (40, 40))
-    ).shape == (3, 16, 16)
+    assert image_transforms(IMAGE_CFG, augment=False, image_size=16)[1](Image.new("RGB", (40, 40))).shape == (3, 16, 16)
 
 
 def test_eval_transform_resizes_by_crop_pct_then_center_crops():
@@ -101,9 +99,7 @@ def test_augmentation_is_random_when_on_and_identical_to_eval_when_off():
 
 
 def test_transform_config_errors():
-    assert raises(
-        ConfigError, lambda: image_transforms(IMAGE_CFG, augment=False, image_size=0)
-    ) == [
+    assert raises(ConfigError, lambda: image_transforms(IMAGE_CFG, augment=False, image_size=0)) == [
         "data.image_size=0 must be a positive integer (pixels) or null to use the backbone's own input size"
     ]
     assert raises(
@@ -163,9 +159,7 @@ def test_unreadable_image_raises_data_error_naming_the_file(tmp_path):
     cut = tmp_path / "cut.png"
     cut.write_bytes(good.read_bytes()[:200])
     (msg,) = raises(DataError, lambda: load_rgb(cut))
-    assert msg.startswith(f"cannot read image {cut} (") and msg.endswith(
-        "); remove or replace the file"
-    )
+    assert msg.startswith(f"cannot read image {cut} (") and msg.endswith("); remove or replace the file")
 
 
 # --- shared base: splitting, workers, loaders ----------------------------------------------
@@ -204,11 +198,7 @@ def test_loader_settings_bad_numbers_and_idempotent_setup(imagefolder):
     dm.setup("test")
     assert dm.datasets == datasets  # a second setup keeps the same datasets
     train = dm.train_dataloader()
-    assert (
-        train.persistent_workers
-        and train.drop_last
-        and train.pin_memory == torch.cuda.is_available()
-    )
+    assert train.persistent_workers and train.drop_last and train.pin_memory == torch.cuda.is_available()
     assert not dm.val_dataloader().drop_last
 
 
@@ -218,9 +208,7 @@ def test_worker_processes_serve_the_same_batches(imagefolder, tmp_path, text_cfg
         return [y.tolist() for _, y in dm.train_dataloader()]
 
     kw = {"augment": False, "batch_size": 8}
-    assert labels(folder_dm(imagefolder, num_workers=1, **kw)) == labels(
-        folder_dm(imagefolder, **kw)
-    )
+    assert labels(folder_dm(imagefolder, num_workers=1, **kw)) == labels(folder_dm(imagefolder, **kw))
     rows = [f"text number {i},{i % 3}" for i in range(12)]
     train = write_csv(tmp_path / "t.csv", "text,label", rows)
     kw = {"data_config": text_cfg, "batch_size": 4}
@@ -277,9 +265,7 @@ def test_imagefolder_class_order_extensions_and_skipped_files(tmp_path):
         for name in names:
             make_image(root / "train" / cls / name, 0, rng)
     (root / "train" / "b" / "notes.txt").write_text("not an image")
-    make_image(
-        root / "train" / "c" / "sub" / "3.png", 0, rng
-    )  # nested folders count, like torchvision
+    make_image(root / "train" / "c" / "sub" / "3.png", 0, rng)  # nested folders count, like torchvision
     make_image(root / "train" / ".ipynb_checkpoints" / "x.png", 0, rng)
     dm = folder_dm(root)
     dm.setup()
@@ -380,9 +366,7 @@ def test_imagefolder_corrupt_image_fails_when_loaded_naming_it(tmp_path, workers
 
 
 def test_imagefolder_yaml_instantiates_with_root_seed(imagefolder):
-    cfg = OmegaConf.create(
-        {"seed": 7, "data": OmegaConf.load(conf_dir() / "data" / "imagefolder.yaml")}
-    )
+    cfg = OmegaConf.create({"seed": 7, "data": OmegaConf.load(conf_dir() / "data" / "imagefolder.yaml")})
     cfg.data.root = str(imagefolder)
     dm = hydra.utils.instantiate(cfg.data, data_config=IMAGE_CFG, num_workers=0)
     assert isinstance(dm, ImageFolderDataModule)
@@ -437,11 +421,7 @@ def test_csv_images_resolve_against_the_csv_folder_and_sort_numeric_labels(image
     dm = csv_dm(image_csvs["train"], test_csv=str(image_csvs["test"]))
     dm.setup("fit")
     assert dm.class_names == ["2", "10"] and dm.test_split == "test"
-    assert (
-        per_class(dm, "train") == [4, 4]
-        and per_class(dm, "val") == [1, 1]
-        and per_class(dm, "test") == [2, 2]
-    )
+    assert per_class(dm, "train") == [4, 4] and per_class(dm, "val") == [1, 1] and per_class(dm, "test") == [2, 2]
     assert dm.samples["test"].inputs[0] == str(image_csvs["test"].parent / "imgs" / "test2_0.png")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
@@ -460,9 +440,7 @@ def test_csv_root_overrides_the_base_folder_and_missing_images_are_listed(image_
 
 
 def test_csv_file_and_column_errors(image_csvs, tmp_path):
-    assert raises(
-        DataError, csv_dm(tmp_path / "no.csv", val_csv=str(tmp_path / "v.csv")).setup
-    ) == [
+    assert raises(DataError, csv_dm(tmp_path / "no.csv", val_csv=str(tmp_path / "v.csv")).setup) == [
         f"data.train_csv={tmp_path / 'no.csv'}: file not found; set data.train_csv=FILE.csv",
         f"data.val_csv={tmp_path / 'v.csv'}: file not found; set data.val_csv=FILE.csv",
     ]
@@ -493,9 +471,7 @@ def test_csv_row_errors_and_unseen_labels(image_csvs, tmp_path):
         f"data.train_csv: empty 'image' on lines 4 of {bad}; fill them in or remove the rows",
         f"data.train_csv: empty label in column 'label' on lines 3 of {bad}; fill them in or remove the rows",
     ]
-    val = write_csv(
-        tmp_path / "val.csv", "image,label", ["imgs/test2_0.png,7", "imgs/test2_1.png,cat"]
-    )
+    val = write_csv(tmp_path / "val.csv", "image,label", ["imgs/test2_0.png,7", "imgs/test2_1.png,cat"])
     assert raises(DataError, csv_dm(image_csvs["train"], val_csv=str(val)).setup) == [
         "data.val_csv: labels not in data.train_csv: 7, cat; add training rows for them or drop these rows"
     ]
@@ -556,20 +532,12 @@ def test_csv_multilabel_targets_counts_and_value_errors(tmp_path, text_cfg, capl
     with caplog.at_level(logging.WARNING, logger="tlcli.data.csv"):
         csv_dm(train, data_config=text_cfg, label_columns=["cat", "owl"]).setup()
     assert "labels with no positive training rows: owl" in caplog.text
-    assert (
-        len(dm.samples["train"]) == 8 and len(dm.samples["val"]) == 2
-    )  # random split: no single class
-    assert [
-        a + b for a, b in zip(dm.label_counts(), dm.samples["val"].targets.sum(0).tolist())
-    ] == [5, 3, 10]
+    assert len(dm.samples["train"]) == 8 and len(dm.samples["val"]) == 2  # random split: no single class
+    assert [a + b for a, b in zip(dm.label_counts(), dm.samples["val"].targets.sum(0).tolist())] == [5, 3, 10]
     _x, y = next(iter(dm.train_dataloader()))
-    assert (
-        y.dtype == torch.float32 and y.shape == (4, 3) and set(y.flatten().tolist()) <= {0.0, 1.0}
-    )
+    assert y.dtype == torch.float32 and y.shape == (4, 3) and set(y.flatten().tolist()) <= {0.0, 1.0}
     bad = write_csv(tmp_path / "b.csv", "text,cat,dog", ["a,1,2", "b,yes,0", "c,1.0,0.0"])
-    assert raises(
-        DataError, csv_dm(bad, data_config=text_cfg, label_columns=["cat", "dog"]).setup
-    ) == [
+    assert raises(DataError, csv_dm(bad, data_config=text_cfg, label_columns=["cat", "dog"]).setup) == [
         f"data.train_csv: data.label_columns values must be 0 or 1, got line 2 dog='2', line 3 cat='yes' in {bad}"
     ]
 
@@ -601,17 +569,12 @@ def test_digits_split_60_20_20_per_class_with_names_0_to_9():
 def test_digits_limit_per_class_and_render():
     dm = DigitsDataModule(num_workers=0, data_config=IMAGE_CFG, limit_per_class=10, image_size=16)
     dm.setup()
-    assert (
-        per_class(dm, "train") == [6] * 10
-        and per_class(dm, "val") == per_class(dm, "test") == [2] * 10
-    )
+    assert per_class(dm, "train") == [6] * 10 and per_class(dm, "val") == per_class(dm, "test") == [2] * 10
     assert next(iter(dm.train_dataloader()))[0].shape == (32, 3, 16, 16)
     img = render_digit(np.full((8, 8), 16.0))
     assert img.mode == "RGB" and img.size == (64, 64) and img.getpixel((30, 30)) == (0, 0, 0)
     assert render_digit(np.zeros((8, 8))).getpixel((0, 0)) == (255, 255, 255)
-    assert raises(
-        ConfigError, lambda: DigitsDataModule(limit_per_class=2, data_config=IMAGE_CFG)
-    ) == [
+    assert raises(ConfigError, lambda: DigitsDataModule(limit_per_class=2, data_config=IMAGE_CFG)) == [
         "data.limit_per_class=2 must be null (all digits) or an integer >= 3 (one each for train, val and test)"
     ]
     assert raises(ConfigError, lambda: DigitsDataModule(val_fraction=0.5, test_fraction=0.5)) == [
@@ -623,9 +586,7 @@ def test_digits_limit_per_class_and_render():
 
 
 def test_digits_yaml_is_the_default_and_instantiates_with_root_seed():
-    cfg = OmegaConf.create(
-        {"seed": 11, "data": OmegaConf.load(conf_dir() / "data" / "digits.yaml")}
-    )
+    cfg = OmegaConf.create({"seed": 11, "data": OmegaConf.load(conf_dir() / "data" / "digits.yaml")})
     dm = hydra.utils.instantiate(cfg.data, data_config=IMAGE_CFG, num_workers=0, limit_per_class=5)
     assert isinstance(dm, DigitsDataModule) and (dm.seed, dm.augment) == (11, False)
     dm.setup()

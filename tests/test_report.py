@@ -159,9 +159,7 @@ def test_multilabel_confusion_png_is_a_grid(tmp_path):
 
 
 def test_write_json_converts_numpy_and_sorts(tmp_path):
-    path = write_json_atomic(
-        tmp_path / "m.json", {"b": np.float32(0.5), "a": np.int64(3), "c": np.arange(2)}
-    )
+    path = write_json_atomic(tmp_path / "m.json", {"b": np.float32(0.5), "a": np.int64(3), "c": np.arange(2)})
     assert path.read_text() == '{\n  "a": 3,\n  "b": 0.5,\n  "c": [\n    0,\n    1\n  ]\n}\n'
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
 

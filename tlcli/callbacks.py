@@ -1,4 +1,5 @@
 """Small Lightning callbacks tlcli wires in itself."""
+
 from __future__ import annotations
 
 import lightning as L

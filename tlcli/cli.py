@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if verb == "ls":
         from tlcli.catalog import ls
+        from tlcli.errors import TlcliError
 
-        return ls(rest)
+        try:
+            return ls(rest)
+        except TlcliError as err:
+            return _report(err)
     if verb == "cat":
         return _cat(rest)
     return _hydra_verb(verb, rest)

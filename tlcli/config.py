@@ -43,3 +43,39 @@ def validate(cfg: DictConfig) -> None:
         problems.append("monitor=val/loss with monitor_mode=max would keep the worst model: set monitor_mode=min")
     if problems:
         raise ConfigError(problems)
+
+
+def check_signatures(cfg: DictConfig, groups: tuple[str, ...] = GROUPS) -> None:
+    """Every key of a group must be a parameter of its `_target_` (imports the targets)."""
+    import inspect
+
+    from hydra._internal.utils import _locate
+
+    problems = []
+    for group in groups:
+        node = cfg[group]
+        target = _locate(node._target_)
+        params = inspect.signature(target).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in node:
+            if not key.startswith("_") and key not in params:
+                accepted = [p for p in params if p not in ("self", "params", "data_config")]
+                problems.append(
+                    f"{group}.{key} is not an option of {group}={_choice(group, node)}."
+                    + did_you_mean(key, accepted)
+                    + f" Its options: {', '.join(accepted)}."
+                )
+    if problems:
+        raise ConfigError(problems)
+
+
+def _choice(group: str, node: DictConfig) -> str:
+    """The option the user picked for `group` (its YAML name), else the target's class name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return choice
+    return node._target_.rsplit(".", 1)[-1]

@@ -2,6 +2,7 @@
 
 Each problem is one line: what is wrong, which key, and how to fix it.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -1,4 +1,5 @@
 """Task heads: nn.Modules built as `head(in_features=..., num_classes=...)` by run.py."""
+
 from __future__ import annotations
 
 from torch import nn

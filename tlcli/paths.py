@@ -1,4 +1,5 @@
 """The only place that knows where the config tree lives."""
+
 from __future__ import annotations
 
 from pathlib import Path

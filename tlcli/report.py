@@ -212,9 +212,7 @@ def confusion_matrix_png(path, y_true, y_pred, class_names: Sequence[str], title
 
 
 # ---------------------------------------------------------------- outputs
-def print_report(
-    rows: list[dict], console=None, title: str = "Per-class report", caption: str | None = None
-) -> None:
+def print_report(rows: list[dict], console=None, title: str = "Per-class report", caption: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 

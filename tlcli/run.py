@@ -7,6 +7,7 @@ input transforms) is wired here, never by config interpolation.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlcli import console, report
 from tlcli.callbacks import History
-from tlcli.config import validate
+from tlcli.config import check_signatures, validate
 from tlcli.errors import ConfigError
 from tlcli.module import TransferModule
 
 log = logging.getLogger(__name__)
+# Lightning adds a handler of its own; Hydra's root handler already prints (and files) its records.
+logging.getLogger("lightning").handlers.clear()
+# torch >= 2.10 deprecation inside Lightning's pytree helper: noise for users, nothing to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
+    check_signatures(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 

@@ -1,4 +1,5 @@
 """Base LR schedules, as multipliers of each group's LR at a given optimizer step."""
+
 from __future__ import annotations
 
 import math

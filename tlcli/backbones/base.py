@@ -1,4 +1,5 @@
 """The backbone protocol every model family implements."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -132,9 +132,7 @@ class TransferDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if not 0.0 < float(val_fraction) < 1.0:
-            raise ConfigError(
-                f"data.val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.2)"
-            )
+            raise ConfigError(f"data.val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.2)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
         self.val_fraction = float(val_fraction)
@@ -219,19 +217,14 @@ class TransferDataModule(L.LightningDataModule):
 
     def _dataset(self, samples: Samples, train: bool) -> Dataset:
         if self.modality == "text":
-            return TextDataset(
-                samples, self.data_config["tokenizer"], self.data_config["max_length"]
-            )
-        train_tf, eval_tf = image_transforms(
-            self.data_config, augment=self.augment, image_size=self.image_size
-        )
+            return TextDataset(samples, self.data_config["tokenizer"], self.data_config["max_length"])
+        train_tf, eval_tf = image_transforms(self.data_config, augment=self.augment, image_size=self.image_size)
         return ImageDataset(samples, train_tf if train else eval_tf, self.image_loader)
 
     def _require_image_backbone(self, data_key: str) -> None:
         if self.modality != "image":
             raise ConfigError(
-                f"{data_key} holds images but the backbone expects {self.modality} inputs: "
-                f"pick {self.modality_hint}"
+                f"{data_key} holds images but the backbone expects {self.modality} inputs: pick {self.modality_hint}"
             )
 
     def label_counts(self) -> list[int]:
@@ -255,9 +248,7 @@ class TransferDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=TextCollate(self.data_config["tokenizer"])
-            if self.modality == "text"
-            else None,
+            collate_fn=TextCollate(self.data_config["tokenizer"]) if self.modality == "text" else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -80,9 +80,7 @@ class CSVDataModule(TransferDataModule):
                 "e.g. data.label_columns=[cat,dog], or null for one label column"
             )
         if modality not in (None, "image", "text"):
-            raise ConfigError(
-                f"data.modality={modality} must be image, text or null (the backbone's)"
-            )
+            raise ConfigError(f"data.modality={modality} must be image, text or null (the backbone's)")
         self.paths = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.input_column = input_column
         self.label_column = label_column
@@ -112,9 +110,7 @@ class CSVDataModule(TransferDataModule):
         for split, pairs in rows.items():
             inputs = [x for x, _ in pairs]
             if self.multilabel:
-                targets = np.array([y for _, y in pairs], dtype=np.float32).reshape(
-                    -1, self.num_classes
-                )
+                targets = np.array([y for _, y in pairs], dtype=np.float32).reshape(-1, self.num_classes)
             else:
                 targets = np.array([index[y] for _, y in pairs], dtype=np.int64)
             splits[split] = Samples(inputs, targets)
@@ -196,9 +192,7 @@ class CSVDataModule(TransferDataModule):
             if self.multilabel:
                 values = [(rec[c] or "").strip() for c in self.label_columns]
                 bad = [
-                    f"line {line} {c}={v!r}"
-                    for c, v in zip(self.label_columns, values)
-                    if v not in MULTILABEL_VALUES
+                    f"line {line} {c}={v!r}" for c, v in zip(self.label_columns, values) if v not in MULTILABEL_VALUES
                 ]
                 bad_multi.extend(bad)
                 y: Any = [MULTILABEL_VALUES.get(v, 0.0) for v in values]
@@ -209,8 +203,7 @@ class CSVDataModule(TransferDataModule):
             pairs.append((x, y))
         if empty_input:
             problems.append(
-                f"{key}: empty '{column}' on lines {_listing(empty_input)} of {path}; "
-                "fill them in or remove the rows"
+                f"{key}: empty '{column}' on lines {_listing(empty_input)} of {path}; fill them in or remove the rows"
             )
         if empty_label:
             problems.append(
@@ -218,10 +211,7 @@ class CSVDataModule(TransferDataModule):
                 f"{_listing(empty_label)} of {path}; fill them in or remove the rows"
             )
         if bad_multi:
-            problems.append(
-                f"{key}: data.label_columns values must be 0 or 1, got "
-                f"{_listing(bad_multi)} in {path}"
-            )
+            problems.append(f"{key}: data.label_columns values must be 0 or 1, got {_listing(bad_multi)} in {path}")
         if missing_files:
             where = "data.root" if self.root is not None else "the CSV's folder"
             problems.append(

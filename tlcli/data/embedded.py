@@ -64,9 +64,7 @@ class DigitsDataModule(TransferDataModule):
                 f"data.val_fraction + data.test_fraction ({val_fraction} + {test_fraction}) below 1"
             )
         if limit_per_class is not None and (
-            isinstance(limit_per_class, bool)
-            or not isinstance(limit_per_class, int)
-            or limit_per_class < 3
+            isinstance(limit_per_class, bool) or not isinstance(limit_per_class, int) or limit_per_class < 3
         ):
             raise ConfigError(
                 f"data.limit_per_class={limit_per_class} must be null (all digits) or an integer "
@@ -89,9 +87,7 @@ class DigitsDataModule(TransferDataModule):
                 for c in range(len(self.class_names))
             ]
             samples = samples.subset(np.sort(np.concatenate(keep)))
-        train, val, test = stratified_split(
-            samples.targets, [self.val_fraction, self.test_fraction], self.seed
-        )
+        train, val, test = stratified_split(samples.targets, [self.val_fraction, self.test_fraction], self.seed)
         return {
             "train": samples.subset(train),
             "val": samples.subset(val),

