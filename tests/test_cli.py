@@ -141,3 +141,23 @@ def test_key_of_another_strategy_is_a_config_error(tmp_path, capsys):
     assert exc.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "finetune.unfreeze_epoch is not an option of finetune=full. Its options: backbone_lr_mult, train_bn." in err
+
+
+def test_sweep_runs_each_job_in_its_own_dir(imagefolder, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        str(VENV_BIN / "tlcli"),
+        "fit",
+        "-m",
+        "finetune=full,linear_probe",
+        *TINY,
+        "trainer.max_epochs=1",
+        "data=imagefolder",
+        f"data.root={imagefolder}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, strategy in (("0", "full"), ("1", "linear_probe")):
+        assert f"finetune={strategy}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
+        assert "test/acc" in json.loads((sweep / job / "metrics.json").read_text())

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 logging.getLogger("lightning").handlers.clear()
 # torch >= 2.10 deprecation inside Lightning's pytree helper: noise for users, nothing to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Frozen parts are put in eval mode on purpose (finetune.train_bn=false).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
@@ -85,7 +87,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                 module.test_outputs["y_score"].numpy(),
                 module.class_names,
                 multilabel=task.multilabel,
-                threshold=task.threshold.tolist() if task.multilabel else 0.5,
+                threshold=task.thresholds if task.multilabel else 0.5,
                 split=datamodule.test_split,
                 console=console.console,
             )

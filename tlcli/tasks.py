@@ -82,6 +82,7 @@ class MultiLabel(nn.Module):
                 f"task.threshold={thr} must be one number in (0, 1) or a list of "
                 f"{num_classes} such numbers (one per label)"
             )
+        self.thresholds = [float(t) for t in values]
         self.threshold = torch.tensor(values)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
