@@ -9,21 +9,36 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = """usage: tlcli VERB [key=value ...] [hydra flags]
-
-verbs:
-  fit     fine-tune a pretrained backbone, early-stop on val, test the best checkpoint
-  ls      list config groups and their options (tlcli ls [group])
-  cat     print the composed config for the given overrides, and validate it
-
-examples:
+# verb -> (kind, target, one-line help). kind "hydra": target is "module:function(cfg)" run
+# under @hydra.main with conf/<verb>.yaml (overrides, -m sweeps, --cfg); kind "plain":
+# target is "module:function(args: list[str]) -> exit code" (no Hydra run dir).
+VERBS: dict[str, tuple[str, str, str]] = {
+    "fit": ("hydra", "tlcli.run:fit", "fine-tune a pretrained backbone, early-stop on val, test the best checkpoint"),
+    "ls": ("plain", "tlcli.catalog:ls", "list config groups and options (tlcli ls [group]; ls backbones --pattern P)"),
+    "cat": ("plain", "tlcli.cli:cat", "print the composed config for the given overrides, and validate it"),
+}
+EXAMPLES = """examples:
   tlcli fit                                   # embedded digits, offline EfficientNet-Lite0
   tlcli fit backbone=resnet50 task=cls data=imagefolder data.root=DIR
   tlcli fit -m finetune=full,linear_probe optimizer.lr=1e-3,3e-4
   tlcli fit --cfg job                         # print the composed config, do not train
   tlcli fit --help                            # config groups and options
 """
-VERBS = ("fit", "ls", "cat")
+
+
+def usage() -> str:
+    lines = ["usage: tlcli VERB [key=value ...] [hydra flags]", "", "verbs:"]
+    lines += [f"  {name:8s}{help_}" for name, (_, _, help_) in VERBS.items()]
+    return "\n".join(lines) + "\n\n" + EXAMPLES
+
+
+def _load(target: str):
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
 HYDRA_FLAGS_WITH_VALUE = {
     "--cfg",
     "-c",
@@ -41,26 +56,22 @@ HYDRA_FLAGS_WITH_VALUE = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        sys.stdout.write(usage())
         return 0
     verb, rest = argv[0], argv[1:]
-    from tlcli.errors import ConfigError, did_you_mean
+    from tlcli.errors import ConfigError, TlcliError, did_you_mean
 
     if verb not in VERBS:
         return _report(
             ConfigError(f"unknown verb '{verb}'." + did_you_mean(verb, VERBS) + " Run `tlcli --help` for the list.")
         )
-    if verb == "ls":
-        from tlcli.catalog import ls
-        from tlcli.errors import TlcliError
-
-        try:
-            return ls(rest)
-        except TlcliError as err:
-            return _report(err)
-    if verb == "cat":
-        return _cat(rest)
-    return _hydra_verb(verb, rest)
+    kind, target, _ = VERBS[verb]
+    if kind == "hydra":
+        return _hydra_verb(verb, rest)
+    try:
+        return _load(target)(rest)
+    except TlcliError as err:
+        return _report(err)
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -100,7 +111,8 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     from tlcli.paths import PACKAGE_DIR
 
     # argv[0] must be re-runnable: Lightning's DDP launcher re-executes it for each extra process
-    sys.argv = [str(PACKAGE_DIR / "entry" / f"{verb}.py"), *args]
+    entry = PACKAGE_DIR / "entry" / f"{verb}.py"
+    sys.argv = [str(entry) if entry.is_file() else f"tlcli {verb}", *args]
     _run()
     return 0
 
@@ -112,9 +124,7 @@ def _call(verb: str, cfg):
     from tlcli.errors import find_tlcli_error
 
     try:
-        from tlcli import run
-
-        return getattr(run, verb)(cfg)
+        return _load(VERBS[verb][1])(cfg)
     except Exception as exc:  # noqa: BLE001 - user errors become a report + exit code
         err = find_tlcli_error(exc)
         if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -131,7 +141,7 @@ def _report(err) -> int:
     return err.exit_code
 
 
-def _cat(args: list[str]) -> int:
+def cat(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from tlcli.catalog import compose_checked

@@ -27,12 +27,14 @@ class TransferModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         schedule: Callable[[int, int, int], float],
         class_names: list[str],
+        label_counts: list[int] | None = None,
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.backbone, self.head, self.task = backbone, head, task
         self.strategy, self.optimizer_factory, self.schedule = strategy, optimizer, schedule
         self.class_names = list(class_names)
+        self.label_counts = list(label_counts or [])
         # The resolved run config, as plain containers, saved inside every checkpoint.
         self.config = config or {}
         num_classes = len(self.class_names)
@@ -61,6 +63,10 @@ class TransferModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.task.loss(self(x), y)
+        reg = self.strategy.regularizer(self)
+        if reg is not None:
+            self.log("train/reg", reg, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + reg
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
@@ -137,4 +143,8 @@ class TransferModule(L.LightningModule):
 
     # -- checkpoints carry what `tlcli test ckpt=...` needs to rebuild the model --
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tlcli"] = {"config": self.config, "class_names": self.class_names}
+        checkpoint["tlcli"] = {
+            "config": self.config,
+            "class_names": self.class_names,
+            "label_counts": self.label_counts,
+        }

@@ -54,6 +54,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         optimizer=instantiate(cfg.optimizer),
         schedule=instantiate(cfg.scheduler),
         class_names=datamodule.class_names,
+        label_counts=datamodule.label_counts(),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 

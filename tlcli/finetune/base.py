@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -46,6 +47,10 @@ class FinetuneStrategy:
     def lr_factor(self, group: str, epoch: int) -> float:
         """Multiplier on the group's LR during `epoch` (0 gates the group off)."""
         return 1.0
+
+    def regularizer(self, module: nn.Module) -> torch.Tensor | None:
+        """An extra term added to the training loss (e.g. L2-SP), or None."""
+        return None
 
     def frozen_modules(self, module: nn.Module, epoch: int) -> list[nn.Module]:
         """Modules that are frozen during `epoch` (kept in eval mode unless train_bn)."""

@@ -1,0 +1,120 @@
+"""Rebuild a trained TransferModule from a tlcli checkpoint, safely.
+
+A checkpoint may come from someone else: it is read with `weights_only=True` (no
+pickled code runs), its saved config is plain containers, and every `_target_` in that
+config must belong to an allowlisted package before anything is instantiated.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tlcli.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+ALLOWED_TARGET_PREFIXES = ("tlcli.", "torch.", "lightning.", "timm.", "transformers.", "peft.")
+CKPT_NAMES = ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt")
+
+
+def resolve(path: str | Path, key: str = "ckpt") -> Path:
+    """A .ckpt file, or the run dir of a `tlcli fit` (its best, else last, checkpoint)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in CKPT_NAMES:
+            if (p / name).is_file():
+                return p / name
+        raise WeightsError(
+            f"{key}={path} is a directory without checkpoints/best.ckpt or checkpoints/last.ckpt: "
+            "pass the run dir of a `tlcli fit` or a .ckpt file"
+        )
+    if not p.is_file():
+        raise WeightsError(f"{key}={path} does not exist: pass a .ckpt file or the run dir of a `tlcli fit`")
+    return p
+
+
+def read(path: Path, key: str = "ckpt") -> dict[str, Any]:
+    """torch.load with weights_only=True; truncated or foreign files become a WeightsError."""
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{key}={path} is empty (0 bytes): use another checkpoint, e.g. checkpoints/last.ckpt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{key}={path} could not be read as a checkpoint ({first[:200]}): the file is truncated, "
+            "corrupt, or holds pickled objects that weights-only loading refuses; use another checkpoint"
+        ) from exc
+    if not isinstance(ckpt, dict) or "tlcli" not in ckpt or "state_dict" not in ckpt:
+        raise WeightsError(
+            f"{key}={path} is not a tlcli checkpoint (no saved run config): pass one written by `tlcli fit`"
+        )
+    return ckpt
+
+
+def disallowed_targets(node: Any, prefix: str = "") -> list[str]:
+    """'key: target' for every _target_ outside the allowlist, anywhere in a plain config."""
+    bad = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "_target_" and not str(v).startswith(ALLOWED_TARGET_PREFIXES):
+                bad.append(f"{prefix.rstrip('.') or '<root>'}: {v}")
+            else:
+                bad += disallowed_targets(v, f"{prefix}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            bad += disallowed_targets(v, f"{prefix}{i}.")
+    return bad
+
+
+def load_module(path: str | Path, key: str = "ckpt"):
+    """(TransferModule in eval mode with the checkpoint's weights, the run config as a dict)."""
+    from tlcli.module import TransferModule
+
+    ckpt = read(resolve(path, key), key)
+    saved = ckpt["tlcli"]
+    config = saved["config"]
+    bad = disallowed_targets(config)
+    if bad:
+        raise WeightsError(
+            [
+                f"{key}={path} names a callable outside tlcli/torch/lightning/timm/transformers/peft, refused: {b}"
+                for b in bad
+            ]
+        )
+    backbone_cfg = dict(config["backbone"])
+    if backbone_cfg["_target_"].endswith("TimmBackbone"):
+        backbone_cfg["weights"] = "none"  # the architecture is enough: the weights come from the checkpoint
+    backbone = instantiate(OmegaConf.create(backbone_cfg))
+    class_names = list(saved["class_names"])
+    task = instantiate(OmegaConf.create(config["task"]))
+    task.build(len(class_names), list(saved["label_counts"]))
+    head = instantiate(OmegaConf.create(config["head"]))(
+        in_features=backbone.num_features, num_classes=len(class_names)
+    )
+    module = TransferModule(
+        backbone=backbone,
+        head=head,
+        task=task,
+        strategy=instantiate(OmegaConf.create(config["finetune"])),
+        optimizer=instantiate(OmegaConf.create(config["optimizer"])),
+        schedule=instantiate(OmegaConf.create(config["scheduler"])),
+        class_names=class_names,
+        label_counts=list(saved["label_counts"]),
+        config=config,
+    )
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{key}={path} does not match the model its config describes: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}"
+        )
+    return module.eval(), config
