@@ -1,8 +1,14 @@
-"""Small Lightning callbacks tlcli wires in itself."""
+"""Lightning callbacks and plugins tlcli wires in itself."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class History(L.Callback):
@@ -35,3 +41,55 @@ class History(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epochs = list(state_dict["epochs"])
+
+
+class Preemption(L.Callback):
+    """On SIGTERM (what SLURM sends before a kill) or Ctrl-C: save a resumable checkpoint.
+
+    Lightning turns SIGTERM into a SIGTERMException at the next step and Ctrl-C into a
+    graceful shutdown; both pass through on_exception, where the current state (mid-epoch
+    included) is written to checkpoints/last.ckpt. run.py then exits with 143 / 130.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+        self.signal: str | None = None
+        self.saved: str | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.signal = "SIGTERM"
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signal = "SIGINT"
+        else:
+            return
+        path = f"{self.dirpath}/last.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved = path
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically (temp file in the same dir, fsync, rename) and read weights-only.
+
+    A crash or kill mid-save never leaves a truncated last.ckpt in place of a good one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        from tlcli.restore import read_raw
+
+        return read_raw(Path(path), key="ckpt_path")

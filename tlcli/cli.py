@@ -94,7 +94,9 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     multirun = any(a in ("-m", "--multirun") for a in args)
     passthrough = any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in args)
     try:
-        args = _backbone_rewrite(args)
+        args = _backbone_rewrite(_resume_rewrite(args))
+        if not passthrough:
+            _check_writable(args, multirun)
         if not multirun and not passthrough:
             # preflight: a typo in an override gets a clear message and exit 2 before anything starts
             compose_checked(verb, _overrides(args))
@@ -115,6 +117,48 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     sys.argv = [str(entry) if entry.is_file() else f"tlcli {verb}", *args]
     _run()
     return 0
+
+
+def _resume_rewrite(args: list[str]) -> list[str]:
+    """`resume=RUN_DIR`: the run's own overrides, its dir, and its last checkpoint (nothing to repeat)."""
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume:
+        return args
+    from pathlib import Path
+
+    import yaml
+
+    from tlcli.errors import ConfigError, WeightsError
+
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(
+            f"resume={run_dir} is not a tlcli run dir (no .hydra/overrides.yaml): pass the dir `tlcli fit` printed"
+        )
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise WeightsError(f"resume={run_dir} has no checkpoints/last.ckpt to resume from: start the run again instead")
+    saved = [
+        o for o in yaml.safe_load(saved_file.read_text()) or [] if not o.startswith(("hydra.run.dir=", "ckpt_path="))
+    ]
+    rest = [a for a in args if not a.startswith("resume=")]
+    return [*saved, *rest, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
+
+
+def _check_writable(args: list[str], multirun: bool) -> None:
+    """Fail before anything starts when the output location cannot be written."""
+    from pathlib import Path
+
+    from tlcli.errors import ConfigError
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a.split("=", 1)[1] for a in args if a.startswith(key + "=")]
+    target = Path(given[-1] if given else "outputs").expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK) or not existing.is_dir():
+        what = "is a file" if existing.is_file() else "is read-only"
+        raise ConfigError(f"the output location {target} is not writable ({existing} {what}): set {key}=DIR")
 
 
 def _call(verb: str, cfg):

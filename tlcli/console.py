@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=False)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_model_summary(module, groups: list[dict]) -> None:

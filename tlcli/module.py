@@ -11,8 +11,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from tlcli.errors import ConfigError
+from tlcli.errors import ConfigError, DivergedError
 from tlcli.finetune.base import FinetuneStrategy
+from tlcli.seeding import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class TransferModule(L.LightningModule):
         self.val_metrics = task.metrics(num_classes).clone(prefix="val/")
         self.test_metrics = task.metrics(num_classes).clone(prefix="test/")
         self.test_outputs: dict[str, torch.Tensor] = {}
+        self._resume_rng: dict[str, Any] | None = None
         self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         strategy.setup(self)
 
@@ -67,6 +69,8 @@ class TransferModule(L.LightningModule):
         if reg is not None:
             self.log("train/reg", reg, on_step=False, on_epoch=True, batch_size=len(y))
             loss = loss + reg
+        if not torch.isfinite(loss):
+            raise DivergedError(self._divergence_message(loss, batch_idx))
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
@@ -107,7 +111,8 @@ class TransferModule(L.LightningModule):
             decay = [p for n, p in trainable if p.ndim > 1]
             no_decay = [p for n, p in trainable if p.ndim <= 1]
             lr = base_lr * g.lr_mult
-            for suffix, params, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
+            group_wd = weight_decay if g.weight_decay is None else g.weight_decay
+            for suffix, params, wd in (("", decay, group_wd), ("/no_decay", no_decay, 0.0)):
                 if params:
                     groups.append({"name": g.name + suffix, "params": params, "lr": lr, "weight_decay": wd})
         if not groups:
@@ -141,10 +146,46 @@ class TransferModule(L.LightningModule):
 
         return factor
 
-    # -- checkpoints carry what `tlcli test ckpt=...` needs to rebuild the model --
+    def _divergence_message(self, loss: torch.Tensor, batch_idx: int) -> list[str]:
+        lrs = ", ".join(f"{g['name']}={g['lr']:.3g}" for g in self.trainer.optimizers[0].param_groups)
+        return [
+            f"the training loss became {loss.item()} at step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}); last LR per group: {lrs}",
+            "training stopped; "
+            + (
+                f"the last good checkpoint is kept: {last}"
+                if (last := self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.last_model_path)
+                else "no epoch had completed, so there is no checkpoint to keep"
+            ),
+            "fix: lower optimizer.lr, set trainer.gradient_clip_val=1.0, or train in trainer.precision=32-true",
+        ]
+
+    # -- checkpoints carry what `tlcli test ckpt=...` needs to rebuild the model, and the RNG --
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tlcli"] = {
             "config": self.config,
             "class_names": self.class_names,
             "label_counts": self.label_counts,
+            "rng": rng_state(),
+            "data_position": self._data_position(),
         }
+
+    def _data_position(self) -> tuple[int, int]:
+        """(epoch, samples already seen in it) at which a resumed run's data stream continues."""
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if done >= self.trainer.num_training_batches:  # saved at the end of an epoch: start the next one
+            return self.current_epoch + 1, 0
+        batch_size = self.trainer.train_dataloader.batch_size
+        return self.current_epoch, done * batch_size * self.trainer.world_size
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Applied at on_train_start: the sanity-check validation that runs on resume must not
+        # consume draws the uninterrupted run never made.
+        self._resume_rng = checkpoint["tlcli"]["rng"]
+        if self._trainer is not None and self.trainer.datamodule is not None:
+            self.trainer.datamodule.train_start = tuple(checkpoint["tlcli"]["data_position"])
+
+    def on_train_start(self) -> None:
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None

@@ -41,18 +41,25 @@ def resolve(path: str | Path, key: str = "ckpt") -> Path:
     return p
 
 
-def read(path: Path, key: str = "ckpt") -> dict[str, Any]:
-    """torch.load with weights_only=True; truncated or foreign files become a WeightsError."""
+def read_raw(path: Path, key: str = "ckpt") -> dict[str, Any]:
+    """torch.load with weights_only=True; empty, truncated or pickled files become a WeightsError."""
+    if not path.is_file():
+        raise WeightsError(f"{key}={path} does not exist: pass a .ckpt file or the run dir of a `tlcli fit`")
     if path.stat().st_size == 0:
         raise WeightsError(f"{key}={path} is empty (0 bytes): use another checkpoint, e.g. checkpoints/last.ckpt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
             f"{key}={path} could not be read as a checkpoint ({first[:200]}): the file is truncated, "
             "corrupt, or holds pickled objects that weights-only loading refuses; use another checkpoint"
         ) from exc
+
+
+def read(path: Path, key: str = "ckpt") -> dict[str, Any]:
+    """A tlcli checkpoint (with its saved run config), read weights-only."""
+    ckpt = read_raw(path, key)
     if not isinstance(ckpt, dict) or "tlcli" not in ckpt or "state_dict" not in ckpt:
         raise WeightsError(
             f"{key}={path} is not a tlcli checkpoint (no saved run config): pass one written by `tlcli fit`"

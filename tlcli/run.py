@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tlcli import console, report
-from tlcli.callbacks import History
+from tlcli.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.config import check_signatures, validate
 from tlcli.errors import ConfigError
 from tlcli.module import TransferModule
@@ -59,16 +59,29 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     )
 
     # 2. the trainer, with callbacks and loggers from their groups
-    history = History()
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [history]
+    history, preemption = History(), Preemption(str(run_dir / "checkpoints"))
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [history, preemption]
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir), plugins=[SafeCheckpointIO()]
+    )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        report.write_json_atomic(run_dir / "environment.json", environment(cfg.seed))
         console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
 
-    # 3. train, early-stopped on validation
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # 3. train, early-stopped on validation; SIGTERM / Ctrl-C leave a resumable checkpoint
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except BaseException:
+        if preemption.signal is None:
+            raise
+        code = 143 if preemption.signal == "SIGTERM" else 130
+        console.err_console.print(
+            f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
+        )
+        raise SystemExit(code) from None
     metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split}
     best = history.best(cfg.monitor, cfg.monitor_mode)
     if best is not None:
@@ -97,6 +110,40 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         report.write_json_atomic(run_dir / "metrics.json", metrics)
         console.console.print(f"run dir: {run_dir}")
     return metrics
+
+
+def environment(seed: int) -> dict[str, Any]:
+    """The seed, the command and every library version that shapes the result."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in (
+        "tlcli",
+        "torch",
+        "torchvision",
+        "lightning",
+        "timm",
+        "transformers",
+        "torchmetrics",
+        "hydra-core",
+        "peft",
+        "numpy",
+        "scikit-learn",
+        "pillow",
+    ):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "seed": seed,
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:

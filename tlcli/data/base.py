@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlcli.data.transforms import Transform, image_transforms, load_rgb
 from tlcli.errors import ConfigError, DataError
+from tlcli.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class TransferDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = resolve_num_workers(num_workers)
         self.augment, self.image_size, self.seed = bool(augment), image_size, int(seed)
+        # (epoch, samples to skip) for the first training iteration; set when resuming mid-epoch
+        self.train_start: tuple[int, int] = (0, 0)
         self.data_config = data_config
         self.class_names: list[str] = []
         self.multilabel = False
@@ -237,12 +240,13 @@ class TransferDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        # Shuffled order drawn from (seed, epoch) and augmentation from (seed, epoch, index):
+        # a resumed run replays the same stream with no sampler or RNG state to restore.
+        sampler = EpochSeededSampler(len(dataset), self.seed, *self.train_start) if shuffle else None
         return DataLoader(
-            dataset,
+            SeededDataset(dataset) if shuffle else dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             # a lone last sample breaks BatchNorm in train mode; drop only that case
             drop_last=shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1,
             num_workers=self.num_workers,

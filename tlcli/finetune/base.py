@@ -26,6 +26,9 @@ class ParamGroup:
     name: str
     params: list[tuple[str, nn.Parameter]]
     lr_mult: float = 1.0
+    # Weight decay of the group's weight matrices; None = the optimizer's configured value.
+    # A strategy that regularises weights itself (L2-SP) sets 0 so plain decay does not pull toward 0.
+    weight_decay: float | None = None
 
 
 class FinetuneStrategy:

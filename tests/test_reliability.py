@@ -1,0 +1,158 @@
+"""Runs that survive: preemption, resume parity, divergence, exit codes, what the run dir records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tests.conftest import TINY, compose_fit
+from tlcli.cli import main
+from tlcli.run import fit
+
+QUIET = ["callbacks.progress_bar=null", "data.num_workers=0", "callbacks.early_stopping=null"]
+
+
+class InterruptAt(L.Callback):
+    """Raises KeyboardInterrupt (what Ctrl-C does) before batch `batch` of epoch `epoch`."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise KeyboardInterrupt
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(2, 0), (1, 2)], ids=["epoch-boundary", "mid-epoch"])
+def test_interrupted_then_resumed_equals_uninterrupted(imagefolder, tmp_path, epoch, batch):
+    common = [
+        *TINY,
+        *QUIET,
+        "data=imagefolder",
+        f"data.root={imagefolder}",
+        "data.augment=true",
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "data.batch_size=6",
+    ]
+    straight = fit(compose_fit(common, tmp_path / "straight"))
+    interrupted = compose_fit(
+        [
+            *common,
+            "+callbacks.interrupt._target_=tests.test_reliability.InterruptAt",
+            f"+callbacks.interrupt.epoch={epoch}",
+            f"+callbacks.interrupt.batch={batch}",
+        ],
+        tmp_path / "cut",
+    )
+    with pytest.raises(SystemExit) as exc:
+        fit(interrupted)
+    assert exc.value.code == 130
+    resumed = fit(
+        compose_fit([*common, f"ckpt_path={tmp_path / 'cut' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "cut")
+    )
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["test/acc"] == straight["test/acc"] and resumed["test/loss"] == straight["test/loss"]
+
+
+def test_divergence_stops_with_exit_5_and_a_clear_message(imagefolder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "fit",
+                *TINY,
+                *QUIET,
+                "data=imagefolder",
+                f"data.root={imagefolder}",
+                "optimizer.lr=1e30",
+                "trainer.max_epochs=3",
+                f"hydra.run.dir={tmp_path}",
+            ]
+        )
+    assert exc.value.code == 5
+    err = " ".join(capsys.readouterr().err.split())
+    assert "tlcli: training diverged" in err
+    assert "the training loss became nan at step" in err or "the training loss became inf at step" in err
+    assert "last LR per group: backbone=" in err
+    assert "fix: lower optimizer.lr, set trainer.gradient_clip_val=1.0" in err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_same_seed_same_metrics_and_environment_recorded(imagefolder, tmp_path):
+    common = [*TINY, *QUIET, "data=imagefolder", f"data.root={imagefolder}", "trainer.max_epochs=2", "seed=7"]
+    first = fit(compose_fit(common, tmp_path / "a"))
+    second = fit(compose_fit(common, tmp_path / "b"))
+    other = fit(compose_fit([*common, "seed=8"], tmp_path / "c"))
+    drop = {"tested_checkpoint"}
+    assert {k: v for k, v in first.items() if k not in drop} == {k: v for k, v in second.items() if k not in drop}
+    assert first["test/loss"] != other["test/loss"]
+    env = json.loads((tmp_path / "a" / "environment.json").read_text())
+    assert env["seed"] == 7
+    assert env["versions"]["torch"] == torch.__version__.split("+")[0] or env["versions"]["torch"] == torch.__version__
+    assert set(env["versions"]) >= {"lightning", "timm", "transformers", "hydra-core"}
+
+
+def test_unwritable_output_location_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code = main(["fit", *TINY, f"hydra.run.dir={blocker / 'run'}"])
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the output location {blocker / 'run'} is not writable ({blocker} is a file)" in err
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(imagefolder, tmp_path):
+    run_dir = tmp_path / "run"
+    tlcli = str(Path(sys.executable).parent / "tlcli")
+    args = [
+        *TINY,
+        "callbacks.progress_bar=null",
+        "callbacks.early_stopping=null",
+        "data=imagefolder",
+        f"data.root={imagefolder}",
+        "data.batch_size=2",
+        "trainer.max_epochs=50",
+    ]
+    proc = subprocess.Popen(
+        [tlcli, "fit", *args, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    assert "interrupted by SIGTERM" in out and f"Resume with: tlcli fit resume={run_dir}" in out
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] < 50
+    # resume: nothing to repeat but the run dir; cut it short with a smaller epoch budget
+    done = subprocess.run(
+        [tlcli, "fit", f"resume={run_dir}", f"trainer.max_epochs={ckpt['epoch'] + 2}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_trained"] == ckpt["epoch"] + 2

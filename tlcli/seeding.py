@@ -1,0 +1,102 @@
+"""Randomness that a resumed run replays exactly.
+
+Lightning checkpoints hold no RNG or sampler state, and DataLoader workers (persistent
+or not) are re-created on resume with fresh seeds. So nothing here depends on hidden
+state: the training order of epoch e is a permutation drawn from (seed, e), and each
+sample's augmentation is drawn from (seed, e, index). Resume at any epoch, or a
+different number of workers, replays the same data stream.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes, unlike hash())."""
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class EpochSeededSampler(Sampler):
+    """Shuffles with a permutation that depends only on (seed, epoch); yields (index, sample seed).
+
+    Lightning calls set_epoch(epoch) before every training epoch, resumed runs included.
+    """
+
+    def __init__(self, num_samples: int, seed: int, epoch: int = 0, skip: int = 0, shuffle: bool = True):
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        # A run resumed mid-epoch continues `epoch` after the `skip` samples it had already seen.
+        # The epoch is set here too: with worker processes, the first iterator draws its indices
+        # before Lightning calls set_epoch.
+        self.epoch, self.resume_epoch, self.skip = epoch, epoch, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.skip and self.epoch == self.resume_epoch:
+            order, self.skip = order[self.skip :], 0
+        for i in order:
+            yield i, _mix(self.seed, self.epoch, i)
+
+
+class SeededDataset(Dataset):
+    """Runs dataset[i] with torch/numpy/random seeded from the sampler's per-sample seed."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        # fork_rng: in the main process (num_workers=0) the global RNG must not be disturbed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            state = random.getstate(), np.random.get_state()
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(state[0])
+                np.random.set_state(state[1])
+
+
+def rng_state() -> dict[str, Any]:
+    """The main process's RNG states as tensors and plain containers (weights-only loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
