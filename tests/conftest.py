@@ -83,3 +83,11 @@ TINY = [
     "trainer.max_epochs=2",
     "callbacks.progress_bar=null",
 ]
+
+
+def pytest_configure(config):
+    # Tiny models gain nothing from intra-op threads, and idle threads spin when the two
+    # cores are shared (other test processes, subprocess tests): one thread per process.
+    import torch
+
+    torch.set_num_threads(1)
