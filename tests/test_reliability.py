@@ -22,22 +22,39 @@ QUIET = ["callbacks.progress_bar=null", "data.num_workers=0", "callbacks.early_s
 
 
 class InterruptAt(L.Callback):
-    """Raises KeyboardInterrupt (what Ctrl-C does) before batch `batch` of epoch `epoch`."""
+    """Raises KeyboardInterrupt (what Ctrl-C does) before batch `batch` of epoch `epoch`,
+    in training or in validation (`during`)."""
 
-    def __init__(self, epoch: int, batch: int):
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, epoch: int, batch: int, during: str = "train"):
+        self.epoch, self.batch, self.during = epoch, batch, during
+
+    def _maybe(self, trainer, batch_idx, stage):
+        if stage == self.during and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            if not trainer.sanity_checking:
+                raise KeyboardInterrupt
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            raise KeyboardInterrupt
+        self._maybe(trainer, batch_idx, "train")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # SIGTERM as Lightning sees it: a flag its loops check after the batch (and the LR step)
+        if self.during == "sigterm" and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            trainer._signal_connector.received_sigterm = True
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._maybe(trainer, batch_idx, "val")
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize(("epoch", "batch"), [(2, 0), (1, 2)], ids=["epoch-boundary", "mid-epoch"])
-def test_interrupted_then_resumed_equals_uninterrupted(imagefolder, tmp_path, epoch, batch):
+@pytest.mark.parametrize(
+    ("epoch", "batch", "during"),
+    [(2, 0, "train"), (1, 2, "train"), (1, 1, "val"), (1, 1, "sigterm")],
+    ids=["epoch-boundary", "mid-epoch", "mid-validation", "sigterm-mid-epoch"],
+)
+def test_interrupted_then_resumed_equals_uninterrupted(imagefolder, tmp_path, epoch, batch, during):
     common = [
         *TINY,
         *QUIET,
@@ -55,12 +72,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(imagefolder, tmp_path, ep
             "+callbacks.interrupt._target_=tests.test_reliability.InterruptAt",
             f"+callbacks.interrupt.epoch={epoch}",
             f"+callbacks.interrupt.batch={batch}",
+            f"+callbacks.interrupt.during={during}",
         ],
         tmp_path / "cut",
     )
     with pytest.raises(SystemExit) as exc:
         fit(interrupted)
-    assert exc.value.code == 130
+    assert exc.value.code == (143 if during == "sigterm" else 130)
     resumed = fit(
         compose_fit([*common, f"ckpt_path={tmp_path / 'cut' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "cut")
     )
@@ -156,3 +174,27 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(imagefolder, tmp_pat
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_trained"] == ckpt["epoch"] + 2
+
+
+class SigtermDuringSanityCheck(L.Callback):
+    def on_validation_batch_end(self, trainer, *args, **kwargs):
+        if trainer.sanity_checking:
+            trainer._signal_connector.received_sigterm = True
+
+
+def test_sigterm_before_the_first_step_leaves_no_half_checkpoint(imagefolder, tmp_path, capsys):
+    cfg = compose_fit(
+        [
+            *TINY,
+            *QUIET,
+            "data=imagefolder",
+            f"data.root={imagefolder}",
+            "+callbacks.term._target_=tests.test_reliability.SigtermDuringSanityCheck",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(SystemExit) as exc:
+        fit(cfg)
+    assert exc.value.code == 143
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert "before the first training step: nothing to resume, run the same command again" in capsys.readouterr().err

@@ -66,6 +66,11 @@ class Preemption(L.Callback):
         else:
             return
         path = f"{self.dirpath}/last.ckpt"
+        if trainer.sanity_checking:
+            # No training step has run since the run (re)started: a checkpoint taken now would
+            # hold a half-done sanity check; the previous last.ckpt (if any) is the state to keep.
+            self.saved = path if Path(path).is_file() else None
+            return
         trainer.save_checkpoint(path)
         self.saved = path
 

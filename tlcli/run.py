@@ -79,7 +79,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         code = 143 if preemption.signal == "SIGTERM" else 130
         console.err_console.print(
             f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-            f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
+            + (
+                f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
+                if preemption.saved
+                else "before the first training step: nothing to resume, run the same command again"
+            )
         )
         raise SystemExit(code) from None
     metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split}
