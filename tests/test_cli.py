@@ -161,3 +161,25 @@ def test_sweep_runs_each_job_in_its_own_dir(imagefolder, tmp_path):
     for job, strategy in (("0", "full"), ("1", "linear_probe")):
         assert f"finetune={strategy}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
         assert "test/acc" in json.loads((sweep / job / "metrics.json").read_text())
+
+
+def test_sweep_with_a_failing_job_finishes_the_others_and_exits_non_zero(imagefolder, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        str(VENV_BIN / "tlcli"),
+        "fit",
+        "-m",
+        f"data.root={imagefolder},{tmp_path / 'missing'}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "data=imagefolder",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1
+    assert "test/acc" in json.loads((sweep / "0" / "metrics.json").read_text())
+    assert not (sweep / "1" / "metrics.json").exists()
+    assert (
+        f"job failed (data error): data.root={tmp_path / 'missing'} does not exist"
+        in (sweep / "1" / "tlcli.log").read_text()
+    )

@@ -16,6 +16,9 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "fit": ("hydra", "tlcli.run:fit", "fine-tune a pretrained backbone, early-stop on val, test the best checkpoint"),
     "ls": ("plain", "tlcli.catalog:ls", "list config groups and options (tlcli ls [group]; ls backbones --pattern P)"),
     "cat": ("plain", "tlcli.cli:cat", "print the composed config for the given overrides, and validate it"),
+    "rank": ("hydra", "tlcli.rank:rank", "score candidate backbones on your data without fine-tuning (LogME, H-score)"),
+    "report": ("plain", "tlcli.sweep:report", "leaderboard of a sweep dir (tlcli report SWEEP_DIR; exit 1 if a job failed)"),
+    "check": ("plain", "tlcli.check:check", "preflight for CI: config, data layout, images, weights; no training"),
 }
 EXAMPLES = """examples:
   tlcli fit                                   # embedded digits, offline EfficientNet-Lite0
@@ -174,7 +177,11 @@ def _call(verb: str, cfg):
         if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # let the sweep finish its other jobs; Hydra reports this one
+            # the job's own log keeps the reason; the sweep goes on and Hydra exits 1 at the end
+            import logging
+
+            logging.getLogger("tlcli").error("job failed (%s): %s", err.kind, " | ".join(err.problems))
+            raise
         raise SystemExit(_report(err)) from None
 
 
