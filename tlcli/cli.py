@@ -14,10 +14,13 @@ import sys
 # target is "module:function(args: list[str]) -> exit code" (no Hydra run dir).
 VERBS: dict[str, tuple[str, str, str]] = {
     "fit": ("hydra", "tlcli.run:fit", "fine-tune a pretrained backbone, early-stop on val, test the best checkpoint"),
+    "test": ("hydra", "tlcli.evaluate:test", "evaluate a checkpoint on its own data or data=...: metrics + report"),
+    "predict": ("hydra", "tlcli.evaluate:predict", "predict new images/texts (dir, file or CSV) to CSV/JSONL"),
+    "export": ("hydra", "tlcli.export:export", "export a checkpoint as safetensors, torchscript or onnx + preprocess"),
     "ls": ("plain", "tlcli.catalog:ls", "list config groups and options (tlcli ls [group]; ls backbones --pattern P)"),
     "cat": ("plain", "tlcli.cli:cat", "print the composed config for the given overrides, and validate it"),
     "rank": ("hydra", "tlcli.rank:rank", "score candidate backbones on your data without fine-tuning (LogME, H-score)"),
-    "report": ("plain", "tlcli.sweep:report", "leaderboard of a sweep dir (tlcli report SWEEP_DIR; exit 1 if a job failed)"),
+    "report": ("plain", "tlcli.sweep:report", "leaderboard of a sweep: tlcli report SWEEP_DIR (exit 1 if a job failed)"),
     "check": ("plain", "tlcli.check:check", "preflight for CI: config, data layout, images, weights; no training"),
 }
 EXAMPLES = """examples:
@@ -108,6 +111,9 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     import hydra
 
     from tlcli.paths import conf_dir
+    from tlcli.resolvers import register
+
+    register()
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=verb)
     def _run(cfg):
@@ -171,7 +177,11 @@ def _call(verb: str, cfg):
     from tlcli.errors import find_tlcli_error
 
     try:
-        return _load(VERBS[verb][1])(cfg)
+        result = _load(VERBS[verb][1])(cfg)
+        if verb == "fit" and isinstance(result, dict):
+            # sweepers that optimise (Optuna) read the job's return value as the objective
+            return result.get(f"best_val/{cfg.monitor}")
+        return result
     except Exception as exc:  # noqa: BLE001 - user errors become a report + exit code
         err = find_tlcli_error(exc)
         if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -7,6 +7,7 @@ input transforms) is wired here, never by config interpolation.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
     # 3. train, early-stopped on validation; SIGTERM / Ctrl-C leave a resumable checkpoint
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_from(cfg, run_dir))
     except BaseException:
         if preemption.signal is None:
             raise
@@ -116,6 +117,14 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _resume_from(cfg: DictConfig, run_dir: Path) -> str | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path is None and cfg.auto_resume and last.is_file():
+        log.info("resuming from %s (auto_resume=true; set auto_resume=false to start over)", last)
+        return str(last)
+    return cfg.ckpt_path
+
+
 def environment(seed: int) -> dict[str, Any]:
     """The seed, the command and every library version that shapes the result."""
     import platform
@@ -144,6 +153,7 @@ def environment(seed: int) -> dict[str, Any]:
     return {
         "seed": seed,
         "argv": sys.argv,
+        "pid": os.getpid(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
