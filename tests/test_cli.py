@@ -183,3 +183,14 @@ def test_sweep_with_a_failing_job_finishes_the_others_and_exits_non_zero(imagefo
         f"job failed (data error): data.root={tmp_path / 'missing'} does not exist"
         in (sweep / "1" / "tlcli.log").read_text()
     )
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ls"], ["ls", "finetune"], ["cat", "finetune=lp_ft"]], ids=" ".join)
+def test_light_verbs_import_neither_torch_nor_lightning_nor_timm(args, tmp_path):
+    code = (
+        f"import sys; from tlcli.cli import main; rc = main({args!r});"
+        "heavy = [m for m in ('torch', 'lightning', 'timm', 'transformers') if m in sys.modules];"
+        "assert rc == 0 and not heavy, (rc, heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
