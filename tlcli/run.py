@@ -21,6 +21,7 @@ from tlcli import console, report
 from tlcli.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.config import check_signatures, validate
 from tlcli.errors import ConfigError
+from tlcli.evaluate import write_test_report
 from tlcli.module import TransferModule
 
 log = logging.getLogger(__name__)
@@ -99,18 +100,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
         metrics["tested_checkpoint"] = ckpt
-        if trainer.is_global_zero and module.test_outputs:
-            summary = report.write_report(
-                run_dir,
-                module.test_outputs["y_true"].numpy(),
-                module.test_outputs["y_score"].numpy(),
-                module.class_names,
-                multilabel=task.multilabel,
-                threshold=task.thresholds if task.multilabel else 0.5,
-                split=datamodule.test_split,
-                console=console.console,
-            )
-            log.debug("report: %s", summary)
+        if trainer.is_global_zero:
+            write_test_report(run_dir, module, datamodule.test_split)
     if trainer.is_global_zero:
         report.write_json_atomic(run_dir / "metrics.json", metrics)
         console.console.print(f"run dir: {run_dir}")

@@ -55,6 +55,9 @@ class FinetuneStrategy:
         """An extra term added to the training loss (e.g. L2-SP), or None."""
         return None
 
+    def merge(self, module: nn.Module) -> None:
+        """Fold anything the strategy added (adapters) into plain weights, before export."""
+
     def frozen_modules(self, module: nn.Module, epoch: int) -> list[nn.Module]:
         """Modules that are frozen during `epoch` (kept in eval mode unless train_bn)."""
         return []

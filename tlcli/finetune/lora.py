@@ -69,6 +69,9 @@ class LoRA(FinetuneStrategy):
         lora = [(n, p) for n, p in module.backbone.named_parameters() if "lora_" in n]
         return [ParamGroup("lora", lora), head_group(module)]
 
+    def merge(self, module: nn.Module) -> None:
+        merge(module)
+
     def frozen_modules(self, module: nn.Module, epoch: int) -> list[nn.Module]:
         return batchnorm_modules(module.backbone)  # not all of the backbone: LoRA dropout must stay on
 

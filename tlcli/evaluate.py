@@ -1,0 +1,313 @@
+"""`tlcli test` and `tlcli predict`: a trained checkpoint on labelled data, or on new inputs.
+
+Both rebuild the model with tlcli.restore.load_module (the checkpoint carries its run
+config, so no fit override needs repeating) and prepare inputs the way fit's evaluation
+did: the backbone's own data_config, at the resolution the model was trained at.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tlcli import console, report, restore
+from tlcli.errors import ConfigError, DataError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+MAX_SHOWN = 5  # names listed per problem line; the rest are counted
+
+
+def _listing(items: list[Any]) -> str:
+    shown = ", ".join(str(i) for i in items[:MAX_SHOWN])
+    return shown + (f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else "")
+
+
+def require(cfg: DictConfig) -> None:
+    """Every ??? key at once, before anything loads (shared by test, predict and export)."""
+    from tlcli.config import missing_keys
+
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError([f"{k} is required (it is ??? in the config): set it, e.g. {k}=VALUE" for k in missing])
+
+
+# ---------------------------------------------------------------- test
+def test(cfg: DictConfig) -> dict[str, Any]:
+    import lightning as L
+
+    require(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt = restore.resolve(cfg.ckpt)
+    module, config = restore.load_module(ckpt)
+    datamodule = instantiate(
+        OmegaConf.create(data_for_test(OmegaConf.select(cfg, "data"), config["data"])),
+        data_config=module.backbone.data_config(),
+    )
+    datamodule.setup("test")
+    check_classes(module, datamodule)
+    trainer = L.Trainer(
+        accelerator="gpu" if device(cfg.accelerator).type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics: dict[str, Any] = {k: float(v) for k, v in results[0].items()}
+    metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt))
+    write_test_report(run_dir, module, datamodule.test_split)
+    report.write_json_atomic(run_dir / "metrics.json", metrics)
+    console.console.print(f"run dir: {run_dir}")
+    return metrics
+
+
+def data_for_test(given: DictConfig | None, saved: dict[str, Any]) -> dict[str, Any]:
+    """The data config to evaluate on: the checkpoint's own, changed, or replaced.
+
+    A node without `_target_` (+data.KEY=VALUE) changes keys of the saved config. A full
+    data option (data=OPTION) that leaves image_size at null inherits the resolution the
+    model was trained at: evaluating at another size silently costs accuracy.
+    """
+    if given is None:
+        return dict(saved)
+    chosen = OmegaConf.to_container(given, resolve=True)
+    if "_target_" not in chosen:
+        return {**saved, **chosen}
+    # .get: a custom datamodule's saved config need not have an image_size key at all
+    if chosen.get("image_size") is None and saved.get("image_size") is not None:
+        log.info("data.image_size=%s: the resolution the checkpoint was trained at", saved["image_size"])
+        chosen["image_size"] = saved["image_size"]
+    return chosen
+
+
+def check_classes(module, datamodule) -> None:
+    """The data must name the checkpoint's classes in the checkpoint's order."""
+    ckpt, data = list(module.class_names), list(datamodule.class_names)
+    if module.task.multilabel != datamodule.multilabel:
+        kinds = ("multi-label", "single-label") if module.task.multilabel else ("single-label", "multi-label")
+        raise DataError(
+            f"data: the checkpoint was trained on {kinds[0]} data but this data is {kinds[1]}: "
+            "evaluate on data of the same kind"
+        )
+    if ckpt == data:
+        return
+    missing, extra = [c for c in ckpt if c not in data], [c for c in data if c not in ckpt]
+    if missing or extra:
+        parts = ([f"missing {_listing(missing)}"] if missing else []) + ([f"extra {_listing(extra)}"] if extra else [])
+        raise DataError(
+            f"data: its classes differ from the checkpoint's ({'; '.join(parts)}): evaluate on data "
+            f"with exactly the classes the model was trained on ({_listing(ckpt)})"
+        )
+    raise DataError(
+        f"data: it lists the checkpoint's classes in another order ({_listing(data)} instead of "
+        f"{_listing(ckpt)}): keep the checkpoint's order (for data=csv: data.label_columns)"
+    )
+
+
+def write_test_report(run_dir: Path, module, split: str) -> dict | None:
+    """per_class.json/.csv, confusion_matrix.png and the table for the last trainer.test."""
+    if not module.test_outputs:
+        return None
+    task = module.task
+    summary = report.write_report(
+        run_dir,
+        module.test_outputs["y_true"].numpy(),
+        module.test_outputs["y_score"].numpy(),
+        module.class_names,
+        multilabel=task.multilabel,
+        threshold=task.thresholds if task.multilabel else 0.5,
+        split=split,
+        console=console.console,
+    )
+    log.debug("report: %s", summary)
+    return summary
+
+
+def device(accelerator: str) -> torch.device:
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ConfigError(f"accelerator={accelerator} is not supported: use auto, cpu or gpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"accelerator={accelerator} but no GPU is visible: use accelerator=cpu (or auto)")
+    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------- predict
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    from tlcli.data.base import resolve_num_workers
+
+    require(cfg)
+    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise ConfigError(f"top_k={cfg.top_k} must be a positive integer, e.g. top_k=5")
+    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be a positive integer, e.g. batch_size=32")
+    out = output_path(cfg.output)  # before the model loads: a bad output path fails in a second
+    module, config = restore.load_module(cfg.ckpt)
+    spec = module.backbone.data_config()
+    names, inputs = list_inputs(cfg.input, spec["modality"], cfg.input_column)
+    loader = _loader(inputs, spec, config, cfg.batch_size, resolve_num_workers(cfg.num_workers))
+    dev = device(cfg.accelerator)
+    scores = _infer(module.to(dev), loader, dev, len(inputs), cfg.progress_bar)
+    thresholds = module.task.thresholds if module.task.multilabel else None
+    rows = prediction_rows(names, scores, module.class_names, min(cfg.top_k, len(module.class_names)), thresholds)
+    report.write_text_atomic(out, to_jsonl(rows) if out.suffix.lower() == ".jsonl" else to_csv(rows))
+    console.console.print(f"{len(rows)} predictions: {out}")
+    return {"output": str(out), "count": len(rows)}
+
+
+def output_path(value: str) -> Path:
+    """Checked before any work: a .csv/.jsonl file whose folder exists (or can be made) and is writable."""
+    out = Path(value).expanduser()
+    if out.suffix.lower() not in (".csv", ".jsonl"):
+        raise ConfigError(f"output={value} must end in .csv or .jsonl (JSONL adds every class's probability)")
+    if out.is_dir():
+        raise ConfigError(f"output={value} is a folder: name a file in it, e.g. output={out / 'preds.csv'}")
+    folder = out.absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is a file" if existing.is_file() else "is not writable"
+        raise ConfigError(f"output={value} cannot be written ({existing} {what}): set output= to a writable place")
+    folder.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def list_inputs(value: str, modality: str, column: str | None) -> tuple[list[str], list[str]]:
+    """(names to write, inputs to load): image paths or texts, in a stable order."""
+    from tlcli.data.imagefolder import list_images
+    from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
+
+    column = column or ("text" if modality == "text" else "image")
+    p = Path(value).expanduser()
+    csv_kind = f"a CSV with a column '{column}'"
+    kinds = csv_kind if modality == "text" else f"a folder of images, an image file, or {csv_kind}"
+    if not p.exists():
+        raise DataError(f"input={value} does not exist: pass {kinds}")
+    if p.suffix.lower() == ".csv" and p.is_file():
+        return _csv_inputs(p, column, modality)
+    if modality == "text":
+        raise DataError(f"input={value}: the model reads text; pass {csv_kind}")
+    if p.is_dir():
+        paths = list_images(p)
+        if not paths:
+            raise DataError(f"input={value} holds no image files ({' '.join(IMAGE_EXTENSIONS)}), searched recursively")
+        return paths, paths
+    if is_image_file(p):
+        return [str(p)], [str(p)]
+    raise DataError(f"input={value} is not a folder, an image ({' '.join(IMAGE_EXTENSIONS)}) or a .csv file")
+
+
+def _csv_inputs(path: Path, column: str, modality: str) -> tuple[list[str], list[str]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+        reader = csv.DictReader(f)
+        header = [h for h in (reader.fieldnames or []) if h is not None]
+        if column not in header:
+            raise DataError(
+                f"input={path}: no column '{column}' (columns: {', '.join(header) or 'none'})."
+                f"{did_you_mean(column, header)} Set input_column= to the one holding the "
+                f"{'texts' if modality == 'text' else 'image paths'}"
+            )
+        records = [(reader.line_num, (r[column] or "").strip()) for r in reader]
+    if not records:
+        raise DataError(f"input={path} has no data rows: add one row per {modality}")
+    empty = [line for line, v in records if not v]
+    if empty:
+        raise DataError(f"input={path}: empty '{column}' on lines {_listing(empty)}; fill them in or remove the rows")
+    names = [v for _, v in records]
+    if modality == "text":
+        return names, names
+    paths = [str(path.parent / v) for v in names]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"input={path}: {len(missing)} image file(s) not found: {_listing(missing)}; "
+            "relative paths start at the CSV's folder"
+        )
+    return names, paths
+
+
+def _loader(inputs: list[str], spec: dict[str, Any], config: dict[str, Any], batch_size: int, workers: int):
+    """Batches of model inputs, prepared exactly like fit's eval split."""
+    from torch.utils.data import DataLoader
+
+    from tlcli.data.base import ImageDataset, Samples, TextCollate, TextDataset
+    from tlcli.data.transforms import image_transforms, load_rgb
+
+    samples = Samples(list(inputs), np.zeros(len(inputs), dtype=np.int64))
+    if spec["modality"] == "text":
+        dataset, collate = TextDataset(samples, spec["tokenizer"], spec["max_length"]), TextCollate(spec["tokenizer"])
+    else:
+        # .get: a custom datamodule's saved config need not have an image_size key at all
+        _, eval_tf = image_transforms(spec, augment=False, image_size=config["data"].get("image_size"))
+        dataset, collate = ImageDataset(samples, eval_tf, load_rgb), None
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+
+
+def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) -> np.ndarray:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    out = []
+    with (
+        Progress(*columns, console=console.console, disable=not progress_bar) as progress,
+        torch.inference_mode(),
+    ):
+        task = progress.add_task("predict", total=total)
+        for x, _ in loader:
+            x = {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
+            out.append(module.task.scores(module(x)).float().cpu())
+            progress.advance(task, len(out[-1]))
+    return torch.cat(out).numpy()
+
+
+def prediction_rows(
+    names: list[str], scores: np.ndarray, classes: list[str], top_k: int, thresholds: list[float] | None
+) -> list[dict[str, Any]]:
+    """One dict per input. Single-label: pred = the top class, score its probability.
+    Multi-label (thresholds given): pred = every label at or above its threshold, score the
+    highest label score; top-k ranks labels by score either way."""
+    rows = []
+    for name, s in zip(names, scores.astype(float)):
+        order = np.argsort(-s, kind="stable")[:top_k]
+        top = [(classes[i], float(s[i])) for i in order]
+        if thresholds is None:
+            pred: Any = top[0][0]
+        else:
+            pred = [c for c, v, t in zip(classes, s, thresholds) if v >= t]
+        rows.append({"input": name, "pred": pred, "score": top[0][1], "top": top, "probs": dict(zip(classes, s))})
+    return rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    k = len(rows[0]["top"])
+    header = ["input", "pred", "score"] + [f"top{i}{sfx}" for i in range(1, k + 1) for sfx in ("", "_score")]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in rows:
+        pred = "|".join(r["pred"]) if isinstance(r["pred"], list) else r["pred"]
+        # repr-exact floats: the file round-trips to the computed probabilities
+        writer.writerow([r["input"], pred, repr(r["score"])] + [v for c, p in r["top"] for v in (c, repr(p))])
+    return buf.getvalue()
+
+
+def to_jsonl(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        record = {k: r[k] for k in ("input", "pred", "score")}
+        record["top"] = [{"class": c, "score": p} for c, p in r["top"]]
+        record["probs"] = {c: float(p) for c, p in r["probs"].items()}
+        lines.append(json.dumps(record))
+    return "\n".join(lines) + "\n"
