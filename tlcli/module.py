@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from tlcli.distill import Distiller
 from tlcli.errors import ConfigError, DivergedError
 from tlcli.finetune.base import FinetuneStrategy
 from tlcli.seeding import rng_state, set_rng_state
@@ -30,6 +31,7 @@ class TransferModule(L.LightningModule):
         class_names: list[str],
         label_counts: list[int] | None = None,
         config: dict[str, Any] | None = None,
+        distiller: Distiller | None = None,
     ):
         super().__init__()
         self.backbone, self.head, self.task = backbone, head, task
@@ -38,6 +40,8 @@ class TransferModule(L.LightningModule):
         self.label_counts = list(label_counts or [])
         # The resolved run config, as plain containers, saved inside every checkpoint.
         self.config = config or {}
+        # A plain object, not an nn.Module: the teacher stays out of state_dict, parameters and optimizer.
+        self.distiller = distiller
         num_classes = len(self.class_names)
         self.val_metrics = task.metrics(num_classes).clone(prefix="val/")
         self.test_metrics = task.metrics(num_classes).clone(prefix="test/")
@@ -64,7 +68,12 @@ class TransferModule(L.LightningModule):
     # -- steps --
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.task.loss(self(x), y)
+        logits = self(x)
+        loss = self.task.loss(logits, y)
+        if self.distiller is not None:
+            loss = self.distiller.loss(logits, x, y, loss)
+            if self.distiller.last_kl is not None:
+                self.log("train/distill_kl", self.distiller.last_kl, on_step=False, on_epoch=True, batch_size=len(y))
         reg = self.strategy.regularizer(self)
         if reg is not None:
             self.log("train/reg", reg, on_step=False, on_epoch=True, batch_size=len(y))
@@ -186,6 +195,8 @@ class TransferModule(L.LightningModule):
             self.trainer.datamodule.train_start = tuple(checkpoint["tlcli"]["data_position"])
 
     def on_train_start(self) -> None:
+        # re-apply the frozen-part eval modes: a resumed run must not train frozen BatchNorm
+        self.train(True)
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
             self._resume_rng = None

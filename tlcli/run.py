@@ -17,9 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, report
+from tlcli import console, features, report
 from tlcli.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.config import check_signatures, validate
+from tlcli.distill import Distiller
 from tlcli.errors import ConfigError
 from tlcli.evaluate import write_test_report
 from tlcli.module import TransferModule
@@ -43,6 +44,17 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     backbone = instantiate(cfg.backbone)
     datamodule = instantiate(cfg.data, data_config=backbone.data_config())
     datamodule.setup("fit")
+    strategy = instantiate(cfg.finetune)
+    distiller = None
+    if cfg.distill.teacher is not None:
+        distiller = Distiller(
+            **cfg.distill,
+            class_names=datamodule.class_names,
+            data_config=backbone.data_config(),
+            multilabel=datamodule.multilabel,
+        )
+    if getattr(datamodule, "feature_cache", False):  # data modules outside tlcli.data have no cache
+        datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
     task = instantiate(cfg.task)
     if task.multilabel != datamodule.multilabel:
         raise ConfigError(_task_data_mismatch(task.multilabel))
@@ -52,12 +64,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         backbone=backbone,
         head=head,
         task=task,
-        strategy=instantiate(cfg.finetune),
+        strategy=strategy,
         optimizer=instantiate(cfg.optimizer),
         schedule=instantiate(cfg.scheduler),
         class_names=datamodule.class_names,
         label_counts=datamodule.label_counts(),
         config=OmegaConf.to_container(cfg, resolve=True),
+        distiller=distiller,
     )
 
     # 2. the trainer, with callbacks and loggers from their groups
@@ -69,6 +82,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        for name, record in getattr(datamodule, "run_records", dict)().items():  # e.g. k_shot.json
+            report.write_json_atomic(run_dir / name, record)
         report.write_json_atomic(run_dir / "environment.json", environment(cfg.seed))
         console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
 

@@ -67,7 +67,8 @@ class SeededDataset(Dataset):
         index, seed = item
         # fork_rng: in the main process (num_workers=0) the global RNG must not be disturbed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed also walks the (lazy) CUDA state, ~1 ms a call
+            torch.default_generator.manual_seed(seed)
             state = random.getstate(), np.random.get_state()
             random.seed(seed)
             np.random.seed(seed % 2**32)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tlcli.data import kshot
 from tlcli.data.transforms import Transform, image_transforms, load_rgb
 from tlcli.errors import ConfigError, DataError
 from tlcli.seeding import EpochSeededSampler, SeededDataset
@@ -26,16 +27,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Samples:
-    """Inputs (paths, texts or arrays) and targets: int64 (N,) or float32 (N, C) for multi-label."""
+    """Inputs (paths, texts or arrays) and targets: int64 (N,) or float32 (N, C) for multi-label.
+
+    ids: how a sample is named in records such as k_shot.json (a path relative to the data
+    root, "file.csv:line", an index into a bundled set); None = the input itself.
+    """
 
     inputs: list[Any]
     targets: np.ndarray
+    ids: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def subset(self, idx: Sequence[int]) -> Samples:
-        return Samples([self.inputs[i] for i in idx], self.targets[np.asarray(idx, dtype=int)])
+        ids = None if self.ids is None else [self.ids[i] for i in idx]
+        return Samples([self.inputs[i] for i in idx], self.targets[np.asarray(idx, dtype=int)], ids)
+
+    def id_list(self) -> list[Any]:
+        return list(self.ids) if self.ids is not None else [str(x) for x in self.inputs]
 
 
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -94,6 +104,19 @@ class TextDataset(Dataset):
         return dict(enc), _target(self.samples.targets[i])
 
 
+class IgnoreSeed(Dataset):
+    """Takes the (index, seed) items of EpochSeededSampler for a dataset without randomness."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        return self.dataset[item[0]]
+
+
 class TextCollate:
     """A class, not a closure, so DataLoader workers can pickle it."""
 
@@ -116,6 +139,10 @@ class TransferDataModule(L.LightningDataModule):
 
     num_classes, class_names, multilabel: what the head and task are built for.
     test_split: "test", or "val" when the data has no test split.
+    k_shot: keep exactly K training examples per class (null or "all": every one), drawn
+    after the val split is held out; val and test are untouched.
+    feature_cache, feature_cache_dir: read by tlcli.features (frozen-backbone runs train
+    the head on features computed once and stored under feature_cache_dir).
     """
 
     modality_hint = "an image backbone"  # completes the wrong-modality message
@@ -130,6 +157,9 @@ class TransferDataModule(L.LightningDataModule):
         image_size: int | None,
         seed: int,
         data_config: dict[str, Any] | None,
+        k_shot: int | str | None = None,
+        feature_cache: bool = False,
+        feature_cache_dir: str | None = None,
     ):
         super().__init__()
         if not 0.0 < float(val_fraction) < 1.0:
@@ -143,6 +173,9 @@ class TransferDataModule(L.LightningDataModule):
         # (epoch, samples to skip) for the first training iteration; set when resuming mid-epoch
         self.train_start: tuple[int, int] = (0, 0)
         self.data_config = data_config
+        self.k_shot = kshot.parse_k_shot(k_shot)
+        self.feature_cache = bool(feature_cache)
+        self.feature_cache_dir = feature_cache_dir
         self.class_names: list[str] = []
         self.multilabel = False
         self.test_split = "test"
@@ -180,6 +213,8 @@ class TransferDataModule(L.LightningDataModule):
         train = splits["train"]
         if splits["val"] is None:
             splits["train"], splits["val"] = self._split_off_val(train)
+        if self.k_shot is not None:
+            splits["train"] = self._take_k_shot(splits["train"])
         if splits["test"] is None:
             self.test_split = "val"
             log.warning(
@@ -218,6 +253,24 @@ class TransferDataModule(L.LightningDataModule):
         )
         return train.subset(rest), train.subset(val)
 
+    def _take_k_shot(self, train: Samples) -> Samples:
+        if self.multilabel:
+            raise ConfigError(
+                f"data.k_shot={self.k_shot} needs single-label data (K examples per class); "
+                "for multi-label data set data.k_shot=null"
+            )
+        chosen = train.subset(kshot.select(train.targets, self.class_names, self.k_shot, self.seed))
+        log.info("k_shot: %d training examples per class (seed %d)", self.k_shot, self.seed)
+        return chosen
+
+    def run_records(self) -> dict[str, object]:
+        """Files to write into the run dir: {"k_shot.json": {...}} for few-shot runs, else {}."""
+        if self.k_shot is None:
+            return {}
+        self.setup("fit")
+        train = self.samples["train"]
+        return {"k_shot.json": kshot.record(train.id_list(), train.targets, self.class_names, self.k_shot, self.seed)}
+
     def _dataset(self, samples: Samples, train: bool) -> Dataset:
         if self.modality == "text":
             return TextDataset(samples, self.data_config["tokenizer"], self.data_config["max_length"])
@@ -230,6 +283,20 @@ class TransferDataModule(L.LightningDataModule):
                 f"{data_key} holds images but the backbone expects {self.modality} inputs: pick {self.modality_hint}"
             )
 
+    def input_spec(self) -> dict[str, Any]:
+        """How a raw input becomes the tensors the backbone sees (part of the feature-cache key)."""
+        if self.modality == "text":
+            tok = self.data_config["tokenizer"]
+            return {
+                "tokenizer": type(tok).__name__,
+                "name_or_path": str(tok.name_or_path),
+                "vocab_size": len(tok),
+                "max_length": self.data_config["max_length"],
+            }
+        _, eval_tf = image_transforms(self.data_config, augment=False, image_size=self.image_size)
+        loader = self.image_loader
+        return {"transform": repr(eval_tf), "loader": f"{loader.__module__}.{loader.__qualname__}"}
+
     def label_counts(self) -> list[int]:
         """Training samples per class (positives per label for multi-label), for class weights."""
         self.setup("fit")
@@ -238,28 +305,40 @@ class TransferDataModule(L.LightningDataModule):
             return [int(v) for v in targets.sum(axis=0)]
         return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
+    def split_loader(self, split: str, shuffle: bool) -> DataLoader:
+        collate = TextCollate(self.data_config["tokenizer"]) if self.modality == "text" else None
+        return self.loader(self.datasets[split], shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate)
+
+    def loader(
+        self, dataset: Dataset, *, shuffle: bool, num_workers: int, collate_fn=None, random_items: bool = True
+    ) -> DataLoader:
+        """The one loader policy (order, batch size, last-batch rule), also used for cached features.
+
+        random_items=False: dataset[i] draws no random numbers (cached features), so the
+        per-sample seeding is skipped; the order is the same.
+        """
         # Shuffled order drawn from (seed, epoch) and augmentation from (seed, epoch, index):
         # a resumed run replays the same stream with no sampler or RNG state to restore.
         sampler = EpochSeededSampler(len(dataset), self.seed, *self.train_start) if shuffle else None
+        if shuffle:
+            dataset = SeededDataset(dataset) if random_items else IgnoreSeed(dataset)
         return DataLoader(
-            SeededDataset(dataset) if shuffle else dataset,
+            dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             # a lone last sample breaks BatchNorm in train mode; drop only that case
             drop_last=shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=TextCollate(self.data_config["tokenizer"]) if self.modality == "text" else None,
+            collate_fn=collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.split_loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.split_loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_split, shuffle=False)
+        return self.split_loader(self.test_split, shuffle=False)

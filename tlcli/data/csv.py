@@ -64,6 +64,9 @@ class CSVDataModule(TransferDataModule):
         image_size: int | None = None,
         seed: int = 42,
         data_config: dict[str, Any] | None = None,
+        k_shot: int | str | None = None,
+        feature_cache: bool = False,
+        feature_cache_dir: str | None = None,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -73,6 +76,9 @@ class CSVDataModule(TransferDataModule):
             image_size=image_size,
             seed=seed,
             data_config=data_config,
+            k_shot=k_shot,
+            feature_cache=feature_cache,
+            feature_cache_dir=feature_cache_dir,
         )
         if label_columns is not None and (isinstance(label_columns, str) or len(label_columns) < 1):
             raise ConfigError(
@@ -113,7 +119,8 @@ class CSVDataModule(TransferDataModule):
                 targets = np.array([y for _, y in pairs], dtype=np.float32).reshape(-1, self.num_classes)
             else:
                 targets = np.array([index[y] for _, y in pairs], dtype=np.int64)
-            splits[split] = Samples(inputs, targets)
+            path, records = tables[split]  # one pair per record, in order
+            splits[split] = Samples(inputs, targets, ids=[f"{path.name}:{line}" for line, _ in records])
         return splits
 
     def _set_classes(self, rows: dict[str, list[tuple[str, Any]]]) -> list[str]:

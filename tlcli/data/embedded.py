@@ -48,6 +48,9 @@ class DigitsDataModule(TransferDataModule):
         image_size: int | None = None,
         seed: int = 42,
         data_config: dict[str, Any] | None = None,
+        k_shot: int | str | None = None,
+        feature_cache: bool = False,
+        feature_cache_dir: str | None = None,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -57,6 +60,9 @@ class DigitsDataModule(TransferDataModule):
             image_size=image_size,
             seed=seed,
             data_config=data_config,
+            k_shot=k_shot,
+            feature_cache=feature_cache,
+            feature_cache_dir=feature_cache_dir,
         )
         if not 0.0 < float(test_fraction) < 1.0 or val_fraction + test_fraction >= 1.0:
             raise ConfigError(
@@ -79,7 +85,8 @@ class DigitsDataModule(TransferDataModule):
         self._require_image_backbone("data=digits")
         digits = load_digits()
         self.class_names = [str(int(n)) for n in digits.target_names]
-        samples = Samples(list(digits.images), digits.target.astype(np.int64))
+        # ids: the index into sklearn's load_digits(), which k_shot.json records
+        samples = Samples(list(digits.images), digits.target.astype(np.int64), ids=list(range(len(digits.target))))
         if self.limit_per_class is not None:
             rng = np.random.default_rng(self.seed)
             keep = [

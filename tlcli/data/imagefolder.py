@@ -58,6 +58,9 @@ class ImageFolderDataModule(TransferDataModule):
         image_size: int | None = None,
         seed: int = 42,
         data_config: dict[str, Any] | None = None,
+        k_shot: int | str | None = None,
+        feature_cache: bool = False,
+        feature_cache_dir: str | None = None,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -67,6 +70,9 @@ class ImageFolderDataModule(TransferDataModule):
             image_size=image_size,
             seed=seed,
             data_config=data_config,
+            k_shot=k_shot,
+            feature_cache=feature_cache,
+            feature_cache_dir=feature_cache_dir,
         )
         self.root = Path(root).expanduser()
 
@@ -108,7 +114,11 @@ class ImageFolderDataModule(TransferDataModule):
         splits: dict[str, Samples | None] = dict.fromkeys(SPLITS)
         for split, by_class in files.items():
             pairs = [(path, index[c]) for c, paths in by_class.items() for path in paths]
-            splits[split] = Samples([p for p, _ in pairs], np.array([t for _, t in pairs], dtype=np.int64))
+            splits[split] = Samples(
+                [p for p, _ in pairs],
+                np.array([t for _, t in pairs], dtype=np.int64),
+                ids=[Path(p).relative_to(root).as_posix() for p, _ in pairs],  # portable in k_shot.json
+            )
         return splits
 
     def _class_mismatch(self, split: str) -> list[str]:

@@ -1,0 +1,248 @@
+"""Feature cache: a frozen backbone's features computed once, then only the head trains.
+
+A linear probe without augmentation sees the same backbone output for an example in
+every epoch, so recomputing it is wasted work. `cached(backbone, datamodule, strategy)`
+returns a datamodule serving (features, label) batches and a backbone that passes such
+features straight through. The features live on disk under a key that hashes everything
+that shapes them (backbone class, settings and weights; the input transform or tokenizer;
+every split's sample list, file sizes and times; k_shot), so runs that share
+data.feature_cache_dir share them, and a changed input or weight computes afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tlcli.backbones.base import Backbone
+from tlcli.errors import ConfigError
+from tlcli.finetune.linear_probe import LinearProbe
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the file layout or the key recipe changes
+
+
+def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[FeatureDataModule, CachedBackbone]:
+    """(datamodule of cached features, backbone to build the TransferModule with).
+
+    Every reason the cache cannot apply is reported at once, as a ConfigError.
+    """
+    problems = []
+    if not isinstance(strategy, LinearProbe):
+        problems.append(
+            f"data.feature_cache=true needs a backbone frozen for the whole run, but finetune is "
+            f"{type(strategy).__name__}: use finetune=linear_probe, or set data.feature_cache=false"
+        )
+    elif strategy.train_bn:
+        problems.append(
+            "data.feature_cache=true with finetune.train_bn=true: BatchNorm statistics in train mode change the "
+            "features every step; set finetune.train_bn=false or data.feature_cache=false"
+        )
+    if datamodule.augment and datamodule.modality == "image":  # text is never augmented
+        problems.append(
+            "data.feature_cache=true needs data.augment=false: random crops and flips give new features every "
+            "epoch; set data.augment=false or data.feature_cache=false"
+        )
+    if distiller is not None:
+        problems.append(
+            "data.feature_cache=true cannot be combined with distill.teacher: the teacher needs the inputs "
+            "themselves; set data.feature_cache=false"
+        )
+    if problems:
+        raise ConfigError(problems)
+    cache = FeatureCache(datamodule.feature_cache_dir)
+    return cache.datamodule(backbone, datamodule), CachedBackbone(backbone)
+
+
+class CachedBackbone(Backbone):
+    """The real backbone, except that a (B, num_features) feature tensor passes straight through.
+
+    The wrapped backbone's modules, parameters and buffers are registered here under their
+    own names, so the state_dict matches the real backbone's key for key: a checkpoint from
+    a cached run loads into an ordinary one (`tlcli test`, `load_module`), and raw images or
+    token dicts still run the real backbone.
+    """
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        for name, child in backbone.named_children():
+            self.add_module(name, child)
+        for name, p in backbone.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in backbone.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.num_features, self.modality = backbone.num_features, backbone.modality
+        # Kept outside the module tree: its modules are already ours under the same names.
+        object.__setattr__(self, "_source", backbone)
+
+    def is_features(self, x: Any) -> bool:
+        return isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] == self.num_features
+
+    def forward(self, x: Any) -> torch.Tensor:
+        if self.is_features(x):
+            return x
+        # .to() may have replaced our direct tensors; the source must see the current ones.
+        self._source._parameters.update(self._parameters)
+        self._source._buffers.update(self._buffers)
+        return self._source(x)
+
+    def data_config(self) -> dict[str, Any]:
+        return self._source.data_config()
+
+    def layer_groups(self) -> list[tuple[str, list[str]]]:
+        return self._source.layer_groups()
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """(features, label) tensors per split, served with the source datamodule's loader policy."""
+
+    def __init__(self, source, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__()
+        self.source = source
+        self.class_names, self.multilabel = source.class_names, source.multilabel
+        self.test_split, self.samples = source.test_split, source.samples
+        self.datasets = {name: TensorDataset(f, t) for name, (f, t) in splits.items()}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # Where a resumed run's data stream continues (set by TransferModule.on_load_checkpoint):
+    # the source's loader policy reads it, so it lives there.
+    @property
+    def train_start(self) -> tuple[int, int]:
+        return self.source.train_start
+
+    @train_start.setter
+    def train_start(self, value: tuple[int, int]) -> None:
+        self.source.train_start = value
+
+    def setup(self, stage: str | None = None) -> None:
+        """Nothing to do: the tensors are in memory."""
+
+    def label_counts(self) -> list[int]:
+        return self.source.label_counts()
+
+    def run_records(self) -> dict[str, object]:
+        return self.source.run_records()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # In-memory tensors: worker processes would only add start-up time.
+        return self.source.loader(self.datasets[split], shuffle=shuffle, num_workers=0, random_items=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, shuffle=False)
+
+
+class FeatureCache:
+    """Backbone features per split, stored as `<cache_dir>/<key>.pt` (read weights-only)."""
+
+    def __init__(self, cache_dir: str | os.PathLike, device: str | torch.device | None = None):
+        self.dir = Path(cache_dir).expanduser()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def datamodule(self, backbone: Backbone, datamodule) -> FeatureDataModule:
+        return FeatureDataModule(datamodule, self.features(backbone, datamodule))
+
+    def features(self, backbone: Backbone, datamodule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{split: (features float32 (N, D), targets)}, from the cache or computed and stored."""
+        datamodule.setup("fit")
+        key = cache_key(backbone, datamodule)
+        path = self.dir / f"{key}.pt"
+        if path.is_file():
+            try:
+                stored = torch.load(path, map_location="cpu", weights_only=True)
+                log.info("feature cache hit: %s", path)
+                return {s: (v["features"], v["targets"]) for s, v in stored["splits"].items()}
+            except Exception as exc:  # a partial or foreign file: recompute rather than fail the run
+                log.warning("feature cache %s unreadable (%s): recomputing", path, exc)
+        start = time.perf_counter()
+        splits = compute(backbone, datamodule, self.device)
+        log.info("computed features of %s in %.1f s", ", ".join(splits), time.perf_counter() - start)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(
+            {
+                "format": FORMAT,
+                "key": key,
+                "splits": {s: {"features": f, "targets": t} for s, (f, t) in splits.items()},
+            },
+            tmp,
+        )
+        os.replace(tmp, path)  # atomic: a concurrent sweep job never reads half a file
+        return splits
+
+
+@torch.no_grad()  # not inference_mode: the head's backward must be allowed to save these tensors
+def compute(backbone: nn.Module, datamodule, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Eval-mode features of every split, in sample order, as float32 on the CPU."""
+    was_training, home = backbone.training, _device_of(backbone)
+    backbone.eval().to(device)
+    out = {}
+    # The loaders draw worker seeds from the global RNG: fork it, so that a cache hit and a
+    # miss leave the run (head init, shuffling) in the same random state.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for split in datamodule.samples:
+            feats, targets = [], []
+            for x, y in datamodule.split_loader(split, shuffle=False):
+                feats.append(backbone(move_data_to_device(x, device)).float().cpu())
+                targets.append(y)
+            out[split] = (torch.cat(feats), torch.cat(targets))
+    backbone.to(home).train(was_training)
+    return out
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters(), torch.zeros(0)).device
+
+
+def cache_key(backbone: nn.Module, datamodule) -> str:
+    """A hash of everything that decides the cached features."""
+    h = hashlib.sha256()
+    settings = {k: v for k, v in vars(backbone).items() if isinstance(v, (str, int, float, bool)) and k != "training"}
+    spec = {
+        "format": FORMAT,
+        "backbone": {"class": f"{type(backbone).__module__}.{type(backbone).__qualname__}", **settings},
+        "data": {"class": type(datamodule).__qualname__, "input": datamodule.input_spec(), "k_shot": datamodule.k_shot},
+    }
+    h.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    for name, t in sorted(backbone.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    image_paths = datamodule.modality == "image"
+    for split in sorted(datamodule.samples):
+        _hash_samples(h, split, datamodule.samples[split], image_paths)
+    return h.hexdigest()[:24]
+
+
+def _hash_samples(h, split: str, samples, image_paths: bool) -> None:
+    h.update(f"split:{split}:{len(samples)}".encode())
+    for x in samples.inputs:
+        if isinstance(x, np.ndarray):
+            h.update(x.tobytes())
+        elif image_paths and isinstance(x, str | os.PathLike):
+            st = os.stat(x)  # an edited image with the same name must miss the cache
+            h.update(f"{x}|{st.st_size}|{st.st_mtime_ns}".encode())
+        else:
+            h.update(str(x).encode())
+        h.update(b"\0")
+    h.update(np.ascontiguousarray(samples.targets).tobytes())
