@@ -33,6 +33,19 @@ VARIANTS = {
 }
 
 
+# --grid strategies: every strategy, and random init, at several k (examples per class)
+STRATEGIES = {
+    "full": [PRETRAINED, "finetune=full"],
+    "linear_probe": [PRETRAINED, "finetune=linear_probe", "optimizer.lr=1e-2"],
+    "lp_ft": [PRETRAINED, "finetune=lp_ft", "optimizer.lr=3e-3"],
+    "llrd": [PRETRAINED, "finetune=llrd", "optimizer.lr=2e-3"],
+    "l2sp": [PRETRAINED, "finetune=l2sp"],
+    "bitfit": [PRETRAINED, "finetune=bitfit", "optimizer.lr=1e-2"],
+    "lora (1x1 convs)": [PRETRAINED, "finetune=lora", "finetune.target_modules=[conv_pwl]", "optimizer.lr=3e-3"],
+    "random init, full": ["backbone.weights=none", "finetune=full"],
+}
+
+
 def run_variant(overrides: list[str], seed: int, out: Path) -> dict:
     cmd = [
         str(Path(sys.executable).parent / "tlcli"),
@@ -65,12 +78,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every variant")
+    parser.add_argument("--grid", choices=["transfer", "strategies"], default="transfer")
+    parser.add_argument("--k", nargs="+", default=["5", "20", "all"], help="data.k_shot values (--grid strategies)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / time.strftime("%Y%m%d-%H%M%S"))
     args = parser.parse_args()
     rows = []
-    for name, overrides in VARIANTS.items():
+    grid = (
+        VARIANTS
+        if args.grid == "transfer"
+        else {
+            f"{name}, k={k}": [*o, f"data.k_shot={'null' if k == 'all' else k}"]
+            for k in args.k
+            for name, o in STRATEGIES.items()
+        }
+    )
+    for name, overrides in grid.items():
         for seed in args.seeds:
-            r = run_variant(overrides + args.extra, seed, args.out / f"{len(rows):02d}")
+            try:
+                r = run_variant(overrides + args.extra, seed, args.out / f"{len(rows):02d}")
+            except RuntimeError as exc:  # a failing variant is reported, not dropped
+                print(exc)
+                r = {"test_acc": float("nan"), "epochs": 0, "wall_s": float("nan")}
             rows.append({"variant": name, "seed": seed, **r})
             print(f"{name:42s} seed {seed}: test acc {r['test_acc']:.3f} ({r['epochs']} epochs, {r['wall_s']:.0f} s)")
     write(rows, args)
@@ -78,14 +106,15 @@ def main() -> None:
 
 def write(rows: list[dict], args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "transfer.csv", "w", newline="") as f:
+    stem = "transfer" if args.grid == "transfer" else "strategies"
+    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     lines = [
         "# Pretrained vs random init on the embedded digits (50 per class: 30 train / 10 val / 10 test, 64 px)",
         "",
-        f"Command: `.venv/bin/python -m bench.transfer --seeds {' '.join(map(str, args.seeds))}"
+        f"Command: `.venv/bin/python -m bench.transfer --grid {args.grid} --seeds {' '.join(map(str, args.seeds))}"
         + (f" --extra {' '.join(args.extra)}`" if args.extra else "`"),
         f"Machine: {machine()}",
         "",
@@ -98,7 +127,7 @@ def write(rows: list[dict], args) -> None:
         ep = statistics.mean(r["epochs"] for r in rows if r["variant"] == name)
         wall = statistics.mean(r["wall_s"] for r in rows if r["variant"] == name)
         lines.append(f"| {name} | {statistics.mean(accs):.3f} ± {sd:.3f} | {len(accs)} | {ep:.1f} | {wall:.0f} |")
-    (RESULTS / "transfer.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
