@@ -91,3 +91,23 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Hydra verbs run in-process attach handlers to the stream of the test that ran them;
+    put the logging tree back so a later test never writes to a closed capture stream."""
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    saved = {lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in loggers}
+    yield
+    for lg in [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]:
+        handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "ls": ("plain", "tlcli.catalog:ls", "list config groups and options (tlcli ls [group]; ls backbones --pattern P)"),
     "cat": ("plain", "tlcli.cli:cat", "print the composed config for the given overrides, and validate it"),
     "rank": ("hydra", "tlcli.rank:rank", "score candidate backbones on your data without fine-tuning (LogME, H-score)"),
-    "report": ("plain", "tlcli.sweep:report", "leaderboard of a sweep: tlcli report SWEEP_DIR (exit 1 if a job failed)"),
+    "report": ("plain", "tlcli.sweep:report", "leaderboard of a sweep dir (tlcli report DIR); exit 1 if a job failed"),
     "check": ("plain", "tlcli.check:check", "preflight for CI: config, data layout, images, weights; no training"),
 }
 EXAMPLES = """examples:
