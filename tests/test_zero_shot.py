@@ -125,3 +125,85 @@ def test_an_image_backbone_is_refused_with_the_image_baseline_named():
         "zero-shot classification needs a text backbone (it compares each text's embedding with the embeddings "
         "of the label names), e.g. backbone=minilm_offline; for images use finetune=linear_probe as the baseline"
     ]
+
+
+# ------------------------------------------------ tlcli test finetune=zero_shot (the CLI baseline)
+def run_baseline(tmp_path: Path, overrides: list[str]) -> dict:
+    from tests.conftest import compose_fit
+    from tlcli import evaluate
+
+    return evaluate.test(compose_fit(["finetune=zero_shot", *overrides], tmp_path / "run", config_name="test"))
+
+
+def write_csv(path: Path, examples: dict[str, list[str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows([t, label] for label, texts in examples.items() for t in texts)
+    return path
+
+
+def test_cli_baseline_for_a_text_backbone_matches_the_python_api(tmp_path):
+    import json
+
+    data = write_csv(tmp_path / "reviews.csv", REVIEWS)
+    metrics = run_baseline(
+        tmp_path,
+        [
+            "backbone=minilm_offline",
+            "data=csv",
+            f"data.train_csv={data}",
+            f"data.val_csv={data}",
+            f"data.test_csv={data}",
+            "data.num_workers=0",
+        ],
+    )
+    assert metrics["test/acc"] == pytest.approx(0.9375)  # the same number as evaluate() above
+    assert metrics["baseline"] == "label-name similarity (template '{}')"
+    assert metrics["test_split"] == "test" and metrics["num_examples"] == 16
+    run = tmp_path / "run"
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    per_class = json.loads((run / "per_class.json").read_text())
+    assert [r["class"] for r in per_class["rows"][:2]] == ["negative", "positive"]
+    assert (run / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_cli_baseline_for_an_image_backbone_is_a_linear_probe_on_frozen_features(tmp_path, imagefolder):
+    metrics = run_baseline(
+        tmp_path,
+        [
+            "backbone=test_resnet",
+            "data=imagefolder",
+            f"data.root={imagefolder}",
+            "data.image_size=32",
+            "data.num_workers=0",
+        ],
+    )
+    assert metrics["baseline"].startswith("linear probe on frozen features")
+    assert metrics["num_examples"] == 12  # the test split: 4 per class
+    assert metrics["test/acc"] >= 0.9  # corner squares separate even in random-init features (measured: 1.0)
+
+
+def test_cli_baseline_refuses_a_checkpoint_and_missing_backbone_and_data(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        run_baseline(tmp_path, ["ckpt=outputs/runs/x"])
+    assert info.value.problems == [
+        "finetune=zero_shot measures a pretrained backbone before fine-tuning: choose it with "
+        "backbone=NAME (tlcli ls backbone), e.g. backbone=minilm_offline",
+        "finetune=zero_shot needs the data to evaluate on: data=OPTION with its keys, "
+        "e.g. data=csv data.train_csv=train.csv data.test_csv=test.csv",
+        "ckpt=outputs/runs/x and finetune=zero_shot exclude each other: drop finetune=zero_shot to test the "
+        "checkpoint, or drop ckpt to measure the pretrained backbone before fine-tuning",
+    ]
+
+
+def test_fit_refuses_zero_shot_with_the_test_command_named(tmp_path):
+    from tests.conftest import compose_fit
+    from tlcli.config import validate
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose_fit(["finetune=zero_shot"], tmp_path))
+    assert info.value.problems == [
+        "finetune=zero_shot trains nothing: it is the before-fine-tuning baseline of `tlcli test` "
+        "(tlcli test finetune=zero_shot backbone=NAME data=...); for fit choose a strategy, e.g. finetune=linear_probe"
+    ]

@@ -32,6 +32,10 @@ def validate(cfg: DictConfig) -> None:
         node = cfg.get(group)  # group presence, not a value default
         if node is None or "_target_" not in node:
             problems.append(f"config group '{group}' is not selected: pick one, e.g. `tlcli ls {group}`")
+    if OmegaConf.select(cfg, "finetune._target_") == "tlcli.zero_shot.ZeroShot":
+        from tlcli.zero_shot import FIT_REFUSAL
+
+        problems.append(FIT_REFUSAL)
     if cfg.monitor not in MONITORS:
         problems.append(
             f"monitor={cfg.monitor} is not a logged metric; choose one of {', '.join(MONITORS)}."

@@ -47,6 +47,10 @@ def require(cfg: DictConfig) -> None:
 def test(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
+    if OmegaConf.select(cfg, "finetune") is not None:
+        from tlcli import zero_shot
+
+        return zero_shot.baseline(cfg)
     require(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt = restore.resolve(cfg.ckpt)

@@ -12,6 +12,8 @@ All three take pooled features (N, D) and integer labels (N,):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 # MacKay's fixed point usually converges in a handful of iterations, but crawls when the
@@ -123,18 +125,35 @@ def linear_probe_accuracy(
     max_iter: int = 1000,
 ) -> float:
     """Accuracy on the eval split of a standardised L2 logistic regression fit on the train split."""
+    proba = linear_probe(train_features, train_labels, c=c, max_iter=max_iter)(eval_features)
+    _, yev = _as_inputs(eval_features, eval_labels)
+    return float((proba.argmax(axis=1) == yev).mean())
+
+
+def linear_probe(
+    train_features: np.ndarray, train_labels: np.ndarray, c: float = 1.0, max_iter: int = 1000
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Fit a standardised L2 logistic regression; returns features (M, D) -> class probabilities (M, C).
+
+    Columns follow the label values 0..C-1 (every class must occur in train).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     ftr, ytr = _as_inputs(train_features, train_labels)
-    fev, yev = _as_inputs(eval_features, eval_labels)
     scaler = StandardScaler().fit(ftr)
-    ftr, fev = scaler.transform(ftr), scaler.transform(fev)
+    ftr = scaler.transform(ftr)
     # The L2-penalised weights lie in the span of the training rows (representer theorem), so
     # projecting onto that span changes no prediction and makes wide features (D >> N) cheap.
+    basis = None
     if ftr.shape[1] > ftr.shape[0]:
         _, s, vh = np.linalg.svd(ftr, full_matrices=False)
         basis = vh[s > s.max() * 1e-10].T
-        ftr, fev = ftr @ basis, fev @ basis
+        ftr = ftr @ basis
     probe = LogisticRegression(C=c, max_iter=max_iter).fit(ftr, ytr)
-    return float((probe.predict(fev) == yev).mean())
+
+    def predict_proba(features: np.ndarray) -> np.ndarray:
+        f = scaler.transform(np.asarray(features, dtype=np.float64))
+        return probe.predict_proba(f if basis is None else f @ basis)
+
+    return predict_proba

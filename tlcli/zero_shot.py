@@ -95,3 +95,121 @@ def predict_scores(
     finally:
         backbone.to(home).train(was_training)
     return torch.cat(ys), (torch.cat(sims) / temperature).softmax(dim=1)
+
+
+# ------------------------------------------------------- tlcli test finetune=zero_shot
+class ZeroShot:
+    """`finetune=zero_shot`: the options of the before-fine-tuning baseline (`tlcli test` only).
+
+    template, class_names: text backbones (label-name similarity, see predict_scores).
+    probe_c, probe_max_iter, max_samples, batch_size: image backbones, which have no label
+    names to compare with: a logistic regression on frozen pooled features of (at most
+    max_samples of) the train split, scored on the test split.
+    """
+
+    def __init__(
+        self,
+        template: str = "{}",
+        class_names: Sequence[str] | None = None,
+        probe_c: float = 1.0,
+        probe_max_iter: int = 1000,
+        max_samples: int | None = 2000,
+        batch_size: int = 64,
+    ):
+        self.template = template
+        self.class_names = list(class_names) if class_names is not None else None
+        self.probe_c = probe_c
+        self.probe_max_iter = probe_max_iter
+        self.max_samples = max_samples
+        self.batch_size = batch_size
+
+
+FIT_REFUSAL = (
+    "finetune=zero_shot trains nothing: it is the before-fine-tuning baseline of `tlcli test` "
+    "(tlcli test finetune=zero_shot backbone=NAME data=...); for fit choose a strategy, e.g. finetune=linear_probe"
+)
+
+
+def baseline(cfg) -> dict[str, Any]:
+    """`tlcli test finetune=zero_shot backbone=NAME data=...`: the backbone's accuracy before any fine-tuning.
+
+    Text backbones: label-name similarity (no training at all). Image backbones: a linear
+    probe on frozen features, the cheapest honest "before" number. Writes metrics.json and
+    the per-class report to the run dir, like `tlcli test ckpt=...`.
+    """
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tlcli import console, report
+    from tlcli import transferability as T
+    from tlcli.rank import extract
+
+    problems = []
+    if OmegaConf.select(cfg, "backbone") is None:
+        problems.append(
+            "finetune=zero_shot measures a pretrained backbone before fine-tuning: choose it with "
+            "backbone=NAME (tlcli ls backbone), e.g. backbone=minilm_offline"
+        )
+    data = OmegaConf.select(cfg, "data")
+    if data is None or "_target_" not in data:
+        problems.append(
+            "finetune=zero_shot needs the data to evaluate on: data=OPTION with its keys, "
+            "e.g. data=csv data.train_csv=train.csv data.test_csv=test.csv"
+        )
+    if not OmegaConf.is_missing(cfg, "ckpt") and cfg.ckpt is not None:
+        problems.append(
+            f"ckpt={cfg.ckpt} and finetune=zero_shot exclude each other: drop finetune=zero_shot to test the "
+            "checkpoint, or drop ckpt to measure the pretrained backbone before fine-tuning"
+        )
+    if problems:
+        raise ConfigError(problems)
+    opts: ZeroShot = instantiate(cfg.finetune)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    torch.manual_seed(cfg.seed)
+    backbone = instantiate(cfg.backbone).eval()
+    datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
+    datamodule.setup("test")
+    if datamodule.multilabel:
+        raise ConfigError("finetune=zero_shot supports single-label data: drop data.label_columns")
+    split = datamodule.test_split
+    if getattr(backbone, "modality", None) == "text":
+        method = f"label-name similarity (template '{opts.template}')"
+        y_true, scores = predict_scores(backbone, datamodule, opts.class_names, template=opts.template)
+        y_true, scores = y_true.numpy(), scores.numpy()
+    else:
+        if opts.class_names is not None:
+            raise ConfigError(
+                "finetune.class_names names classes for text backbones; an image backbone is measured "
+                "by a linear probe on its features: drop finetune.class_names"
+            )
+        method = "linear probe on frozen features (image backbones have no label names to compare with)"
+        how = SimpleNamespace(max_samples=opts.max_samples, seed=cfg.seed, batch_size=opts.batch_size)
+        ftr, ytr = extract(backbone, datamodule, "train", how)
+        fte, y_true = extract(backbone, datamodule, split, SimpleNamespace(**{**vars(how), "max_samples": None}))
+        missing = sorted(set(range(datamodule.num_classes)) - set(ytr.tolist()))
+        if missing:
+            names = ", ".join(datamodule.class_names[i] for i in missing)
+            raise ConfigError(f"the train split has no example of {names}: the linear probe needs every class")
+        scores = T.linear_probe(ftr, ytr, c=opts.probe_c, max_iter=opts.probe_max_iter)(fte)
+    log.info("zero_shot: %s", method)
+    summary = report.write_report(run_dir, y_true, scores, datamodule.class_names, split=split, console=console.console)
+    n = datamodule.num_classes
+    pred, target = torch.as_tensor(np.asarray(scores).argmax(axis=1)), torch.as_tensor(np.asarray(y_true))
+    metrics = {
+        "test/acc": float(MF.accuracy(pred, target, task="multiclass", num_classes=n)),
+        "test/f1_macro": float(MF.f1_score(pred, target, task="multiclass", num_classes=n, average="macro")),
+        "test_split": split,
+        "num_examples": int(summary["num_examples"]),
+        "baseline": method,
+        "backbone": str(cfg.backbone.name),
+        "weights": str(cfg.backbone.get("weights")),
+    }
+    report.write_json_atomic(run_dir / "metrics.json", metrics)
+    console.console.print(f"before fine-tuning: test acc {metrics['test/acc']:.4f} ({method})")
+    console.console.print(f"run dir: {run_dir}")
+    return metrics
