@@ -49,6 +49,10 @@ def test_text_classification_with_offline_minilm(tmp_path):
     assert metrics["test/acc"] == pytest.approx(1.0)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["test/acc"] == metrics["test/acc"]
+    # linear probe: only the head trains (384 features x 2 classes + 2 biases) of MiniLM's 22.6 M
+    assert saved["params/trainable"] == 384 * 2 + 2
+    assert saved["params/total"] == 22_565_376 + 770  # the encoder without its pooler, + head
+    assert 0 < saved["time/epoch_s"] < 60 and saved["epochs_trained"] >= 1
 
 
 def test_multilabel_images_from_csv(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,10 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
 
     # 3. train, early-stopped on validation; SIGTERM / Ctrl-C leave a resumable checkpoint
+    started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_from(cfg, run_dir))
+        ckpt_path = _resume_from(cfg, run_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except BaseException:
         if preemption.signal is None:
             raise
@@ -104,6 +107,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         )
         raise SystemExit(code) from None
     metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split}
+    params = [p for _, p in module.named_parameters()]
+    metrics["params/total"] = sum(p.numel() for p in params)
+    metrics["params/trainable"] = sum(p.numel() for p in params if p.requires_grad)
+    if ckpt_path is None and trainer.current_epoch > 0:  # train + validation wall time, this process's epochs
+        metrics["time/epoch_s"] = round((time.perf_counter() - started) / trainer.current_epoch, 3)
     best = history.best(cfg.monitor, cfg.monitor_mode)
     if best is not None:
         metrics[f"best_val/{cfg.monitor}"] = best[cfg.monitor]
