@@ -62,7 +62,13 @@ def run_variant(overrides: list[str], seed: int, out: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"test_acc": metrics["test/acc"], "epochs": metrics["epochs_trained"], "wall_s": wall}
+    return {
+        "test_acc": metrics["test/acc"],
+        "epochs": metrics["epochs_trained"],
+        "trainable_params": metrics.get("params/trainable", float("nan")),
+        "epoch_s": metrics.get("time/epoch_s", float("nan")),
+        "wall_s": wall,
+    }
 
 
 def machine() -> str:
@@ -82,7 +88,7 @@ def main() -> None:
     parser.add_argument("--k", nargs="+", default=["5", "20", "all"], help="data.k_shot values (--grid strategies)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / time.strftime("%Y%m%d-%H%M%S"))
     args = parser.parse_args()
-    rows = []
+    rows, nan = [], float("nan")
     grid = (
         VARIANTS
         if args.grid == "transfer"
@@ -98,13 +104,14 @@ def main() -> None:
                 r = run_variant(overrides + args.extra, seed, args.out / f"{len(rows):02d}")
             except RuntimeError as exc:  # a failing variant is reported, not dropped
                 print(exc)
-                r = {"test_acc": float("nan"), "epochs": 0, "wall_s": float("nan")}
+                r = {"test_acc": nan, "epochs": 0, "trainable_params": nan, "epoch_s": nan, "wall_s": nan}
             rows.append({"variant": name, "seed": seed, **r})
             print(f"{name:42s} seed {seed}: test acc {r['test_acc']:.3f} ({r['epochs']} epochs, {r['wall_s']:.0f} s)")
+            write(rows, args, quiet=True)  # a partial table survives an interrupted grid
     write(rows, args)
 
 
-def write(rows: list[dict], args) -> None:
+def write(rows: list[dict], args, quiet: bool = False) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "transfer" if args.grid == "transfer" else "strategies"
     with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
@@ -118,17 +125,31 @@ def write(rows: list[dict], args) -> None:
         + (f" --extra {' '.join(args.extra)}`" if args.extra else "`"),
         f"Machine: {machine()}",
         "",
-        "| variant | test acc (mean ± std) | seeds | epochs run (mean) | wall s per run (mean) |",
-        "|---|---|---|---|---|",
+        "| variant | test acc (mean ± std) | seeds | trainable params | epochs run (mean) "
+        "| s per epoch (mean) | wall s per run (mean) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r["variant"] for r in rows):
         accs = [r["test_acc"] for r in rows if r["variant"] == name]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         ep = statistics.mean(r["epochs"] for r in rows if r["variant"] == name)
         wall = statistics.mean(r["wall_s"] for r in rows if r["variant"] == name)
-        lines.append(f"| {name} | {statistics.mean(accs):.3f} ± {sd:.3f} | {len(accs)} | {ep:.1f} | {wall:.0f} |")
+        per_epoch = statistics.mean(r["epoch_s"] for r in rows if r["variant"] == name)
+        params = max(r["trainable_params"] for r in rows if r["variant"] == name)
+        lines.append(
+            f"| {name} | {statistics.mean(accs):.3f} ± {sd:.3f} | {len(accs)} | {params:,} | {ep:.1f} "
+            f"| {per_epoch:.2f} | {wall:.0f} |"
+        )
+    if args.grid == "strategies":
+        lines += [
+            "",
+            "Trainable params: parameters with requires_grad at the end of the run (lp_ft trains the head "
+            "alone first, then everything). s per epoch: train + validation wall time of `tlcli fit`. "
+            "k: training examples per class (`data.k_shot`; all = 30).",
+        ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if not quiet:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
