@@ -239,3 +239,31 @@ def test_report_of_a_real_fit_sweep(imagefolder, tmp_path, capsys):
     assert "2 jobs, 0 failed; sorted by best_val/val/acc (max)." in md
     assert "Failed jobs" not in md
     assert (sweep / "leaderboard.png").stat().st_size > 1000
+
+
+def test_k_shot_learning_curve_puts_all_last_on_an_ordered_axis(tmp_path, monkeypatch):
+    """`tlcli fit -m data.k_shot=1,5,all seed=0,1`: one line per strategy, mean over seeds, "all" last."""
+    d = tmp_path / "sweep"
+    num = 0
+    for k, acc in (("all", 0.9), ("5", 0.6), ("1", 0.3)):
+        for seed, noise in ((0, -0.05), (1, 0.05)):
+            make_job(d, num, [f"data.k_shot={k}", f"seed={seed}", "finetune=full"], fit_metrics(0.5, acc + noise))
+            num += 1
+    drawn, ticks = [], []
+    from matplotlib.axes import Axes
+
+    errorbar, set_xticks = Axes.errorbar, Axes.set_xticks
+
+    def spy(self, x, y, yerr=None, **kw):
+        drawn.append((list(x), [round(v, 6) for v in y], [round(v, 4) for v in yerr]))
+        return errorbar(self, x, y, yerr=yerr, **kw)
+
+    def spy_ticks(self, positions, labels=None, **kw):
+        ticks.append((list(positions), list(labels) if labels is not None else None))
+        return set_xticks(self, positions, labels, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    monkeypatch.setattr(Axes, "set_xticks", spy_ticks)
+    assert main(["report", str(d)]) == 0
+    assert drawn == [([0, 1, 2], [0.3, 0.6, 0.9], [0.0707, 0.0707, 0.0707])]  # std over the 2 seeds
+    assert ticks == [([0, 1, 2], ["1", "5", "all"])]

@@ -265,8 +265,11 @@ def plot(lb: Leaderboard, path: Path) -> None:
     done = [j for j in lb.jobs if j.metrics]
     y_key = "test/acc" if "test/acc" in lb.metrics else lb.sort_key or next(iter(lb.metrics), None)
     others = [a for a in lb.axes if a != SEED]
-    numeric = [a for a in others if all(_is_float(j.overrides.get(a, "")) for j in lb.jobs)]
+    numeric = [a for a in others if _numeric_axis([j.overrides.get(a, "") for j in lb.jobs])]
     x_axis = max(numeric, key=lambda a: len({j.overrides[a] for j in lb.jobs}), default=None)
+    # data.k_shot=1,5,10,all: "all" (or null) goes last, the axis becomes ordered categories
+    order = sorted({j.overrides[x_axis] for j in lb.jobs}, key=_x_order) if x_axis else []
+    categorical = any(not _is_float(x) for x in order)
     series: dict[str, dict[str, list[float]]] = {}
     for j in done if y_key else []:
         if _is_number(j.metrics.get(y_key)):
@@ -274,11 +277,12 @@ def plot(lb: Leaderboard, path: Path) -> None:
             x = j.overrides[x_axis] if x_axis else (label or f"job {j.num}")
             series.setdefault(label if x_axis else "", {}).setdefault(x, []).append(float(j.metrics[y_key]))
     for label, points in series.items():
-        xs = sorted(points, key=float) if x_axis else list(points)
+        xs = sorted(points, key=_x_order) if x_axis else list(points)
         means = [statistics.mean(points[x]) for x in xs]
         stds = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
         if x_axis:
-            ax.errorbar([float(x) for x in xs], means, yerr=stds, marker="o", capsize=3, label=label or None)
+            at = [order.index(x) if categorical else float(x) for x in xs]
+            ax.errorbar(at, means, yerr=stds, marker="o", capsize=3, label=label or None)
         else:
             ax.bar(range(len(xs)), means, yerr=stds, capsize=3, color="tab:blue")
             ax.set_xticks(
@@ -286,9 +290,10 @@ def plot(lb: Leaderboard, path: Path) -> None:
             )
     if x_axis:
         ax.set_xlabel(x_axis)
-        xs = [float(j.overrides[x_axis]) for j in lb.jobs]
-        if min(xs) > 0 and max(xs) >= 10 * min(xs):  # learning rates, weight decays: log spaced
-            ax.set_xscale("log")
+        if categorical:
+            ax.set_xticks(range(len(order)), order)
+        elif min(map(float, order)) > 0 and max(map(float, order)) >= 10 * min(map(float, order)):
+            ax.set_xscale("log")  # learning rates, weight decays: log spaced
         if any(label for label in series):
             ax.legend(fontsize=8)
     if not series:
@@ -299,6 +304,17 @@ def plot(lb: Leaderboard, path: Path) -> None:
         + (" (mean ± std over seeds)" if SEED in lb.axes else "")
     )
     fig.savefig(path, dpi=100)
+
+
+OPEN_ENDED = ("all", "null", "None", "none")  # values meaning "no limit", e.g. data.k_shot=all
+
+
+def _numeric_axis(values: list[str]) -> bool:
+    return any(_is_float(v) for v in values) and all(_is_float(v) or v in OPEN_ENDED for v in values)
+
+
+def _x_order(value: str) -> tuple[int, float]:
+    return (1, 0.0) if value in OPEN_ENDED else (0, float(value))
 
 
 def _is_float(text: str) -> bool:
