@@ -185,8 +185,7 @@ def test_all_problem_classes_at_once_exit_with_the_highest_code(tmp_path, capsys
     assert [r[:2] for r in found.rows] == [
         ("config", "problem"),
         ("weights (test_resnet)", "problem"),
-        ("data", "ok"),
-        ("images", "problem"),
+        ("data", "problem"),  # 1 of 12 test images unreadable: over data.max_bad_fraction=0.01
     ]
     assert set(found.problems) == {ConfigError, DataError, WeightsError}
     code, _, err = run(args, capsys)
@@ -204,3 +203,18 @@ def test_flags_are_refused(capsys):
     code, _, err = run(["--cfg", "job"], capsys)
     assert code == 2
     assert "tlcli check takes only key=value overrides, not --cfg" in err
+
+
+def test_unreadable_images_within_the_limit_are_reported_as_skipped(tmp_path, capsys):
+    root = make_imagefolder(tmp_path / "images")
+    bad = root / "train" / "dog" / "3.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    args = ["backbone=test_resnet", "data=imagefolder", f"data.root={root}", "data.max_bad_fraction=0.05"]
+    found = run_checks(args)
+    assert found.rows[2:] == [
+        ("data", "ok", "3 classes; train 35, val 12, test 12"),
+        ("images", "skipped", f"1 unreadable, left out (data.max_bad_fraction=0.05): {bad}"),
+        ("images", "ok", "59 files opened and verified"),
+    ]
+    code, out, _ = run(args, capsys)
+    assert code == 0 and out.endswith("all checks passed")

@@ -350,9 +350,9 @@ def test_imagefolder_needs_two_classes_and_an_image_backbone(tmp_path, text_cfg)
 def test_imagefolder_corrupt_image_fails_when_loaded_naming_it(tmp_path, workers):
     root = make_imagefolder(tmp_path / "d", {"train": 2, "val": 1})
     bad = root / "val" / "cat" / "0.png"
-    bad.write_bytes(b"")
     dm = folder_dm(root, num_workers=workers)
     dm.setup()
+    bad.write_bytes(b"")  # broken after setup's check (tests/test_bad_data.py covers the check itself)
     batches = iter(dm.val_dataloader())
     # the same one line whether the image was decoded in the main process or in a worker
     assert raises(DataError, lambda: next(batches)) == [
@@ -368,7 +368,7 @@ def test_imagefolder_corrupt_image_fails_when_loaded_naming_it(tmp_path, workers
 def test_imagefolder_yaml_instantiates_with_root_seed(imagefolder):
     cfg = OmegaConf.create({"seed": 7, "data": OmegaConf.load(conf_dir() / "data" / "imagefolder.yaml")})
     cfg.data.root = str(imagefolder)
-    dm = hydra.utils.instantiate(cfg.data, data_config=IMAGE_CFG, num_workers=0)
+    dm = hydra.utils.instantiate(cfg.data, data_config=IMAGE_CFG, num_workers=0, feature_cache_dir=None)
     assert isinstance(dm, ImageFolderDataModule)
     assert (dm.seed, dm.batch_size, dm.augment, dm.image_size, dm.val_fraction) == (
         7,
@@ -545,7 +545,7 @@ def test_csv_multilabel_targets_counts_and_value_errors(tmp_path, text_cfg, capl
 def test_csv_yaml_instantiates_with_root_seed(image_csvs):
     cfg = OmegaConf.create({"seed": 5, "data": OmegaConf.load(conf_dir() / "data" / "csv.yaml")})
     cfg.data.train_csv = str(image_csvs["train"])
-    dm = hydra.utils.instantiate(cfg.data, data_config=IMAGE_CFG, num_workers=0)
+    dm = hydra.utils.instantiate(cfg.data, data_config=IMAGE_CFG, num_workers=0, feature_cache_dir=None)
     assert isinstance(dm, CSVDataModule) and dm.seed == 5 and dm.label_columns is None
     dm.setup()
     assert dm.class_names == ["2", "10"]
@@ -587,7 +587,9 @@ def test_digits_limit_per_class_and_render():
 
 def test_digits_yaml_is_the_default_and_instantiates_with_root_seed():
     cfg = OmegaConf.create({"seed": 11, "data": OmegaConf.load(conf_dir() / "data" / "digits.yaml")})
-    dm = hydra.utils.instantiate(cfg.data, data_config=IMAGE_CFG, num_workers=0, limit_per_class=5)
+    dm = hydra.utils.instantiate(
+        cfg.data, data_config=IMAGE_CFG, num_workers=0, feature_cache_dir=None, limit_per_class=5
+    )
     assert isinstance(dm, DigitsDataModule) and (dm.seed, dm.augment) == (11, False)
     dm.setup()
     assert {k: len(v) for k, v in dm.samples.items()} == {"train": 30, "val": 10, "test": 10}

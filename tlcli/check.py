@@ -261,6 +261,18 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
     sizes = ", ".join(f"{s} {len(v)}" for s, v in dm.samples.items())
     note = "" if dm.test_split == "test" else "; no test split (the test report will use val)"
     found.rows.append(("data", "ok", f"{dm.num_classes} classes; {sizes}{note}"))
+    skipped = [f for paths in getattr(dm, "unreadable", {}).values() for f in paths]
+    if skipped:  # within data.max_bad_fraction: fit leaves them out with a warning
+        shown = ", ".join(skipped[:MAX_SHOWN]) + (
+            f" and {len(skipped) - MAX_SHOWN} more" if len(skipped) > MAX_SHOWN else ""
+        )
+        found.rows.append(
+            (
+                "images",
+                "skipped",
+                f"{len(skipped)} unreadable, left out (data.max_bad_fraction={dm.max_bad_fraction:g}): {shown}",
+            )
+        )
     files = [x for samples in dm.samples.values() for x in samples.inputs if isinstance(x, (str, Path))]
     if dm.modality == "image" and files:
         _images(files, found)

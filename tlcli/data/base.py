@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,24 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlcli.data import kshot
-from tlcli.data.transforms import Transform, image_transforms, load_rgb
+from tlcli.data.transforms import Transform, image_problem, image_transforms, load_rgb
 from tlcli.errors import ConfigError, DataError
 from tlcli.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
+
+MAX_SHOWN = 5  # files/rows named per problem line; the rest are counted
+ENCODE_CHUNK = 4096  # texts per tokenizer call: bounds the memory of the Python lists it returns
+
+
+def listing(items: Sequence[Any]) -> str:
+    """'a, b, c, d, e and 3 more'."""
+    shown = ", ".join(str(i) for i in items[:MAX_SHOWN])
+    return shown + (f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else "")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -91,17 +105,51 @@ class ImageDataset(Dataset):
 
 
 class TextDataset(Dataset):
-    """Tokenizes lazily, unpadded; TextCollate pads each batch to its longest item."""
+    """Tokenized once, here, not per item per epoch; items are unpadded and TextCollate pads
+    each batch to its longest item.
+
+    The token ids live in one flat int32 array per tokenizer output (plus offsets), not in
+    millions of Python lists: a fraction of the memory, and forked loader workers do not
+    touch (and so copy) it. truncated: how many texts were longer than max_length tokens.
+    """
 
     def __init__(self, samples: Samples, tokenizer: Any, max_length: int):
-        self.samples, self.tokenizer, self.max_length = samples, tokenizer, max_length
+        self.targets, self.max_length = samples.targets, max_length
+        rows: dict[str, list[list[int]]] = {}
+        self.truncated = 0
+        for start in range(0, len(samples), ENCODE_CHUNK):
+            enc, n_cut = _encode(tokenizer, samples.inputs[start : start + ENCODE_CHUNK], max_length)
+            self.truncated += n_cut
+            for key, values in enc.items():
+                rows.setdefault(key, []).extend(values)
+        lengths = [len(r) for r in rows.get("input_ids", [])]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        total = int(self.offsets[-1])
+        self.columns = {key: np.fromiter((t for r in v for t in r), np.int32, total) for key, v in rows.items()}
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.targets)
 
     def __getitem__(self, i: int):
-        enc = self.tokenizer(self.samples.inputs[i], truncation=True, max_length=self.max_length)
-        return dict(enc), _target(self.samples.targets[i])
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return {key: v[a:b] for key, v in self.columns.items()}, _target(self.targets[i])
+
+
+def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[dict[str, list], int]:
+    """Token ids of texts cut to max_length, and how many needed cutting.
+
+    Encoding to max_length + 1 first tells which texts are too long (without tokenizing a
+    whole long document); only those are encoded again at max_length, so the special
+    tokens a truncating tokenizer keeps (e.g. the final [SEP]) stay in place.
+    """
+    enc = dict(tokenizer(list(texts), truncation=True, max_length=max_length + 1))
+    long = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_length]
+    if long:
+        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
+        for key, values in enc.items():
+            for j, i in enumerate(long):
+                values[i] = cut[key][j]
+    return enc, len(long)
 
 
 class IgnoreSeed(Dataset):
@@ -118,15 +166,35 @@ class IgnoreSeed(Dataset):
 
 
 class TextCollate:
-    """A class, not a closure, so DataLoader workers can pickle it."""
+    """Pads a batch of token-id rows to its longest row (dynamic padding), on the tokenizer's
+    padding side; LongTensors (B, longest). A class, not a closure, so workers can pickle it;
+    it keeps only the pad values, not the tokenizer.
+    """
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
+        pad_id = tokenizer.pad_token_id
+        # masked out by attention_mask whatever it is; 0 for tokenizers without a pad token (GPT-2)
+        self.fill = {
+            "input_ids": 0 if pad_id is None else int(pad_id),
+            "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0)),
+            "special_tokens_mask": 1,
+        }
+        self.left = tokenizer.padding_side == "left"
 
     def __call__(self, batch):
         encodings, targets = zip(*batch)
-        x = self.tokenizer.pad(list(encodings), padding="longest", return_tensors="pt")
-        return dict(x), torch.utils.data.default_collate(list(targets))
+        width = max(len(e["input_ids"]) for e in encodings)
+        x = {}
+        for key in encodings[0]:
+            out = np.full((len(encodings), width), self.fill.get(key, 0), dtype=np.int64)
+            for row, e in enumerate(encodings):
+                n = len(e[key])
+                if self.left:
+                    out[row, width - n :] = e[key]
+                else:
+                    out[row, :n] = e[key]
+            x[key] = torch.from_numpy(out)
+        return x, torch.utils.data.default_collate(list(targets))
 
 
 def _target(t: np.ndarray):
@@ -143,6 +211,10 @@ class TransferDataModule(L.LightningDataModule):
     after the val split is held out; val and test are untouched.
     feature_cache, feature_cache_dir: read by tlcli.features (frozen-backbone runs train
     the head on features computed once and stored under feature_cache_dir).
+    max_bad_fraction: image files that cannot be read are skipped with a warning while they
+    are at most this fraction of their split; beyond it setup fails listing them.
+    After setup, unreadable / non_images / truncated say what was left out or cut
+    (summarised in the "data:" log line and in data_report.json).
     """
 
     modality_hint = "an image backbone"  # completes the wrong-modality message
@@ -160,8 +232,14 @@ class TransferDataModule(L.LightningDataModule):
         k_shot: int | str | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        max_bad_fraction: float = 0.01,
     ):
         super().__init__()
+        if isinstance(max_bad_fraction, bool) or not 0.0 <= float(max_bad_fraction) <= 1.0:
+            raise ConfigError(
+                f"data.max_bad_fraction={max_bad_fraction} must be between 0 and 1: the share of "
+                "unreadable images per split that is skipped rather than fatal (e.g. 0.01)"
+            )
         if not 0.0 < float(val_fraction) < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.2)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -176,6 +254,10 @@ class TransferDataModule(L.LightningDataModule):
         self.k_shot = kshot.parse_k_shot(k_shot)
         self.feature_cache = bool(feature_cache)
         self.feature_cache_dir = feature_cache_dir
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.unreadable: dict[str, list[str]] = {}  # split -> image files skipped
+        self.non_images: list[str] = []  # files a subclass skipped for not being images
+        self.truncated: dict[str, int] = {}  # split -> texts cut to max_length tokens
         self.class_names: list[str] = []
         self.multilabel = False
         self.test_split = "test"
@@ -210,6 +292,7 @@ class TransferDataModule(L.LightningDataModule):
         if self.datasets:  # run.py and then Lightning both call setup
             return
         splits = self._load()
+        self._drop_unreadable(splits)
         train = splits["train"]
         if splits["val"] is None:
             splits["train"], splits["val"] = self._split_off_val(train)
@@ -226,10 +309,69 @@ class TransferDataModule(L.LightningDataModule):
             if len(samples) == 0:
                 raise DataError(f"the {name} split is empty: add samples to it")
             self.datasets[name] = self._dataset(samples, train=name == "train")
-        log.info(
-            "data: %d classes; %s",
-            self.num_classes,
-            ", ".join(f"{k} {len(v)}" for k, v in self.samples.items()),
+            if isinstance(self.datasets[name], TextDataset):
+                self.truncated[name] = self.datasets[name].truncated
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.samples.items())
+        log.info("data: %d classes; %s%s", self.num_classes, sizes, self._left_out())
+
+    def _left_out(self) -> str:
+        """'; skipped 1 unreadable image, 2 non-image files; 12 texts truncated to 128 tokens (train 12)'."""
+        skipped = []
+        if self.unreadable:
+            skipped.append(plural(sum(map(len, self.unreadable.values())), "unreadable image"))
+        if self.non_images:
+            skipped.append(plural(len(self.non_images), "non-image file"))
+        out = f"; skipped {', '.join(skipped)}" if skipped else ""
+        cut = sum(self.truncated.values())
+        if cut:
+            per_split = ", ".join(f"{k} {n}" for k, n in self.truncated.items() if n)
+            out += f"; {plural(cut, 'text')} truncated to {self.data_config['max_length']} tokens ({per_split})"
+        return out
+
+    def _drop_unreadable(self, splits: dict[str, Samples | None]) -> None:
+        """Leave out image files that cannot be read, or fail when a split has too many.
+
+        Checked here, once, rather than when a batch is loaded: the count and the fraction
+        are known before training starts, and no epoch dies half-way on a broken file.
+        """
+        if self.modality != "image":
+            return
+        found: dict[str, list[tuple[int, str]]] = {}
+        with ThreadPoolExecutor(max_workers=8) as pool:  # file opens and small reads: I/O-bound
+            for name, samples in splits.items():
+                if samples is None or not all(isinstance(x, (str, os.PathLike)) for x in samples.inputs):
+                    continue  # arrays (digits) or nothing: no files to check
+                bad = [(i, why) for i, why in enumerate(pool.map(image_problem, samples.inputs)) if why]
+                if bad:
+                    found[name] = bad
+        if not found:
+            return
+        limit = self.max_bad_fraction
+        over = [
+            f"data: {len(bad)} of {len(splits[name])} {name} images cannot be read "
+            f"({100 * len(bad) / len(splits[name]):.1f}%, more than data.max_bad_fraction={limit:g}); "
+            "remove or replace these files, or raise data.max_bad_fraction to skip them"
+            for name, bad in found.items()
+            if len(bad) > limit * len(splits[name])
+        ]
+        if over:
+            lines = [why for bad in found.values() for _, why in bad]
+            more = [f"... and {len(lines) - MAX_SHOWN} more unreadable images"] if len(lines) > MAX_SHOWN else []
+            raise DataError(over + lines[:MAX_SHOWN] + more)
+        for name, bad in found.items():
+            samples, drop = splits[name], {i for i, _ in bad}
+            self.unreadable[name] = [str(samples.inputs[i]) for i in sorted(drop)]
+            splits[name] = samples.subset([i for i in range(len(samples)) if i not in drop])
+            for _, why in bad:
+                log.debug("%s", why)
+        files = [f for paths in self.unreadable.values() for f in paths]
+        counts = ", ".join(f"{k} {len(found[k])} of {len(splits[k]) + len(found[k])}" for k in found)
+        log.warning(
+            "data: skipping %s (%s; data.max_bad_fraction=%g): %s",
+            plural(len(files), "unreadable image"),
+            counts,
+            limit,
+            listing(files),
         )
 
     def _split_off_val(self, train: Samples) -> tuple[Samples, Samples]:
@@ -264,12 +406,25 @@ class TransferDataModule(L.LightningDataModule):
         return chosen
 
     def run_records(self) -> dict[str, object]:
-        """Files to write into the run dir: {"k_shot.json": {...}} for few-shot runs, else {}."""
-        if self.k_shot is None:
-            return {}
+        """Files to write into the run dir: k_shot.json for few-shot runs, data_report.json
+        when inputs were skipped or truncated; {} when neither applies."""
         self.setup("fit")
-        train = self.samples["train"]
-        return {"k_shot.json": kshot.record(train.id_list(), train.targets, self.class_names, self.k_shot, self.seed)}
+        records: dict[str, object] = {}
+        if self.k_shot is not None:
+            train = self.samples["train"]
+            records["k_shot.json"] = kshot.record(
+                train.id_list(), train.targets, self.class_names, self.k_shot, self.seed
+            )
+        if self.unreadable or self.non_images or any(self.truncated.values()):
+            records["data_report.json"] = {
+                "sizes": {k: len(v) for k, v in self.samples.items()},
+                "unreadable_images": self.unreadable,
+                "max_bad_fraction": self.max_bad_fraction,
+                "non_image_files": self.non_images,
+                "truncated_texts": self.truncated,
+                "max_length": self.data_config["max_length"] if self.modality == "text" else None,
+            }
+        return records
 
     def _dataset(self, samples: Samples, train: bool) -> Dataset:
         if self.modality == "text":

@@ -15,18 +15,13 @@ from typing import Any
 import numpy as np
 
 from tlcli.data.base import Samples, TransferDataModule
+from tlcli.data.base import listing as _listing
 from tlcli.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
 
 SPLIT_KEYS = {"train": "train_csv", "val": "val_csv", "test": "test_csv"}
 MULTILABEL_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
-MAX_SHOWN = 5  # rows/files named per problem line; the rest are counted
-
-
-def _listing(items: Sequence[Any]) -> str:
-    shown = ", ".join(str(i) for i in items[:MAX_SHOWN])
-    return shown + (f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else "")
 
 
 def _sort_labels(labels: set[str]) -> list[str]:
@@ -67,6 +62,7 @@ class CSVDataModule(TransferDataModule):
         k_shot: int | str | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        max_bad_fraction: float = 0.01,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -79,6 +75,7 @@ class CSVDataModule(TransferDataModule):
             k_shot=k_shot,
             feature_cache=feature_cache,
             feature_cache_dir=feature_cache_dir,
+            max_bad_fraction=max_bad_fraction,
         )
         if label_columns is not None and (isinstance(label_columns, str) or len(label_columns) < 1):
             raise ConfigError(

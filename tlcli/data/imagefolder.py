@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.base import Samples, TransferDataModule
+from tlcli.data.base import Samples, TransferDataModule, listing, plural
 from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
 from tlcli.errors import DataError
 
@@ -27,15 +27,22 @@ def list_classes(split_dir: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
 
 
-def list_images(class_dir: Path) -> list[str]:
-    """Image files under class_dir (recursively, sorted); other files are skipped."""
-    found, skipped = [], []
+def list_images(class_dir: Path, skipped: list[str] | None = None) -> list[str]:
+    """Image files under class_dir (recursively, sorted).
+
+    Other files are left out and appended to `skipped` when given; hidden files
+    (.DS_Store, ._x.jpg from macOS) are left out silently.
+    """
+    found, others = [], []
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            (found if is_image_file(name) else skipped).append(os.path.join(dirpath, name))
-    if skipped:
-        log.debug("skipping %d non-image files in %s, e.g. %s", len(skipped), class_dir, skipped[0])
+            if not name.startswith("."):
+                (found if is_image_file(name) else others).append(os.path.join(dirpath, name))
+    if others:
+        log.debug("skipping %d non-image files in %s, e.g. %s", len(others), class_dir, others[0])
+        if skipped is not None:
+            skipped.extend(others)
     return found
 
 
@@ -61,6 +68,7 @@ class ImageFolderDataModule(TransferDataModule):
         k_shot: int | str | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        max_bad_fraction: float = 0.01,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -73,6 +81,7 @@ class ImageFolderDataModule(TransferDataModule):
             k_shot=k_shot,
             feature_cache=feature_cache,
             feature_cache_dir=feature_cache_dir,
+            max_bad_fraction=max_bad_fraction,
         )
         self.root = Path(root).expanduser()
 
@@ -98,9 +107,9 @@ class ImageFolderDataModule(TransferDataModule):
             problems.extend(self._class_mismatch(split))
 
         files: dict[str, dict[str, list[str]]] = {}
-        empty = []
+        empty, others = [], []
         for split in present:
-            files[split] = {c: list_images(root / split / c) for c in list_classes(root / split)}
+            files[split] = {c: list_images(root / split / c, others) for c in list_classes(root / split)}
             empty += [f"{split}/{c}" for c, found in files[split].items() if not found]
         if empty:
             problems.append(
@@ -109,6 +118,14 @@ class ImageFolderDataModule(TransferDataModule):
             )
         if problems:
             raise DataError(problems)
+        self.non_images = [Path(p).relative_to(root).as_posix() for p in others]
+        if others:
+            log.warning(
+                "data: skipping %s in class folders (only %s are read): %s",
+                plural(len(others), "non-image file"),
+                " ".join(IMAGE_EXTENSIONS),
+                listing(self.non_images),
+            )
 
         index = {c: i for i, c in enumerate(self.class_names)}
         splits: dict[str, Samples | None] = dict.fromkeys(SPLITS)
@@ -123,6 +140,8 @@ class ImageFolderDataModule(TransferDataModule):
 
     def _class_mismatch(self, split: str) -> list[str]:
         classes = set(list_classes(self.root / split))
+        if not classes:
+            return [f"data.root: {split}/ is empty; give it the same class folders as train/, or remove it"]
         missing = sorted(set(self.class_names) - classes)
         extra = sorted(classes - set(self.class_names))
         if not (missing or extra):

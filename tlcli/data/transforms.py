@@ -87,6 +87,40 @@ def load_rgb(path: str | Path) -> Image.Image:
         ) from exc
 
 
+# (leading bytes, closing bytes) of the formats whose complete files can be recognised
+# from both ends without decoding; a truncated download lacks the closing bytes.
+_ENDS = (
+    (b"\xff\xd8\xff", b"\xff\xd9"),  # JPEG: SOI ... EOI
+    (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),  # PNG: signature ... IEND chunk with its CRC
+    (b"GIF8", b";"),  # GIF: header ... trailer
+)
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why an image file cannot be used (the load-time error line), or None if it looks whole.
+
+    Cheap: a file whose first and last bytes are those of a complete JPEG, PNG or GIF is
+    accepted without decoding (two small reads). Anything else (a truncated file, an HTML
+    page saved as .jpg, a JPEG with bytes after its end marker, BMP, WebP) is decoded in
+    full, so a file that PIL can read is never rejected. Damage in the middle of an
+    otherwise complete file still surfaces when it is loaded, naming the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, f.seek(0, 2) - 8))
+            tail = f.read(8)
+    except OSError as exc:
+        return f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file"
+    if len(head) == 8 and any(head.startswith(h) and tail.endswith(t) for h, t in _ENDS):
+        return None
+    try:
+        load_rgb(path)
+    except UnreadableImageError as exc:
+        return exc.problems[0]
+    return None
+
+
 def _input_hw(data_config: dict[str, Any], image_size: int | None) -> tuple[int, int]:
     if image_size is None:
         _, h, w = data_config["input_size"]
