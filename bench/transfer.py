@@ -62,11 +62,12 @@ def run_variant(overrides: list[str], seed: int, out: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
+    timing = json.loads((out / "timing.json").read_text())
     return {
         "test_acc": metrics["test/acc"],
         "epochs": metrics["epochs_trained"],
         "trainable_params": metrics.get("params/trainable", float("nan")),
-        "epoch_s": metrics.get("time/epoch_s", float("nan")),
+        "epoch_s": timing["epoch_s"],
         "wall_s": wall,
     }
 

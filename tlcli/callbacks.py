@@ -12,10 +12,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class History(L.Callback):
-    """Records the validation metrics of every epoch, so the run can say when the best was reached."""
+    """Records every epoch's metrics, so the run can say when the best was reached and
+    report.html can draw the curves: val/* after validation, then train/* (epoch means,
+    "train/loss_epoch" stored as "train/loss") and lr/<group> (the LR each optimizer group
+    started the epoch with) merged into the same row."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+        self._lrs: dict[str, float] = {}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        self._lrs = {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(groups)}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -23,6 +31,16 @@ class History(L.Callback):
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         row["epoch"] = trainer.current_epoch
         self.epochs.append(row)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        train = {
+            k.removesuffix("_epoch"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("train/") and not k.endswith("_step")
+        }
+        if not self.epochs or self.epochs[-1]["epoch"] != trainer.current_epoch:  # no validation this epoch
+            self.epochs.append({"epoch": trainer.current_epoch})
+        self.epochs[-1].update({**train, **self._lrs})
 
     def best(self, monitor: str, mode: str) -> dict[str, float] | None:
         """The first epoch with the best value (ModelCheckpoint only replaces on strict improvement)."""

@@ -8,6 +8,11 @@ from tlcli.errors import ConfigError, did_you_mean
 
 MONITORS = ("val/acc", "val/f1_macro", "val/loss")
 GROUPS = ("backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer")
+# Loggers whose package is an optional extra: logger _target_ -> (module, pip extra)
+OPTIONAL_LOGGERS = {
+    "lightning.pytorch.loggers.WandbLogger": ("wandb", "wandb"),
+    "lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "mlflow"),
+}
 
 
 def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -36,6 +41,7 @@ def validate(cfg: DictConfig) -> None:
         from tlcli.zero_shot import FIT_REFUSAL
 
         problems.append(FIT_REFUSAL)
+    problems += _missing_logger_packages(cfg)
     if cfg.monitor not in MONITORS:
         problems.append(
             f"monitor={cfg.monitor} is not a logged metric; choose one of {', '.join(MONITORS)}."
@@ -47,6 +53,22 @@ def validate(cfg: DictConfig) -> None:
         problems.append("monitor=val/loss with monitor_mode=max would keep the worst model: set monitor_mode=min")
     if problems:
         raise ConfigError(problems)
+
+
+def _missing_logger_packages(cfg: DictConfig) -> list[str]:
+    import importlib.util
+
+    out = []
+    for name, node in (cfg.get("logger") or {}).items():
+        target = node.get("_target_") if node is not None else None
+        if target in OPTIONAL_LOGGERS:
+            module, extra = OPTIONAL_LOGGERS[target]
+            if importlib.util.find_spec(module) is None:
+                out.append(
+                    f"logger.{name} needs the {module} package, which is not installed: "
+                    f"pip install 'tlcli[{extra}]' (or pip install {module}), or choose another logger, e.g. logger=csv"
+                )
+    return out
 
 
 def check_signatures(cfg: DictConfig, groups: tuple[str, ...] = GROUPS) -> None:

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, report, restore
+from tlcli import console, html_report, report, restore
 from tlcli.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt))
     write_test_report(run_dir, module, datamodule.test_split)
     report.write_json_atomic(run_dir / "metrics.json", metrics)
+    html_report.write_html(run_dir, module, datamodule, metrics)
     console.console.print(f"run dir: {run_dir}")
     return metrics
 

@@ -181,6 +181,14 @@ def _draw_matrix(ax, counts: np.ndarray, labels: Sequence[str], fontsize: float)
 def confusion_matrix_png(path, y_true, y_pred, class_names: Sequence[str], title: str) -> Path:
     """Single-label: one C x C matrix (rows true, cols predicted). Multi-label ((N, C) inputs):
     a grid of 2x2 matrices, one per label, rows/cols ordered [no, yes]."""
+    fig = confusion_matrix_figure(y_true, y_pred, class_names, title)
+    with _atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    return Path(path)
+
+
+def confusion_matrix_figure(y_true, y_pred, class_names: Sequence[str], title: str):
+    """The matplotlib Figure confusion_matrix_png saves (report.html embeds it too)."""
     # A bare Figure renders with Agg and never touches pyplot's global backend or figure list:
     # headless-safe, and no matplotlib.use() that would clobber a notebook user's backend.
     from matplotlib.figure import Figure
@@ -206,9 +214,7 @@ def confusion_matrix_png(path, y_true, y_pred, class_names: Sequence[str], title
         _draw_matrix(ax, confusion_counts(t, p, c), names, fontsize=max(8.0, 12 - c / 6))
     fig.suptitle(title)
     fig.tight_layout()
-    with _atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    return Path(path)
+    return fig
 
 
 # ---------------------------------------------------------------- outputs

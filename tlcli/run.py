@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, features, report
+from tlcli import console, features, html_report, report
 from tlcli.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.config import check_signatures, validate
 from tlcli.distill import Distiller
@@ -106,13 +106,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
             )
         )
         raise SystemExit(code) from None
+    time_fit_end = time.perf_counter()  # train + validation of this process's epochs
     metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split}
     params = [p for _, p in module.named_parameters()]
     metrics["params/total"] = sum(p.numel() for p in params)
     metrics["params/trainable"] = sum(p.numel() for p in params if p.requires_grad)
-    if ckpt_path is None and trainer.current_epoch > 0:  # train + validation wall time, this process's epochs
-        metrics["time/epoch_s"] = round((time.perf_counter() - started) / trainer.current_epoch, 3)
     best = history.best(cfg.monitor, cfg.monitor_mode)
+    epochs = list(history.epochs)  # trainer.test(ckpt_path=...) below rewinds History to that checkpoint
     if best is not None:
         metrics[f"best_val/{cfg.monitor}"] = best[cfg.monitor]
         metrics["best_val/epoch"] = int(best["epoch"])
@@ -127,7 +127,18 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
             write_test_report(run_dir, module, datamodule.test_split)
     if trainer.is_global_zero:
         report.write_json_atomic(run_dir / "metrics.json", metrics)
+        if ckpt_path is None and epochs:  # wall time apart from metrics.json, which a seed reproduces exactly
+            fit_s = time_fit_end - started
+            report.write_json_atomic(
+                run_dir / "timing.json",
+                {"fit_s": round(fit_s, 2), "epochs": len(epochs), "epoch_s": round(fit_s / len(epochs), 3)},
+            )
+        html_report.write_html(run_dir, module, datamodule, metrics, epochs)
         console.console.print(f"run dir: {run_dir}")
+    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()  # flush now: the next job of an in-process sweep starts its own run
     return metrics
 
 

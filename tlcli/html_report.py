@@ -1,0 +1,326 @@
+"""report.html: one self-contained page per fit or test, to read a run at a glance.
+
+Sections, each left out when its inputs are missing: run summary, metrics (metrics.json),
+per-class precision/recall/F1/support, confusion matrix, training curves (loss, val metrics,
+LR per optimizer group, from the History callback), and the test examples the model got wrong
+most confidently (thumbnails for images, snippets for text).
+
+Everything is inline (CSS, plots and thumbnails as base64 PNG data URIs): the file opens
+offline, can be mailed or attached to a ticket, and stays small (96 px thumbnails).
+It reuses the test outputs the per-class report came from: no second pass over the data.
+Every user string (class names, paths, texts) goes through html.escape.
+Building it must never fail a run: `write_html` logs a warning instead of raising.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlcli import report
+
+log = logging.getLogger(__name__)
+
+N_WRONG = 16  # examples in the "most confidently wrong" grid
+THUMB_PX = 96  # longest side of a thumbnail
+SNIPPET_CHARS = 240  # text examples are cut to this many characters
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;
+color:#222;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;
+margin-top:28px}
+table{border-collapse:collapse;font-size:.9em;margin:8px 0}
+th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.avg td{font-style:italic;background:#f7f7f7}tr.avg.first td{border-top:2px solid #bbb}
+.note{background:#fff6d6;border-left:4px solid #e0b400;padding:6px 10px;margin:8px 0}
+img.plot{max-width:100%;height:auto}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:.8em;background:#fafafa;overflow:hidden}
+.card img{display:block;margin:0 auto 4px;image-rendering:pixelated}
+.card .text{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;max-height:9em;
+overflow:auto;background:#fff;border:1px solid #eee;padding:3px;margin-bottom:4px}
+.true{color:#1a7f37}.pred{color:#c62828}.id{color:#777;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# ---------------------------------------------------------------- the run -> the page
+def write_html(run_dir, module, datamodule, metrics: dict[str, Any], history: list[dict] | None = None) -> Path | None:
+    """Write <run_dir>/report.html for the last fit/test; on any error log a warning, return None."""
+    try:
+        page = build_html(**_inputs(module, datamodule, metrics, history))
+        path = report.write_text_atomic(Path(run_dir) / "report.html", page)
+    except Exception as exc:  # a report is a convenience: never let it fail a finished run
+        log.warning("report.html was not written (%s: %s); the other outputs are complete", type(exc).__name__, exc)
+        return None
+    log.info("wrote %s (%.0f kB)", path, path.stat().st_size / 1024)
+    return path
+
+
+def _inputs(module, datamodule, metrics: dict[str, Any], history: list[dict] | None) -> dict[str, Any]:
+    config, task = module.config, module.task
+    data = getattr(datamodule, "source", datamodule)  # a feature-cached run keeps the original data here
+    split = metrics["test_split"]
+    kw: dict[str, Any] = {
+        "title": f"tlcli {'fit' if history is not None else 'test'}: {_short(_at(config, 'backbone', 'name'))}",
+        "summary": run_summary(config, metrics, data),
+        "metrics": metrics,
+        "class_names": module.class_names,
+        "split": split,
+        "multilabel": task.multilabel,
+        "threshold": task.thresholds if task.multilabel else 0.5,
+        "history": history,
+        "monitor": _at(config, "monitor"),
+        "modality": getattr(data, "modality", "image"),
+        "image_loader": getattr(data, "image_loader", None),
+    }
+    if module.test_outputs:
+        kw["y_true"] = module.test_outputs["y_true"].numpy()
+        kw["y_score"] = module.test_outputs["y_score"].numpy()
+        samples = getattr(data, "samples", {}).get(split)
+        trainer = module._trainer  # DDP gathers the outputs rank by rank: their order is not the data's
+        single = trainer is None or trainer.world_size == 1
+        if single and samples is not None and len(samples) == len(kw["y_true"]):
+            kw["examples"] = list(zip(samples.id_list(), samples.inputs))
+    return kw
+
+
+def _at(config: dict, *keys: str) -> Any:
+    """config[k1][k2]..., or None where a custom part's config lacks the key (display only)."""
+    for k in keys:
+        if not isinstance(config, dict) or k not in config:
+            return None
+        config = config[k]
+    return config
+
+
+def _short(target: Any) -> str:
+    return "?" if target is None else str(target).rsplit(".", 1)[-1]
+
+
+def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
+    """Label -> value for the summary table; keys with no value are left out. The model's
+    parts come from its run config, the data from the data module (`tlcli test` may swap it)."""
+    weights, root = _at(config, "backbone", "weights"), getattr(data, "root", None)
+    samples = getattr(data, "samples", {})
+    epochs = metrics.get("epochs_trained")
+    rows = {
+        "backbone": f"{_at(config, 'backbone', 'name')}" + (f" (weights: {weights})" if weights else ""),
+        "head": _short(_at(config, "head", "_target_")),
+        "fine-tuning": _short(_at(config, "finetune", "_target_")),
+        "task": _short(_at(config, "task", "_target_")),
+        "data": type(data).__name__ + (f" root={root}" if root else ""),
+        "splits": ", ".join(f"{k} {len(v)}" for k, v in samples.items()),
+        "optimizer": f"{_short(_at(config, 'optimizer', '_target_'))} lr={_at(config, 'optimizer', 'lr')}",
+        "seed": _at(config, "seed"),
+        "epochs": None if epochs is None else f"{epochs} of max {_at(config, 'trainer', 'max_epochs')}",
+        "monitor": f"{_at(config, 'monitor')} ({_at(config, 'monitor_mode')})",
+        "best epoch": metrics.get("best_val/epoch"),
+        "tested": metrics.get("tested_checkpoint") or metrics.get("ckpt"),
+        "tested split": metrics.get("test_split"),
+    }
+    return {k: v for k, v in rows.items() if v not in (None, "", "?")}
+
+
+# ---------------------------------------------------------------- pieces
+def png_data_uri(fig_or_image) -> str:
+    """A matplotlib Figure or PIL image as a data:image/png;base64 URI."""
+    buf = io.BytesIO()
+    if hasattr(fig_or_image, "savefig"):
+        fig_or_image.savefig(buf, format="png", dpi=80)
+    else:
+        fig_or_image.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def confidently_wrong(y_true, y_score, *, multilabel: bool, threshold=0.5) -> list[tuple[int, float]]:
+    """(index, confidence) of every wrong prediction, the most confident first.
+
+    Single-label: wrong = argmax != truth, confidence = the predicted class's probability.
+    Multi-label: wrong = any label on the wrong side of its threshold, confidence = the largest
+    |score - truth| over labels (how sure the model was of its worst mistake). Ties keep data order.
+    """
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
+    pred = report.predict(y_score, multilabel=multilabel, threshold=threshold)
+    if multilabel:
+        wrong = (pred != y_true.astype(int)).any(axis=1)
+        conf = np.abs(y_score - y_true).max(axis=1)
+    else:
+        wrong = pred != y_true
+        conf = y_score[np.arange(len(pred)), pred]
+    idx = np.flatnonzero(wrong)
+    idx = idx[np.argsort(-conf[idx], kind="stable")]
+    return [(int(i), float(conf[i])) for i in idx]
+
+
+def curves_figure(history: list[dict], monitor: str | None, best_epoch: int | None):
+    """Loss, val metrics and LR per group against epoch; None with nothing to draw."""
+    from matplotlib.figure import Figure
+
+    rows = sorted((r for r in history if "epoch" in r), key=lambda r: r["epoch"])
+    keys = sorted({k for r in rows for k in r if k != "epoch"})
+    panels = [
+        ("loss", [k for k in keys if k.endswith("/loss")]),
+        ("validation metrics", [k for k in keys if k.startswith("val/") and not k.endswith("/loss")]),
+        ("learning rate per group", [k for k in keys if k.startswith("lr/")]),
+    ]
+    panels = [(t, ks) for t, ks in panels if ks]
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.6 * len(panels), 3.4))
+    for ax, (title, ks) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for j, k in enumerate(ks):  # thinner and dashed in turn: groups sharing one LR stay visible
+            pts = [(r["epoch"], r[k]) for r in rows if k in r]
+            style = {"linestyle": ("-", "--", "-.", ":")[j % 4], "linewidth": max(1.0, 3.0 - 0.6 * j)}
+            ax.plot(*zip(*pts), marker="o", markersize=3, label=k.removeprefix("lr/"), **style)
+        if best_epoch is not None and monitor in ks:
+            ax.axvline(best_epoch, color="#999", linestyle=":", label=f"best epoch ({best_epoch})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def _table(header: Sequence[str], rows: list[list[str]], numeric: bool = True, classes: list[str] | None = None) -> str:
+    """Cells are HTML already (escaped by the caller); numeric: right-align every column but the first."""
+    num = " class=num" if numeric else ""
+    head = "".join(f"<th{num if i else ''}>{esc(h)}</th>" for i, h in enumerate(header))
+    body = []
+    for k, cells in enumerate(rows):
+        cls = f" class='{classes[k]}'" if classes and classes[k] else ""
+        tds = "".join(f"<td{num if i else ''}>{c}</td>" for i, c in enumerate(cells))
+        body.append(f"<tr{cls}>{tds}</tr>")
+    head = f"<tr>{head}</tr>" if any(header) else ""
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else esc(v)
+
+
+def _labels(y, class_names: Sequence[str], multilabel: bool) -> str:
+    if not multilabel:
+        return esc(class_names[int(y)])
+    on = [class_names[i] for i in np.flatnonzero(np.asarray(y) > 0.5)]
+    return esc(", ".join(on)) if on else "<i>none</i>"
+
+
+def _thumbnail(img) -> str:
+    """At most THUMB_PX stored; small images (8x8 digits, icons) are shown scaled up to it."""
+    img.thumbnail((THUMB_PX, THUMB_PX))
+    scale = THUMB_PX / max(img.width, img.height)
+    w, h = round(img.width * scale), round(img.height * scale)
+    return f"<img src='{png_data_uri(img)}' width={w} height={h} alt=''>"
+
+
+def _card(example: tuple[Any, Any] | None, i: int, lines: list[str], modality: str, image_loader) -> str:
+    """One wrong example: thumbnail or text snippet, its id, then `lines` (HTML)."""
+    parts = []
+    if example is None:
+        parts.append(f"<div class=id>test example #{i}</div>")
+    else:
+        sid, item = example
+        if modality == "text":
+            text = str(item)
+            text = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "…"
+            parts.append(f"<div class=text>{esc(text)}</div>")
+        elif image_loader is not None:
+            parts.append(_thumbnail(image_loader(item)))
+        parts.append(f"<div class=id title='{esc(sid)}'>{esc(sid)}</div>")
+    return f"<div class=card>{''.join(parts + lines)}</div>"
+
+
+def _wrong_grid(wrong, y_true, y_score, y_pred, names, multilabel, examples, modality, image_loader) -> str:
+    cards = []
+    for i, conf in wrong:
+        lines = [
+            f"<div class=true>true: {_labels(y_true[i], names, multilabel)}</div>",
+            f"<div class=pred>pred: {_labels(y_pred[i], names, multilabel)}</div>",
+            f"<div>confidence {conf:.3f}</div>",
+        ]
+        if not multilabel:
+            lines.append(f"<div>p(true) {y_score[i, int(y_true[i])]:.3f}</div>")
+        cards.append(_card(None if examples is None else examples[i], i, lines, modality, image_loader))
+    return f"<div class=grid>{''.join(cards)}</div>" if cards else "<p>none: every prediction is right</p>"
+
+
+# ---------------------------------------------------------------- the page
+def build_html(
+    *,
+    title: str,
+    summary: dict[str, Any],
+    metrics: dict[str, Any],
+    class_names: Sequence[str],
+    split: str = "test",
+    y_true=None,
+    y_score=None,
+    multilabel: bool = False,
+    threshold=0.5,
+    history: list[dict] | None = None,
+    monitor: str | None = None,
+    examples: Sequence[tuple[Any, Any]] | None = None,
+    modality: str = "image",
+    image_loader: Callable[[Any], Any] | None = None,
+    n_wrong: int = N_WRONG,
+) -> str:
+    """The whole page as one string. examples[i] = (id shown, input) for test output i."""
+    names = [str(c) for c in class_names]
+    out = [f"<h1>{esc(title)}</h1>"]
+    if split != "test":
+        out.append(f"<p class=note>{esc(report.VAL_NOTE)}</p>")
+    out.append("<h2>Run</h2>" + _table(["", ""], [[esc(k), esc(v)] for k, v in summary.items()], numeric=False))
+    out.append("<h2>Metrics</h2>" + _table(["metric", "value"], [[esc(k), _fmt(v)] for k, v in metrics.items()]))
+
+    if y_true is not None and y_score is not None:
+        y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
+        y_pred = report.predict(y_score, multilabel=multilabel, threshold=threshold)
+        rows = report.per_class_report(y_true, y_score, names, multilabel=multilabel, threshold=threshold)
+        avg = ["avg first" if k == len(names) else ("avg" if k > len(names) else "") for k in range(len(rows))]
+        cells = [
+            [esc(r["class"]), *(f"{r[c]:.4f}" for c in ("precision", "recall", "f1")), str(r["support"])] for r in rows
+        ]
+        acc = report.accuracy(y_true, y_pred)
+        out.append(
+            f"<h2>Per class ({esc(split)} split)</h2>"
+            f"<p>{'exact-match accuracy' if multilabel else 'accuracy'} {acc:.4f} on {len(y_pred)} examples</p>"
+            + _table(report.COLUMNS, cells, classes=avg)
+        )
+        what = (
+            "one 2x2 matrix per label (rows true, columns predicted)" if multilabel else "rows true, columns predicted"
+        )
+        fig = report.confusion_matrix_figure(y_true, y_pred, names, f"Confusion matrix ({split} split)")
+        out.append(
+            f"<h2>Confusion matrix</h2><p>{what}</p><img class=plot alt='confusion matrix' src='{png_data_uri(fig)}'>"
+        )
+
+    fig = curves_figure(history, monitor, metrics.get("best_val/epoch")) if history else None
+    if fig is not None:
+        out.append(f"<h2>Training curves</h2><img class=plot alt='training curves' src='{png_data_uri(fig)}'>")
+
+    if y_true is not None and y_score is not None:
+        wrong = confidently_wrong(y_true, y_score, multilabel=multilabel, threshold=threshold)
+        head = f"<h2>Most confidently wrong ({min(n_wrong, len(wrong))} of {len(wrong)} wrong, {esc(split)} split)</h2>"
+        grid = _wrong_grid(
+            wrong[:n_wrong], y_true, y_score, y_pred, names, multilabel, examples, modality, image_loader
+        )
+        out.append(head + grid)
+
+    return (
+        f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
