@@ -71,6 +71,11 @@ def test_ls_lists_options_with_descriptions(capsys):
     assert "adamw" not in out
 
 
+def test_ls_prints_descriptions_verbatim_not_as_markup(capsys):
+    code, out, _ = run_cli(["ls", "logger"], capsys)
+    assert code == 0 and "pip install 'tlcli[wandb]'" in out  # rich would eat an unescaped [wandb]
+
+
 def test_missing_data_root_exits_3_without_training(tmp_path, capsys):
     missing = tmp_path / "nope"
     with pytest.raises(SystemExit) as exc:

@@ -32,6 +32,7 @@ def ls(args: list[str]) -> int:
     """`tlcli ls [group ...]`; `tlcli ls backbones --pattern '*convnext*'` searches timm's model names."""
     from rich.console import Console
     from rich.table import Table
+    from rich.markup import escape
 
     pattern = args[args.index("--pattern") + 1] if "--pattern" in args[:-1] else None
     wanted = [a for a in args if not a.startswith("-") and a != pattern]
@@ -48,7 +49,7 @@ def ls(args: list[str]) -> int:
         if wanted and group not in wanted:
             continue
         for opt in options:
-            table.add_row(group, opt, description(conf_dir() / group / f"{opt}.yaml"))
+            table.add_row(group, opt, escape(description(conf_dir() / group / f"{opt}.yaml")))
     Console().print(table)
     return 0
 
