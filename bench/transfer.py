@@ -99,8 +99,9 @@ def main() -> None:
             for name, o in STRATEGIES.items()
         }
     )
-    for name, overrides in grid.items():
-        for seed in args.seeds:
+    # seed-major: an interrupted grid still has every variant at least once
+    for seed in args.seeds:
+        for name, overrides in grid.items():
             try:
                 r = run_variant(overrides + args.extra, seed, args.out / f"{len(rows):02d}")
             except RuntimeError as exc:  # a failing variant is reported, not dropped
