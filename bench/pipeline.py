@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tlcli.data.base import ENCODE_CHUNK, Samples, TextCollate, TextDataset
+from tlcli.data.base import Samples
+from tlcli.data.text import ENCODE_CHUNK, TextCollate, TextDataset
 from tlcli.data.transforms import image_problem, image_transforms, load_rgb
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.md"

@@ -247,7 +247,8 @@ def _loader(inputs: list[str], spec: dict[str, Any], config: dict[str, Any], bat
     """Batches of model inputs, prepared exactly like fit's eval split."""
     from torch.utils.data import DataLoader
 
-    from tlcli.data.base import ImageDataset, Samples, TextCollate, TextDataset
+    from tlcli.data.base import ImageDataset, Samples
+    from tlcli.data.text import TextCollate, TextDataset
     from tlcli.data.transforms import image_transforms, load_rgb
 
     samples = Samples(list(inputs), np.zeros(len(inputs), dtype=np.int64))

@@ -136,7 +136,7 @@ def extract(backbone, datamodule, split: str, cfg: DictConfig) -> tuple[np.ndarr
     """Pooled features (N, D) float64 and integer labels (N,) of one split."""
     from torch.utils.data import DataLoader, Subset
 
-    from tlcli.data.base import TextCollate
+    from tlcli.data.text import TextCollate
 
     labels = datamodule.samples[split].targets
     idx = subset_indices(labels, cfg.max_samples, cfg.seed)
