@@ -31,8 +31,8 @@ def description(path: Path) -> str:
 def ls(args: list[str]) -> int:
     """`tlcli ls [group ...]`; `tlcli ls backbones --pattern '*convnext*'` searches timm's model names."""
     from rich.console import Console
-    from rich.table import Table
     from rich.markup import escape
+    from rich.table import Table
 
     pattern = args[args.index("--pattern") + 1] if "--pattern" in args[:-1] else None
     wanted = [a for a in args if not a.startswith("-") and a != pattern]
