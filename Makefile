@@ -36,8 +36,11 @@ lint: install ## ruff check
 format: install ## ruff format
 	$(BIN)/ruff format tlcli tests
 
-bench: install ## benchmark harness (see bench/README.md)
-	$(BIN)/python -m bench.run
+bench: install ## performance harness: overhead, memory, scaling, input pipeline -> bench/results/ (about 20 min)
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.scaling
+	$(BIN)/python -m bench.pipeline
 
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

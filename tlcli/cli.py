@@ -105,7 +105,13 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
             _check_writable(args, multirun)
         if not multirun and not passthrough:
             # preflight: a typo in an override gets a clear message and exit 2 before anything starts
-            compose_checked(verb, _overrides(args))
+            cfg = compose_checked(verb, _overrides(args))
+            if _only_cfg_job(args):
+                # `--cfg job` prints exactly this config: skip Hydra composing it a second time (latency)
+                from omegaconf import OmegaConf
+
+                print(OmegaConf.to_yaml(cfg), end="")
+                return 0
     except TlcliError as err:
         return _report(err)
     import hydra
@@ -126,6 +132,15 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     sys.argv = [str(entry) if entry.is_file() else f"tlcli {verb}", *args]
     _run()
     return 0
+
+
+def _only_cfg_job(args: list[str]) -> bool:
+    """`--cfg job` (or `-c job`) with overrides only: no --package, --resolve or other Hydra flag."""
+    flags = [a for a in args if a.startswith("-")]
+    if flags not in (["--cfg"], ["-c"]):
+        return False
+    i = args.index(flags[0])
+    return i + 1 < len(args) and args[i + 1] == "job"
 
 
 def _resume_rewrite(args: list[str]) -> list[str]:

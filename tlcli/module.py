@@ -32,6 +32,8 @@ class TransferModule(L.LightningModule):
         label_counts: list[int] | None = None,
         config: dict[str, Any] | None = None,
         distiller: Distiller | None = None,
+        channels_last: bool | str = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.backbone, self.head, self.task = backbone, head, task
@@ -49,9 +51,30 @@ class TransferModule(L.LightningModule):
         self._resume_rng: dict[str, Any] | None = None
         self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         strategy.setup(self)
+        if channels_last not in (True, False, "auto"):
+            raise ConfigError(f"channels_last={channels_last} must be auto, true or false")
+        self.channels_last, self._channels_last_on = channels_last, False
+        if not isinstance(compile, bool):
+            raise ConfigError(f"compile={compile} must be true or false")
+        if compile:
+            # in place (nn.Module.compile): parameter names, state_dict and checkpoints stay the same
+            self.backbone.compile()
 
     def forward(self, x: Any) -> torch.Tensor:
+        if self._channels_last_on and isinstance(x, torch.Tensor) and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
+
+    def setup(self, stage: str) -> None:
+        # channels_last: NHWC weights and inputs, the layout cuDNN's bf16/fp16 conv kernels want
+        # (on CPU it is usually no faster, hence auto = CUDA only, and only for conv backbones).
+        on = self.channels_last
+        if on == "auto":
+            conv = any(isinstance(m, nn.Conv2d) for m in self.backbone.modules())
+            on = conv and self.trainer.strategy.root_device.type == "cuda"
+        if on and not self._channels_last_on:
+            self.to(memory_format=torch.channels_last)  # 4-d tensors only: conv weights
+            self._channels_last_on = True
 
     # -- train mode: frozen parts stay in eval (BatchNorm statistics pinned) --
     def train(self, mode: bool = True):

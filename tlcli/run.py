@@ -72,6 +72,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         label_counts=datamodule.label_counts(),
         config=OmegaConf.to_container(cfg, resolve=True),
         distiller=distiller,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
     )
 
     # 2. the trainer, with callbacks and loggers from their groups
