@@ -29,8 +29,19 @@ class EpochSeededSampler(Sampler):
     Lightning calls set_epoch(epoch) before every training epoch, resumed runs included.
     """
 
-    def __init__(self, num_samples: int, seed: int, epoch: int = 0, skip: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        epoch: int = 0,
+        skip: int = 0,
+        shuffle: bool = True,
+        lengths: np.ndarray | None = None,
+        batch_size: int = 1,
+    ):
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        # lengths (text): batches of similar length, see bucketed()
+        self.lengths, self.batch_size = lengths, batch_size
         # A run resumed mid-epoch continues `epoch` after the `skip` samples it had already seen.
         # The epoch is set here too: with worker processes, the first iterator draws its indices
         # before Lightning calls set_epoch.
@@ -48,10 +59,35 @@ class EpochSeededSampler(Sampler):
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
+        if self.lengths is not None:
+            order = bucketed(order, self.lengths, self.batch_size, _mix(self.seed, self.epoch, 1))
         if self.skip and self.epoch == self.resume_epoch:
             order, self.skip = order[self.skip :], 0
         for i in order:
             yield i, _mix(self.seed, self.epoch, i)
+
+
+BUCKET_BATCHES = 50  # batches per bucketing chunk: wide enough to group lengths, narrow enough to stay random
+
+
+def bucketed(order: list[int], lengths: np.ndarray, batch_size: int, seed: int) -> list[int]:
+    """Length-bucketed order: each chunk of BUCKET_BATCHES batches of the shuffled order is
+    sorted by length, cut into batches, and those batches are shuffled (seeded). A batch
+    then holds texts of similar length, so dynamic padding pads little; a partial last
+    batch stays last, so every other batch keeps its length group.
+    """
+    rng = np.random.default_rng(seed)
+    chunk = batch_size * BUCKET_BATCHES
+    out: list[int] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])  # stable: ties keep shuffled order
+        batches = [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+        tail = [batches.pop()] if len(batches[-1]) < batch_size else []
+        for k in rng.permutation(len(batches)):
+            out += batches[k]
+        for b in tail:
+            out += b
+    return out
 
 
 class SeededDataset(Dataset):

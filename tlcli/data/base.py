@@ -128,6 +128,7 @@ class TransferDataModule(L.LightningDataModule):
     the head on features computed once and stored under feature_cache_dir).
     max_bad_fraction: image files that cannot be read are skipped with a warning while they
     are at most this fraction of their split; beyond it setup fails listing them.
+    bucket_by_length (text): training batches of texts of similar length (less padding).
     After setup, unreadable / non_images / truncated say what was left out or cut
     (summarised in the "data:" log line and in data_report.json).
     """
@@ -148,6 +149,7 @@ class TransferDataModule(L.LightningDataModule):
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
         max_bad_fraction: float = 0.01,
+        bucket_by_length: bool = False,
     ):
         super().__init__()
         if isinstance(max_bad_fraction, bool) or not 0.0 <= float(max_bad_fraction) <= 1.0:
@@ -170,6 +172,7 @@ class TransferDataModule(L.LightningDataModule):
         self.feature_cache = bool(feature_cache)
         self.feature_cache_dir = feature_cache_dir
         self.max_bad_fraction = float(max_bad_fraction)
+        self.bucket_by_length = bool(bucket_by_length)
         self.unreadable: dict[str, list[str]] = {}  # split -> image files skipped
         self.non_images: list[str] = []  # files a subclass skipped for not being images
         self.truncated: dict[str, int] = {}  # split -> texts cut to max_length tokens
@@ -206,6 +209,11 @@ class TransferDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:  # run.py and then Lightning both call setup
             return
+        if self.bucket_by_length and self.modality != "text":
+            raise ConfigError(
+                "data.bucket_by_length=true groups texts by token count, but this data is images: "
+                "drop data.bucket_by_length"
+            )
         splits = self._load()
         self._drop_unreadable(splits)
         train = splits["train"]
@@ -389,7 +397,14 @@ class TransferDataModule(L.LightningDataModule):
         """
         # Shuffled order drawn from (seed, epoch) and augmentation from (seed, epoch, index):
         # a resumed run replays the same stream with no sampler or RNG state to restore.
-        sampler = EpochSeededSampler(len(dataset), self.seed, *self.train_start) if shuffle else None
+        lengths = None
+        if self.bucket_by_length and isinstance(dataset, TextDataset):
+            lengths = np.diff(dataset.offsets)
+        sampler = (
+            EpochSeededSampler(len(dataset), self.seed, *self.train_start, lengths=lengths, batch_size=self.batch_size)
+            if shuffle
+            else None
+        )
         if shuffle:
             dataset = SeededDataset(dataset) if random_items else IgnoreSeed(dataset)
         return DataLoader(

@@ -63,6 +63,7 @@ class CSVDataModule(TransferDataModule):
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
         max_bad_fraction: float = 0.01,
+        bucket_by_length: bool = False,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -76,6 +77,7 @@ class CSVDataModule(TransferDataModule):
             feature_cache=feature_cache,
             feature_cache_dir=feature_cache_dir,
             max_bad_fraction=max_bad_fraction,
+            bucket_by_length=bucket_by_length,
         )
         if label_columns is not None and (isinstance(label_columns, str) or len(label_columns) < 1):
             raise ConfigError(
