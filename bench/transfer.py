@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every variant")
     parser.add_argument("--grid", choices=["transfer", "strategies"], default="transfer")
     parser.add_argument("--k", nargs="+", default=["5", "20", "all"], help="data.k_shot values (--grid strategies)")
+    parser.add_argument("--only", nargs="*", default=None, help="strategy names to keep (--grid strategies)")
+    parser.add_argument("--name", default=None, help="results file stem (default: the grid's name)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / time.strftime("%Y%m%d-%H%M%S"))
     args = parser.parse_args()
     rows, nan = [], float("nan")
@@ -97,6 +99,7 @@ def main() -> None:
             f"{name}, k={k}": [*o, f"data.k_shot={'null' if k == 'all' else k}"]
             for k in args.k
             for name, o in STRATEGIES.items()
+            if args.only is None or name in args.only
         }
     )
     # seed-major: an interrupted grid still has every variant at least once
@@ -115,7 +118,7 @@ def main() -> None:
 
 def write(rows: list[dict], args, quiet: bool = False) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "transfer" if args.grid == "transfer" else "strategies"
+    stem = args.name or ("transfer" if args.grid == "transfer" else "strategies")
     with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -124,6 +127,8 @@ def write(rows: list[dict], args, quiet: bool = False) -> None:
         "# Pretrained vs random init on the embedded digits (50 per class: 30 train / 10 val / 10 test, 64 px)",
         "",
         f"Command: `.venv/bin/python -m bench.transfer --grid {args.grid} --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --only {' '.join(args.only)}" if args.only else "")
+        + (f" --name {args.name}" if args.name else "")
         + (f" --extra {' '.join(args.extra)}`" if args.extra else "`"),
         f"Machine: {machine()}",
         "",

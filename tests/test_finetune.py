@@ -111,6 +111,25 @@ def test_linear_probe_train_bn_true_updates_bn_statistics(tmp_path):
     assert not torch.equal(module.backbone.bn.running_mean, bn_before)
 
 
+def test_freeze_bn_stats_pins_statistics_after_unfreezing_while_bn_weights_train(tmp_path):
+    module = make_module(FreezeUnfreeze(unfreeze_epoch=1, backbone_lr_mult=1.0, freeze_bn_stats=True))
+    mean0, var0 = module.backbone.bn.running_mean.clone(), module.backbone.bn.running_var.clone()
+    w0, gamma0 = module.backbone.conv.weight.detach().clone(), module.backbone.bn.weight.detach().clone()
+    train(module, 3, tmp_path)
+    assert torch.equal(module.backbone.bn.running_mean, mean0) and torch.equal(module.backbone.bn.running_var, var0)
+    assert not torch.equal(module.backbone.conv.weight, w0)  # unfrozen: the weights move
+    assert not torch.equal(module.backbone.bn.weight, gamma0)  # and so do BatchNorm's scale
+
+
+def test_train_bn_and_freeze_bn_stats_together_are_refused():
+    with pytest.raises(ConfigError) as info:
+        FreezeUnfreeze(train_bn=True, freeze_bn_stats=True)
+    assert info.value.problems == [
+        "finetune.train_bn=true (BatchNorm statistics update even in frozen parts) and "
+        "finetune.freeze_bn_stats=true (they never update) contradict each other: set one of them to false"
+    ]
+
+
 def test_freeze_unfreeze_lr_per_group_per_epoch(tmp_path):
     module = make_module(FreezeUnfreeze(unfreeze_epoch=2, backbone_lr_mult=0.1))
     w0 = module.backbone.conv.weight.detach().clone()

@@ -83,6 +83,10 @@ class TransferModule(L.LightningModule):
             epoch = self.trainer.current_epoch if self._trainer is not None else 0
             for m in self.strategy.frozen_modules(self, epoch):
                 m.eval()
+        if mode and self.strategy.freeze_bn_stats:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def on_train_epoch_start(self) -> None:

@@ -10,7 +10,7 @@ What LR gating leaves running, by design: a group at LR factor 0 still receives
 gradients, so Adam moments accumulate while it is gated (the weights do not move:
 AdamW and SGD scale both the step and the decoupled weight decay by the LR).
 BatchNorm statistics of a frozen part are pinned by putting it in eval mode unless
-`train_bn=true`.
+`train_bn=true`; `freeze_bn_stats=true` pins those of the whole backbone for the whole run.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from tlcli.errors import ConfigError
 
 
 @dataclass
@@ -34,9 +36,17 @@ class ParamGroup:
 class FinetuneStrategy:
     """Default behaviour: everything trains at the base LR."""
 
-    def __init__(self, train_bn: bool = True):
+    def __init__(self, train_bn: bool = True, freeze_bn_stats: bool = False):
         # Whether frozen parts keep BatchNorm (and dropout) in train mode.
         self.train_bn = train_bn
+        # Every BatchNorm of the backbone keeps its pretrained running statistics (eval mode)
+        # all run long, trainable or not; its scale and shift still train if unfrozen.
+        self.freeze_bn_stats = freeze_bn_stats
+        if train_bn and freeze_bn_stats:
+            raise ConfigError(
+                "finetune.train_bn=true (BatchNorm statistics update even in frozen parts) and "
+                "finetune.freeze_bn_stats=true (they never update) contradict each other: set one of them to false"
+            )
 
     def setup(self, module: nn.Module) -> None:
         """Apply freezes that last the whole run (requires_grad=False)."""

@@ -23,8 +23,8 @@ class BitFit(FinetuneStrategy):
     BatchNorm weights are frozen but their biases train; with train_bn=false the
     BatchNorm layers stay in eval mode, so their running statistics stay pretrained."""
 
-    def __init__(self, train_bn: bool = False):
-        super().__init__(train_bn=train_bn)
+    def __init__(self, train_bn: bool = False, freeze_bn_stats: bool = False):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
 
     def setup(self, module: nn.Module) -> None:
         biases = 0

@@ -15,8 +15,14 @@ class FreezeUnfreeze(FinetuneStrategy):
     not send large gradients into the pretrained weights.
     """
 
-    def __init__(self, unfreeze_epoch: int = 2, backbone_lr_mult: float = 0.1, train_bn: bool = False):
-        super().__init__(train_bn=train_bn)
+    def __init__(
+        self,
+        unfreeze_epoch: int = 2,
+        backbone_lr_mult: float = 0.1,
+        train_bn: bool = False,
+        freeze_bn_stats: bool = False,
+    ):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
         if unfreeze_epoch < 0:
             raise ConfigError(f"finetune.unfreeze_epoch={unfreeze_epoch} must be >= 0 (0 = no frozen phase)")
         self.unfreeze_epoch = unfreeze_epoch

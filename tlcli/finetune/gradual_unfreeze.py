@@ -21,8 +21,10 @@ class GradualUnfreeze(FinetuneStrategy):
     (requires_grad=False), so backward skips them.
     """
 
-    def __init__(self, every: int = 1, milestones: list[int] | None = None, train_bn: bool = False):
-        super().__init__(train_bn=train_bn)
+    def __init__(
+        self, every: int = 1, milestones: list[int] | None = None, train_bn: bool = False, freeze_bn_stats: bool = False
+    ):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
         if milestones is None and every < 1:
             raise ConfigError(f"finetune.every={every} must be >= 1 (epochs between two unfreezes)")
         if milestones is not None:

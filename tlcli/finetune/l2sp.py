@@ -20,8 +20,8 @@ class L2SP(FinetuneStrategy):
     pull the backbone toward 0 and the head would be decayed twice.
     """
 
-    def __init__(self, alpha: float = 0.01, beta: float = 0.01, train_bn: bool = True):
-        super().__init__(train_bn=train_bn)
+    def __init__(self, alpha: float = 0.01, beta: float = 0.01, train_bn: bool = True, freeze_bn_stats: bool = False):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
         for key, value in (("alpha", alpha), ("beta", beta)):
             if value < 0:
                 raise ConfigError(f"finetune.{key}={value} must be >= 0 (0 turns that term off)")

@@ -8,8 +8,8 @@ from tlcli.finetune.base import FinetuneStrategy, ParamGroup
 
 
 class LinearProbe(FinetuneStrategy):
-    def __init__(self, train_bn: bool = False):
-        super().__init__(train_bn=train_bn)
+    def __init__(self, train_bn: bool = False, freeze_bn_stats: bool = False):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
 
     def setup(self, module: nn.Module) -> None:
         # A whole-run freeze: requires_grad=False so backward skips the backbone entirely.

@@ -20,8 +20,8 @@ class LayerDecay(FinetuneStrategy):
     explicitly (ParamGroup.lr_mult); timm's `lr_scale` is read only by timm's own scheduler.
     """
 
-    def __init__(self, decay: float = 0.75, train_bn: bool = True):
-        super().__init__(train_bn=train_bn)
+    def __init__(self, decay: float = 0.75, train_bn: bool = True, freeze_bn_stats: bool = False):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
         if not 0.0 < decay <= 1.0:
             raise ConfigError(f"finetune.decay={decay} must be in (0, 1] (1 = no decay; 0.65-0.85 is typical)")
         self.decay = decay

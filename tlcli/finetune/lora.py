@@ -34,8 +34,9 @@ class LoRA(FinetuneStrategy):
         dropout: float = 0.0,
         target_modules: list[str] | str | None = None,
         train_bn: bool = False,
+        freeze_bn_stats: bool = False,
     ):
-        super().__init__(train_bn=train_bn)
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
         if r < 1:
             raise ConfigError(f"finetune.r={r} must be >= 1 (the rank of the adapters, e.g. 8)")
         self.r, self.alpha, self.dropout = r, alpha, dropout

@@ -17,8 +17,10 @@ class LPFT(FinetuneStrategy):
     """Epochs < probe_epochs: backbone LR factor 0 (BN in eval), head 1.
     From probe_epochs on: backbone and head both at LR x ft_lr_mult."""
 
-    def __init__(self, probe_epochs: int = 2, ft_lr_mult: float = 0.1, train_bn: bool = False):
-        super().__init__(train_bn=train_bn)
+    def __init__(
+        self, probe_epochs: int = 2, ft_lr_mult: float = 0.1, train_bn: bool = False, freeze_bn_stats: bool = False
+    ):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
         if probe_epochs < 0:
             raise ConfigError(f"finetune.probe_epochs={probe_epochs} must be >= 0 (epochs of linear probing)")
         if ft_lr_mult <= 0:

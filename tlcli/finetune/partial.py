@@ -19,8 +19,8 @@ class Partial(FinetuneStrategy):
     stops early and the frozen part needs no gradients or optimizer state.
     """
 
-    def __init__(self, frozen_groups: int = 2, train_bn: bool = False):
-        super().__init__(train_bn=train_bn)
+    def __init__(self, frozen_groups: int = 2, train_bn: bool = False, freeze_bn_stats: bool = False):
+        super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
         if frozen_groups < 0:
             raise ConfigError(f"finetune.frozen_groups={frozen_groups} must be >= 0 (0 = nothing frozen)")
         self.frozen_groups = frozen_groups
