@@ -93,20 +93,22 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def _all_loggers():
+    import logging
+
+    named = logging.Logger.manager.loggerDict.values()
+    return [logging.getLogger()] + [lg for lg in named if isinstance(lg, logging.Logger)]
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """Hydra verbs run in-process attach handlers to the stream of the test that ran them;
     put the logging tree back so a later test never writes to a closed capture stream."""
     import logging
 
-    loggers = [logging.getLogger()] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    saved = {lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in loggers}
+    saved = {lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in _all_loggers()}
     yield
-    for lg in [logging.getLogger()] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]:
+    for lg in _all_loggers():
         handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
         lg.handlers[:] = handlers
         lg.setLevel(level)
