@@ -1,8 +1,8 @@
 """Rebuild a trained TransferModule from a tlcli checkpoint, safely.
 
 A checkpoint may come from someone else: it is read with `weights_only=True` (no
-pickled code runs), its saved config is plain containers, and every `_target_` in that
-config must belong to an allowlisted package before anything is instantiated.
+pickled code runs), its saved config is plain containers, and every part is rebuilt only through
+tlcli.trust: the exact classes tlcli writes into configs, nothing else.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from tlcli import trust
 from tlcli.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-ALLOWED_TARGET_PREFIXES = ("tlcli.", "torch.", "lightning.", "timm.", "transformers.", "peft.")
+# the groups a model is rebuilt from (data too: `tlcli test ckpt=...` evaluates on the saved data)
+REBUILT_GROUPS = ("backbone", "head", "task", "finetune", "optimizer", "scheduler", "data")
 CKPT_NAMES = ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt")
 
 
@@ -67,21 +67,6 @@ def read(path: Path, key: str = "ckpt") -> dict[str, Any]:
     return ckpt
 
 
-def disallowed_targets(node: Any, prefix: str = "") -> list[str]:
-    """'key: target' for every _target_ outside the allowlist, anywhere in a plain config."""
-    bad = []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "_target_" and not str(v).startswith(ALLOWED_TARGET_PREFIXES):
-                bad.append(f"{prefix.rstrip('.') or '<root>'}: {v}")
-            else:
-                bad += disallowed_targets(v, f"{prefix}{k}.")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            bad += disallowed_targets(v, f"{prefix}{i}.")
-    return bad
-
-
 def load_module(path: str | Path, key: str = "ckpt"):
     """(TransferModule in eval mode with the checkpoint's weights, the run config as a dict)."""
     from tlcli.module import TransferModule
@@ -89,31 +74,22 @@ def load_module(path: str | Path, key: str = "ckpt"):
     ckpt = read(resolve(path, key), key)
     saved = ckpt["tlcli"]
     config = saved["config"]
-    bad = disallowed_targets(config)
-    if bad:
-        raise WeightsError(
-            [
-                f"{key}={path} names a callable outside tlcli/torch/lightning/timm/transformers/peft, refused: {b}"
-                for b in bad
-            ]
-        )
+    trust.require_trusted(config, REBUILT_GROUPS, f"{key}={path}")
     backbone_cfg = dict(config["backbone"])
     if backbone_cfg["_target_"].endswith("TimmBackbone"):
         backbone_cfg["weights"] = "none"  # the architecture is enough: the weights come from the checkpoint
-    backbone = instantiate(OmegaConf.create(backbone_cfg))
+    backbone = trust.build(backbone_cfg)
     class_names = list(saved["class_names"])
-    task = instantiate(OmegaConf.create(config["task"]))
+    task = trust.build(config["task"])
     task.build(len(class_names), list(saved["label_counts"]))
-    head = instantiate(OmegaConf.create(config["head"]))(
-        in_features=backbone.num_features, num_classes=len(class_names)
-    )
+    head = trust.build(config["head"])(in_features=backbone.num_features, num_classes=len(class_names))
     module = TransferModule(
         backbone=backbone,
         head=head,
         task=task,
-        strategy=instantiate(OmegaConf.create(config["finetune"])),
-        optimizer=instantiate(OmegaConf.create(config["optimizer"])),
-        schedule=instantiate(OmegaConf.create(config["scheduler"])),
+        strategy=trust.build(config["finetune"]),
+        optimizer=trust.build(config["optimizer"]),
+        schedule=trust.build(config["scheduler"]),
         class_names=class_names,
         label_counts=list(saved["label_counts"]),
         config=config,
