@@ -7,12 +7,15 @@ The eval pipeline mirrors timm's (resize to size / crop_pct, then center crop).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
@@ -56,14 +59,32 @@ def is_image_file(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+# Pillow's own decompression-bomb limit (pixels), the default of data.max_image_pixels.
+PIL_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# Modes of 16-bit (and 32-bit integer) images, e.g. 16-bit grayscale PNGs from scientific cameras.
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+TRANSPARENCY = (
+    "RGBA, LA, PA and palette images with a transparent colour are alpha-composited on white "
+    "(255, 255, 255) before RGB conversion"
+)
+HIGH_BIT_DEPTH = (
+    "16-bit images (modes I;16, I;16B, I): each value v is clipped to 0..65535 and becomes the 8-bit "
+    "floor((v * 255 + 32767) / 65535), i.e. v / 257 rounded, then grey is repeated into R, G and B"
+)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image as 3-channel RGB.
 
     Transparent images (RGBA, LA, palette with a transparent colour) are composited
     on white rather than converted directly: a plain convert("RGB") keeps whatever
     colour hides under alpha=0, often black, which turns cut-out objects into
-    silhouettes on a black square.
+    silhouettes on a black square. 16-bit images are scaled to 8 bits first: a plain
+    convert clips every value above 255 to white.
     """
+    if img.mode in HIGH_BIT_MODES:
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # mode L
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -75,16 +96,81 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file (first frame for GIFs) as RGB; DataError names a bad file."""
+def pixel_limit(max_pixels: int | None, key: str = "data.max_image_pixels") -> int:
+    """The limit in pixels: max_pixels, or Pillow's default for null. ConfigError names `key`."""
+    if max_pixels is None:
+        return PIL_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ConfigError(
+            f"{key}={max_pixels} must be a positive integer (pixels per image, e.g. 200000000) "
+            f"or null for Pillow's limit of {PIL_MAX_PIXELS}"
+        )
+    return max_pixels
+
+
+def _too_big(path, size: tuple[int, int], max_pixels: int | None, key: str) -> str | None:
+    limit = pixel_limit(max_pixels, key)
+    w, h = size
+    if w * h <= limit:
+        return None
+    setting = max_pixels if max_pixels is not None else f"null, Pillow's limit of {limit}"
+    return (
+        f"cannot read image {path} ({w}x{h} = {w * h} pixels, more than {key}={setting}); "
+        f"resize the image, or raise {key} if you trust the file"
+    )
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when no format recognises it."""
+    try:
+        with open(path, "rb") as f:
+            return _read_size(f, path)
+    except OSError:
+        return None
+
+
+def _read_size(f, path) -> tuple[int, int] | None:
+    """Read with the format plugins themselves: Image.open refuses (or warns about) a large
+    image before telling its size, which the error message needs. Nothing is decoded."""
+    Image.init()
+    f.seek(0)
+    prefix = f.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        found = not accept or accept(prefix)  # as Image.open decides (a string: not this format)
+        if not found or isinstance(found, str):
+            continue
+        f.seek(0)
+        try:
+            return factory(f, str(path)).size
+        except Exception:  # noqa: BLE001 - not this format after all (plugins raise many types)
+            continue
+    return None
+
+
+def load_rgb(path: str | Path, max_pixels: int | None = None, key: str = "data.max_image_pixels") -> Image.Image:
+    """Decode an image file (first frame for GIFs) as RGB; DataError names a bad file.
+
+    max_pixels (null: Pillow's default) is checked here, in whichever process loads (a
+    DataLoader worker gets it with the loader). A higher one also raises Pillow's own
+    decompression-bomb limit, which would refuse the file first; a lower one leaves Pillow's
+    as it is (Pillow applies it to crops too, and the model's input may be larger).
+    """
+    Image.MAX_IMAGE_PIXELS = max(pixel_limit(max_pixels, key), PIL_MAX_PIXELS)
     try:
         with Image.open(path) as img:
-            img.load()  # decode now, so truncated files fail here rather than in a transform
-            return to_rgb(img)
+            problem = _too_big(path, img.size, max_pixels, key)
+            if problem is None:
+                img.load()  # decode now, so truncated files fail here rather than in a transform
+                return to_rgb(img)
+    except Image.DecompressionBombError as exc:  # over twice the limit: Image.open refuses it first
+        size = header_size(path)
+        problem = _too_big(path, size, max_pixels, key) if size else f"cannot read image {path} ({exc})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(
             f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file"
         ) from exc
+    raise UnreadableImageError(problem)
 
 
 # (leading bytes, closing bytes) of the formats whose complete files can be recognised
@@ -96,29 +182,42 @@ _ENDS = (
 )
 
 
-def image_problem(path: str | Path) -> str | None:
+def image_problem(path: str | Path, max_pixels: int | None = None, key: str = "data.max_image_pixels") -> str | None:
     """Why an image file cannot be used (the load-time error line), or None if it looks whole.
 
     Cheap: a file whose first and last bytes are those of a complete JPEG, PNG or GIF is
-    accepted without decoding (two small reads). Anything else (a truncated file, an HTML
-    page saved as .jpg, a JPEG with bytes after its end marker, BMP, WebP) is decoded in
-    full, so a file that PIL can read is never rejected. Damage in the middle of an
-    otherwise complete file still surfaces when it is loaded, naming the file.
+    accepted without decoding (two small reads and its header, for the pixel limit).
+    Anything else (a truncated file, an HTML page saved as .jpg, a JPEG with bytes after
+    its end marker, BMP, WebP) is decoded in full, so a file that PIL can read is never
+    rejected. Damage in the middle of an otherwise complete file still surfaces when it is
+    loaded, naming the file.
     """
     try:
         with open(path, "rb") as f:
             head = f.read(8)
             f.seek(max(0, f.seek(0, 2) - 8))
             tail = f.read(8)
+            whole = len(head) == 8 and any(head.startswith(h) and tail.endswith(t) for h, t in _ENDS)
+            size = _read_size(f, path) if whole else None
     except OSError as exc:
         return f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file"
-    if len(head) == 8 and any(head.startswith(h) and tail.endswith(t) for h, t in _ENDS):
-        return None
+    if size is not None:
+        return _too_big(path, size, max_pixels, key)
     try:
-        load_rgb(path)
+        load_rgb(path, max_pixels, key)
     except UnreadableImageError as exc:
         return exc.problems[0]
     return None
+
+
+def find_unreadable(
+    paths: Sequence[str | Path], max_pixels: int | None = None, key: str = "data.max_image_pixels"
+) -> list[tuple[int, str]]:
+    """(index, problem line) of each file image_problem rejects, in order; checked in threads
+    (file opens and small reads: I/O-bound)."""
+    check = functools.partial(image_problem, max_pixels=max_pixels, key=key)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return [(i, why) for i, why in enumerate(pool.map(check, paths)) if why]
 
 
 def _input_hw(data_config: dict[str, Any], image_size: int | None) -> tuple[int, int]:
