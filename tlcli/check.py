@@ -261,11 +261,14 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
     sizes = ", ".join(f"{s} {len(v)}" for s, v in dm.samples.items())
     note = "" if dm.test_split == "test" else "; no test split (the test report will use val)"
     found.rows.append(("data", "ok", f"{dm.num_classes} classes; {sizes}{note}"))
+    links = getattr(dm, "skipped_links", [])
+    if links:  # loops and links out of a class folder: fit does not follow them either
+        found.rows.append(
+            ("folders", "skipped", f"{len(links)} symlinked, not followed (loop or outside the class): {_shown(links)}")
+        )
     skipped = [f for paths in getattr(dm, "unreadable", {}).values() for f in paths]
     if skipped:  # within data.max_bad_fraction: fit leaves them out with a warning
-        shown = ", ".join(skipped[:MAX_SHOWN]) + (
-            f" and {len(skipped) - MAX_SHOWN} more" if len(skipped) > MAX_SHOWN else ""
-        )
+        shown = _shown(skipped)
         found.rows.append(
             (
                 "images",
@@ -275,16 +278,23 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
         )
     files = [x for samples in dm.samples.values() for x in samples.inputs if isinstance(x, (str, Path))]
     if dm.modality == "image" and files:
-        _images(files, found)
+        _images(files, found, getattr(dm, "max_image_pixels", None))
+
+
+def _shown(items: list[str]) -> str:
+    return ", ".join(items[:MAX_SHOWN]) + (f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else "")
 
 
 def _raw(node, key: str) -> str:
     return str(node._get_node(key)._value())
 
 
-def _images(files: list, found: Findings) -> None:
+def _images(files: list, found: Findings, max_pixels: int | None = None) -> None:
     from PIL import Image
 
+    from tlcli.data.transforms import PIL_MAX_PIXELS, pixel_limit
+
+    Image.MAX_IMAGE_PIXELS = max(pixel_limit(max_pixels), PIL_MAX_PIXELS)  # as load_rgb sets it
     bad = []
     for path in files:
         try:

@@ -6,10 +6,10 @@ datasets with the backbone's transforms or tokenizer, and serves the loaders.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlcli.data import kshot
 from tlcli.data.text import TextCollate, TextDataset, as_target
-from tlcli.data.transforms import Transform, image_problem, image_transforms, load_rgb
+from tlcli.data.transforms import Transform, find_unreadable, image_transforms, load_rgb, pixel_limit
 from tlcli.errors import ConfigError, DataError
 from tlcli.seeding import EpochSeededSampler, SeededDataset
 
@@ -128,8 +128,10 @@ class TransferDataModule(L.LightningDataModule):
     the head on features computed once and stored under feature_cache_dir).
     max_bad_fraction: image files that cannot be read are skipped with a warning while they
     are at most this fraction of their split; beyond it setup fails listing them.
+    max_image_pixels: images with more pixels count as unreadable (null: Pillow's own limit,
+    about 89 million); also Pillow's decompression-bomb limit where images are loaded.
     bucket_by_length (text): training batches of texts of similar length (less padding).
-    After setup, unreadable / non_images / truncated say what was left out or cut
+    After setup, unreadable / non_images / skipped_links / truncated say what was left out or cut
     (summarised in the "data:" log line and in data_report.json).
     """
 
@@ -150,8 +152,10 @@ class TransferDataModule(L.LightningDataModule):
         feature_cache_dir: str | None = None,
         max_bad_fraction: float = 0.01,
         bucket_by_length: bool = False,
+        max_image_pixels: int | None = None,
     ):
         super().__init__()
+        pixel_limit(max_image_pixels)  # ConfigError now, not at the first image
         if isinstance(max_bad_fraction, bool) or not 0.0 <= float(max_bad_fraction) <= 1.0:
             raise ConfigError(
                 f"data.max_bad_fraction={max_bad_fraction} must be between 0 and 1: the share of "
@@ -173,8 +177,13 @@ class TransferDataModule(L.LightningDataModule):
         self.feature_cache_dir = feature_cache_dir
         self.max_bad_fraction = float(max_bad_fraction)
         self.bucket_by_length = bool(bucket_by_length)
+        self.max_image_pixels = max_image_pixels
+        if max_image_pixels is not None and type(self).image_loader is load_rgb:
+            # a partial of a plain function: DataLoader workers get the limit with the loader
+            self.image_loader = functools.partial(load_rgb, max_pixels=max_image_pixels)
         self.unreadable: dict[str, list[str]] = {}  # split -> image files skipped
         self.non_images: list[str] = []  # files a subclass skipped for not being images
+        self.skipped_links: list[str] = []  # symlinked folders a subclass did not follow ("link -> target")
         self.truncated: dict[str, int] = {}  # split -> texts cut to max_length tokens
         self.class_names: list[str] = []
         self.multilabel = False
@@ -244,6 +253,8 @@ class TransferDataModule(L.LightningDataModule):
             skipped.append(plural(sum(map(len, self.unreadable.values())), "unreadable image"))
         if self.non_images:
             skipped.append(plural(len(self.non_images), "non-image file"))
+        if self.skipped_links:
+            skipped.append(plural(len(self.skipped_links), "symlinked folder"))
         out = f"; skipped {', '.join(skipped)}" if skipped else ""
         cut = sum(self.truncated.values())
         if cut:
@@ -260,13 +271,12 @@ class TransferDataModule(L.LightningDataModule):
         if self.modality != "image":
             return
         found: dict[str, list[tuple[int, str]]] = {}
-        with ThreadPoolExecutor(max_workers=8) as pool:  # file opens and small reads: I/O-bound
-            for name, samples in splits.items():
-                if samples is None or not all(isinstance(x, (str, os.PathLike)) for x in samples.inputs):
-                    continue  # arrays (digits) or nothing: no files to check
-                bad = [(i, why) for i, why in enumerate(pool.map(image_problem, samples.inputs)) if why]
-                if bad:
-                    found[name] = bad
+        for name, samples in splits.items():
+            if samples is None or not all(isinstance(x, (str, os.PathLike)) for x in samples.inputs):
+                continue  # arrays (digits) or nothing: no files to check
+            bad = find_unreadable(samples.inputs, self.max_image_pixels)
+            if bad:
+                found[name] = bad
         if not found:
             return
         limit = self.max_bad_fraction
@@ -338,12 +348,13 @@ class TransferDataModule(L.LightningDataModule):
             records["k_shot.json"] = kshot.record(
                 train.id_list(), train.targets, self.class_names, self.k_shot, self.seed
             )
-        if self.unreadable or self.non_images or any(self.truncated.values()):
+        if self.unreadable or self.non_images or self.skipped_links or any(self.truncated.values()):
             records["data_report.json"] = {
                 "sizes": {k: len(v) for k, v in self.samples.items()},
                 "unreadable_images": self.unreadable,
                 "max_bad_fraction": self.max_bad_fraction,
                 "non_image_files": self.non_images,
+                "skipped_symlinks": self.skipped_links,
                 "truncated_texts": self.truncated,
                 "max_length": self.data_config["max_length"] if self.modality == "text" else None,
             }
@@ -372,7 +383,7 @@ class TransferDataModule(L.LightningDataModule):
                 "max_length": self.data_config["max_length"],
             }
         _, eval_tf = image_transforms(self.data_config, augment=False, image_size=self.image_size)
-        loader = self.image_loader
+        loader = type(self).image_loader  # the function, not the partial carrying the pixel limit
         return {"transform": repr(eval_tf), "loader": f"{loader.__module__}.{loader.__qualname__}"}
 
     def label_counts(self) -> list[int]:

@@ -18,32 +18,115 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def list_classes(split_dir: Path) -> list[str]:
+def list_classes(split_dir: Path, links: list[tuple[str, str]] | None = None) -> list[str]:
     """Sub-folder names, sorted like torchvision's ImageFolder.
 
     Hidden folders (.ipynb_checkpoints, .cache) are skipped: torchvision counts them
-    as classes, which silently adds a phantom class to the head.
+    as classes, which silently adds a phantom class to the head. So is a symlinked folder
+    that leads back to split_dir or above it (train/loop -> train): as a class it would
+    hold every other class's images; it is appended to `links` as (link, target).
     """
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    real_split = os.path.realpath(split_dir)
+    names = []
+    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if not e.is_dir() or e.name.startswith("."):
+            continue
+        real = os.path.realpath(e.path)
+        if e.is_symlink() and _inside(real, real_split):  # the split folder lies inside the target
+            if links is not None:
+                links.append((e.path, real))
+            continue
+        names.append(e.name)
+    return names
 
 
-def list_images(class_dir: Path, skipped: list[str] | None = None) -> list[str]:
-    """Image files under class_dir (recursively, sorted).
+def _inside(top: str, path: str) -> bool:
+    """Whether real path `path` is `top` or lies under it."""
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _dir_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def list_images(
+    class_dir: Path, skipped: list[str] | None = None, links: list[tuple[str, str]] | None = None
+) -> list[str]:
+    """Image files under class_dir (recursively; each folder's files sorted, then its sub-folders).
 
     Other files are left out and appended to `skipped` when given; hidden files
-    (.DS_Store, ._x.jpg from macOS) are left out silently.
+    (.DS_Store, ._x.jpg from macOS) are left out silently. Symlinked files are read
+    wherever they point. A symlinked folder is followed only when its real folder lies
+    inside class_dir and has not been listed yet: a link back up (loop -> ..), into another
+    class or out of the dataset would relabel or repeat images, forever for a loop. Each
+    one not followed is appended to `links` as (link, target).
     """
-    found, others = [], []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                (found if is_image_file(name) else others).append(os.path.join(dirpath, name))
+    top = os.path.realpath(class_dir)
+    seen: set[tuple[int, int]] = set()
+    found, others, pending = [], [], []
+
+    def walk(folder: str) -> None:
+        key = _dir_key(folder)
+        if key is None or key in seen:
+            return
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:  # unreadable folder: skipped, as os.walk does
+            return
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if not e.is_dir():
+                (found if is_image_file(e.name) else others).append(e.path)
+            elif e.is_symlink():
+                pending.append(e.path)  # after every real folder, so a real folder is never "already listed"
+            else:
+                subdirs.append(e.path)
+        for sub in subdirs:
+            walk(sub)
+
+    walk(str(class_dir))
+    while pending:
+        link = pending.pop(0)
+        real = os.path.realpath(link)
+        if not _inside(top, real) or _dir_key(real) in seen:
+            if links is not None:
+                links.append((link, real))
+            continue
+        walk(link)
     if others:
         log.debug("skipping %d non-image files in %s, e.g. %s", len(others), class_dir, others[0])
         if skipped is not None:
             skipped.extend(others)
     return found
+
+
+def describe_links(links: list[tuple[str, str]], base: Path | None = None) -> list[str]:
+    """'train/a/loop -> train' for each skipped link: paths under base relative to it, others absolute."""
+    real_base = os.path.realpath(base) if base is not None else None
+
+    def show(path: str, real: bool) -> str:
+        start = real_base if real else (str(base) if base is not None else None)
+        if start is not None and _inside(start, path):
+            return Path(path).relative_to(start).as_posix()
+        return path
+
+    return [f"{show(link, False)} -> {show(target, True)}" for link, target in links]
+
+
+def links_warning(what: str, shown: list[str], inside: str) -> str:
+    """The one warning line for symlinked folders that were not followed."""
+    return (
+        f"{what}: {plural(len(shown), 'symlinked folder')} not followed: each leads outside {inside} "
+        f"or back to a folder already read (a loop, or images counted twice or under another class): "
+        f"{listing(shown)}; move or copy the images into {inside} to use them"
+    )
 
 
 class ImageFolderDataModule(TransferDataModule):
@@ -69,6 +152,7 @@ class ImageFolderDataModule(TransferDataModule):
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
         max_bad_fraction: float = 0.01,
+        max_image_pixels: int | None = None,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -82,6 +166,7 @@ class ImageFolderDataModule(TransferDataModule):
             feature_cache=feature_cache,
             feature_cache_dir=feature_cache_dir,
             max_bad_fraction=max_bad_fraction,
+            max_image_pixels=max_image_pixels,
         )
         self.root = Path(root).expanduser()
 
@@ -94,7 +179,8 @@ class ImageFolderDataModule(TransferDataModule):
         if not (root / "train").is_dir():
             raise DataError(_no_train_message(root))
 
-        self.class_names = list_classes(root / "train")
+        links: list[tuple[str, str]] = []
+        self.class_names = list_classes(root / "train", links)
         problems = []
         if len(self.class_names) < 2:
             found = f" ({', '.join(self.class_names)})" if self.class_names else ""
@@ -109,7 +195,8 @@ class ImageFolderDataModule(TransferDataModule):
         files: dict[str, dict[str, list[str]]] = {}
         empty, others = [], []
         for split in present:
-            files[split] = {c: list_images(root / split / c, others) for c in list_classes(root / split)}
+            classes = self.class_names if split == "train" else list_classes(root / split, links)
+            files[split] = {c: list_images(root / split / c, others, links) for c in classes}
             empty += [f"{split}/{c}" for c, found in files[split].items() if not found]
         if empty:
             problems.append(
@@ -119,6 +206,9 @@ class ImageFolderDataModule(TransferDataModule):
         if problems:
             raise DataError(problems)
         self.non_images = [Path(p).relative_to(root).as_posix() for p in others]
+        self.skipped_links = describe_links(links, root)
+        if links:
+            log.warning("%s", links_warning("data", self.skipped_links, "its class folder"))
         if others:
             log.warning(
                 "data: skipping %s in class folders (only %s are read): %s",
