@@ -153,24 +153,83 @@ def device(accelerator: str) -> torch.device:
 # ---------------------------------------------------------------- predict
 def predict(cfg: DictConfig) -> dict[str, Any]:
     from tlcli.data.base import resolve_num_workers
+    from tlcli.data.transforms import pixel_limit
 
     require(cfg)
     if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise ConfigError(f"top_k={cfg.top_k} must be a positive integer, e.g. top_k=5")
     if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be a positive integer, e.g. batch_size=32")
+    if isinstance(cfg.max_bad_fraction, bool) or not 0.0 <= float(cfg.max_bad_fraction) <= 1.0:
+        raise ConfigError(
+            f"max_bad_fraction={cfg.max_bad_fraction} must be between 0 and 1: the share of unreadable "
+            "images that is skipped rather than fatal (e.g. 0.01)"
+        )
+    pixel_limit(cfg.max_image_pixels, "max_image_pixels")
     out = output_path(cfg.output)  # before the model loads: a bad output path fails in a second
     module, config = restore.load_module(cfg.ckpt)
     spec = module.backbone.data_config()
     names, inputs = list_inputs(cfg.input, spec["modality"], cfg.input_column)
-    loader = _loader(inputs, spec, config, cfg.batch_size, resolve_num_workers(cfg.num_workers))
+    skipped: list[tuple[str, str]] = []
+    if spec["modality"] == "image":
+        names, inputs, skipped = drop_unreadable(names, inputs, cfg, skipped_path(out))
+    workers = resolve_num_workers(cfg.num_workers)
+    loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels)
     dev = device(cfg.accelerator)
     scores = _infer(module.to(dev), loader, dev, len(inputs), cfg.progress_bar)
     thresholds = module.task.thresholds if module.task.multilabel else None
     rows = prediction_rows(names, scores, module.class_names, min(cfg.top_k, len(module.class_names)), thresholds)
     report.write_text_atomic(out, to_jsonl(rows) if out.suffix.lower() == ".jsonl" else to_csv(rows))
-    console.console.print(f"{len(rows)} predictions: {out}")
-    return {"output": str(out), "count": len(rows)}
+    result: dict[str, Any] = {"output": str(out), "count": len(rows)}
+    if skipped:
+        report.write_text_atomic(skipped_path(out), to_csv_table(["input", "error"], skipped))
+        result.update(skipped=[name for name, _ in skipped], skipped_file=str(skipped_path(out)))
+    else:  # a list left by an earlier run would describe files that are now fine
+        skipped_path(out).unlink(missing_ok=True)
+    note = f"; {len(skipped)} unreadable skipped: {skipped_path(out)}" if skipped else ""
+    console.console.print(f"{len(rows)} predictions: {out}{note}")
+    return result
+
+
+def skipped_path(out: Path) -> Path:
+    """Where predict lists the inputs it could not read: preds.csv -> preds.skipped.csv."""
+    return out.with_name(f"{out.stem}.skipped.csv")
+
+
+def drop_unreadable(
+    names: list[str], inputs: list[str], cfg: DictConfig, listed_in: Path
+) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(names, inputs) of the readable images and (name, why) of the rest, warned about; DataError
+    when none is readable or more than max_bad_fraction of them are not."""
+    from tlcli.data.transforms import find_unreadable
+
+    bad = find_unreadable(inputs, cfg.max_image_pixels, "max_image_pixels")
+    if not bad:
+        return names, inputs, []
+    n, limit = len(inputs), float(cfg.max_bad_fraction)
+    whys = [why for _, why in bad]
+    more = [f"... and {len(whys) - MAX_SHOWN} more unreadable images"] if len(whys) > MAX_SHOWN else []
+    if len(bad) == n:
+        first = f"input={cfg.input}: no image can be read ({n} of {n} fail); remove or replace the files"
+        raise DataError([first, *whys[:MAX_SHOWN], *more])
+    if len(bad) > limit * n:
+        first = (
+            f"input={cfg.input}: {len(bad)} of {n} images cannot be read ({100 * len(bad) / n:.1f}%, more than "
+            f"max_bad_fraction={limit:g}); remove or replace these files, or raise max_bad_fraction to skip them"
+        )
+        raise DataError([first, *whys[:MAX_SHOWN], *more])
+    drop = {i for i, _ in bad}
+    skipped = [(names[i], why) for i, why in bad]
+    log.warning(
+        "predict: skipping %d of %d images that cannot be read (max_bad_fraction=%g), reasons in %s: %s",
+        len(bad),
+        n,
+        limit,
+        listed_in,
+        _listing([name for name, _ in skipped]),
+    )
+    keep = [i for i in range(n) if i not in drop]
+    return [names[i] for i in keep], [inputs[i] for i in keep], skipped
 
 
 def output_path(value: str) -> Path:
@@ -191,7 +250,7 @@ def output_path(value: str) -> Path:
 
 def list_inputs(value: str, modality: str, column: str | None) -> tuple[list[str], list[str]]:
     """(names to write, inputs to load): image paths or texts, in a stable order."""
-    from tlcli.data.imagefolder import list_images
+    from tlcli.data.imagefolder import describe_links, links_warning, list_images
     from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
 
     column = column or ("text" if modality == "text" else "image")
@@ -205,7 +264,10 @@ def list_inputs(value: str, modality: str, column: str | None) -> tuple[list[str
     if modality == "text":
         raise DataError(f"input={value}: the model reads text; pass {csv_kind}")
     if p.is_dir():
-        paths = list_images(p)
+        links: list[tuple[str, str]] = []
+        paths = list_images(p, links=links)
+        if links:  # loops and links out of the folder: not followed, as in fit's class folders
+            log.warning("%s", links_warning("input", describe_links(links, p), f"input={value}"))
         if not paths:
             raise DataError(f"input={value} holds no image files ({' '.join(IMAGE_EXTENSIONS)}), searched recursively")
         return paths, paths
@@ -243,8 +305,12 @@ def _csv_inputs(path: Path, column: str, modality: str) -> tuple[list[str], list
     return names, paths
 
 
-def _loader(inputs: list[str], spec: dict[str, Any], config: dict[str, Any], batch_size: int, workers: int):
+def _loader(
+    inputs: list[str], spec: dict[str, Any], config: dict[str, Any], batch_size: int, workers: int, max_pixels=None
+):
     """Batches of model inputs, prepared exactly like fit's eval split."""
+    import functools
+
     from torch.utils.data import DataLoader
 
     from tlcli.data.base import ImageDataset, Samples
@@ -257,7 +323,8 @@ def _loader(inputs: list[str], spec: dict[str, Any], config: dict[str, Any], bat
     else:
         # .get: a custom datamodule's saved config need not have an image_size key at all
         _, eval_tf = image_transforms(spec, augment=False, image_size=config["data"].get("image_size"))
-        dataset, collate = ImageDataset(samples, eval_tf, load_rgb), None
+        loader = functools.partial(load_rgb, max_pixels=max_pixels, key="max_image_pixels")  # workers get the limit
+        dataset, collate = ImageDataset(samples, eval_tf, loader), None
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
 
 
@@ -306,6 +373,14 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
         pred = "|".join(r["pred"]) if isinstance(r["pred"], list) else r["pred"]
         # repr-exact floats: the file round-trips to the computed probabilities
         writer.writerow([r["input"], pred, repr(r["score"])] + [v for c, p in r["top"] for v in (c, repr(p))])
+    return buf.getvalue()
+
+
+def to_csv_table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
     return buf.getvalue()
 
 
