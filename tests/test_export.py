@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torchvision import transforms as T
 
 from tests.conftest import TINY, compose_fit, make_imagefolder
-from tlcli.data.transforms import image_transforms, load_rgb
+from tlcli.data.transforms import HIGH_BIT_DEPTH, TRANSPARENCY, image_transforms, load_rgb
 from tlcli.errors import ConfigError
 from tlcli.export import Classifier, export
 from tlcli.restore import load_module
@@ -81,6 +81,8 @@ def test_preprocess_json_rebuilds_the_eval_transform(trained, tmp_path):
         "std": [0.5, 0.5, 0.5],
         "crop_pct": 0.95,
         "resize": 33,
+        "transparency": TRANSPARENCY,  # the exact texts: tests/test_hardening_data.py
+        "high_bit_depth": HIGH_BIT_DEPTH,
         "inputs": ["x"],
     }
     # what a consumer would write from the JSON alone gives the very tensor tlcli evaluates on

@@ -3,8 +3,8 @@
 Written to the output folder:
 - the model (backbone + head, eval mode, logits out): model.safetensors (+ model.json, the
   backbone and head configs to rebuild it), model.pt (TorchScript) or model.onnx;
-- preprocess.json: how raw inputs become the model's input (images: size, resize, crop,
-  normalisation; texts: the tokenizer, saved beside it, and max_length);
+- preprocess.json: how raw inputs become the model's input (images: transparency and 16-bit
+  handling, size, resize, crop, normalisation; texts: the tokenizer, saved beside it, and max_length);
 - classes.json: the class names in logit order and how logits become scores.
 LoRA adapters are merged into the base weights first, so the export is the plain architecture.
 """
@@ -115,6 +115,8 @@ def example_inputs(spec: dict[str, Any], size: int | None) -> tuple[torch.Tensor
 
 
 def preprocess(spec: dict[str, Any], size: int | None, out_dir: Path) -> dict[str, Any]:
+    from tlcli.data.transforms import HIGH_BIT_DEPTH, TRANSPARENCY
+
     if spec["modality"] == "text":
         spec["tokenizer"].save_pretrained(out_dir)
         return {"modality": "text", "tokenizer": ".", "max_length": spec["max_length"], "inputs": list(TEXT_INPUTS)}
@@ -129,6 +131,9 @@ def preprocess(spec: dict[str, Any], size: int | None, out_dir: Path) -> dict[st
         "crop_pct": crop_pct,
         # timm's eval recipe, spelt out: shorter side to this, center crop to input_size, RGB in [0,1], normalise
         "resize": [math.floor(h / crop_pct), math.floor(w / crop_pct)] if h != w else math.floor(h / crop_pct),
+        # how any file becomes 8-bit RGB first (tlcli.data.transforms.to_rgb), for the same numbers elsewhere
+        "transparency": TRANSPARENCY,
+        "high_bit_depth": HIGH_BIT_DEPTH,
         "inputs": ["x"],
     }
 
