@@ -18,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, features, html_report, report
+from tlcli import console, features, html_report, lock, report
 from tlcli.callbacks import History, Preemption, SafeCheckpointIO
-from tlcli.config import check_signatures, validate
+from tlcli.config import validate_all
 from tlcli.distill import Distiller
 from tlcli.errors import ConfigError
 from tlcli.evaluate import write_test_report
@@ -36,9 +36,19 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
-    validate(cfg)
-    check_signatures(cfg)
+    validate_all(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # one writer per run dir (sweep jobs, dated dirs); `tlcli fit hydra.run.dir=X` locked X before Hydra ran
+    rank_zero = (os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0") == "0"
+    took = rank_zero and lock.acquire(run_dir)
+    try:
+        return _fit(cfg, run_dir)
+    finally:
+        if took:
+            lock.release(run_dir)
+
+
+def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     # 1. the parts: backbone first, because the data transforms come from it
