@@ -90,7 +90,7 @@ def _backbone_rewrite(overrides: list[str]) -> list[str]:
     return out
 
 
-def compose_checked(config_name: str, overrides: list[str]):
+def compose_checked(config_name: str, overrides: list[str], return_hydra_config: bool = False):
     """Compose like Hydra would, turning composition failures into one-line ConfigErrors."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -99,7 +99,7 @@ def compose_checked(config_name: str, overrides: list[str]):
     overrides = _backbone_rewrite(overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="tlcli"):
         try:
-            return compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
         except HydraException as exc:
             keys = _all_keys(OmegaConf.to_container(compose(config_name=config_name), resolve=False))
             raise ConfigError(_explain(exc, keys)) from exc

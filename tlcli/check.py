@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tlcli.errors import EXIT_OK, ConfigError, DataError, TlcliError, WeightsError
+from tlcli.errors import EXIT_OK, ConfigError, DataError, TlcliError, WeightsError, find_tlcli_error
 
 MAX_SHOWN = 10  # unreadable images listed one per line; the rest are counted
 TIMM = "tlcli.backbones.timm.TimmBackbone"
@@ -249,7 +249,10 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
         # no loader workers: nothing is loaded here beyond the file listing
         dm = instantiate(node, data_config=data_config, num_workers=0, **outside_run)
         dm.setup("fit")
-    except TlcliError as err:
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps errors raised inside the data module
+        err = find_tlcli_error(exc)
+        if err is None:
+            raise
         found.fail("data", err)
         return
     for split, samples in dm.samples.items():

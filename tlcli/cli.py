@@ -99,6 +99,7 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     passthrough = any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in args)
+    locked = None
     try:
         args = _backbone_rewrite(_resume_rewrite(args))
         if not passthrough:
@@ -106,14 +107,28 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
         if not multirun and not passthrough:
             # preflight: a typo in an override gets a clear message and exit 2 before anything starts
             cfg = compose_checked(verb, _overrides(args))
+            if not _only_cfg_job(args):
+                _preflight_values(verb, cfg, args)
             if _only_cfg_job(args):
                 # `--cfg job` prints exactly this config: skip Hydra composing it a second time (latency)
                 from omegaconf import OmegaConf
 
                 print(OmegaConf.to_yaml(cfg), end="")
                 return 0
+        if not multirun and not passthrough and not _only_cfg_job(args):
+            locked = _lock_run_dir(args)
     except TlcliError as err:
         return _report(err)
+    try:
+        return _run_hydra(verb, args)
+    finally:
+        if locked is not None:
+            from tlcli import lock
+
+            lock.release(locked)
+
+
+def _run_hydra(verb: str, args: list[str]) -> int:
     import hydra
 
     from tlcli.paths import conf_dir
@@ -132,6 +147,40 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     sys.argv = [str(entry) if entry.is_file() else f"tlcli {verb}", *args]
     _run()
     return 0
+
+
+def _preflight_values(verb: str, cfg, args: list[str]) -> None:
+    """Types and ranges of every value before any data or model work; fit checks its parts' arguments too."""
+    from omegaconf import OmegaConf
+
+    from tlcli.catalog import compose_checked
+    from tlcli.config import validate_all
+    from tlcli.errors import ConfigError
+    from tlcli.values import range_problems
+
+    if verb == "fit":
+        hydra_node = compose_checked(verb, _overrides(args), return_hydra_config=True).hydra
+        validate_all(cfg, choices=OmegaConf.to_container(hydra_node.runtime.choices))
+        return
+    problems = range_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _lock_run_dir(args: list[str]):
+    """Lock an explicit hydra.run.dir before Hydra writes into it (.hydra/, logs); rank 0 only.
+
+    Lightning's DDP launcher and torchrun start the other ranks with LOCAL_RANK/RANK set: they
+    share rank 0's run dir on purpose. Dated default run dirs are locked by the verb itself.
+    """
+    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+    rank = os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
+    if not given or rank != "0":
+        return None
+    from tlcli import lock
+
+    lock.acquire(given[-1])
+    return given[-1]
 
 
 def _only_cfg_job(args: list[str]) -> bool:
@@ -180,9 +229,17 @@ def _check_writable(args: list[str], multirun: bool) -> None:
     given = [a.split("=", 1)[1] for a in args if a.startswith(key + "=")]
     target = Path(given[-1] if given else "outputs").expanduser().absolute()
     existing = next(p for p in (target, *target.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK) or not existing.is_dir():
-        what = "is a file" if existing.is_file() else "is read-only"
-        raise ConfigError(f"the output location {target} is not writable ({existing} {what}): set {key}=DIR")
+    if not existing.is_dir():
+        raise ConfigError(f"the output location {target} is not writable ({existing} is a file): set {key}=DIR")
+    # a real probe: os.access says yes to root under /proc and /sys, where nothing can be created
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"the output location {target} is not writable ({existing}: {why}): set {key}=DIR") from None
 
 
 def _call(verb: str, cfg):

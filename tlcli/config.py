@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from tlcli.errors import ConfigError, did_you_mean
+from tlcli.values import RANGES, range_problems, type_problem
 
 MONITORS = ("val/acc", "val/f1_macro", "val/loss")
 GROUPS = ("backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer")
@@ -30,6 +31,24 @@ def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def validate(cfg: DictConfig) -> None:
+    """Missing values, unselected groups, monitor, value types and ranges; imports nothing heavy."""
+    problems = validate_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate_all(cfg: DictConfig, groups: tuple[str, ...] = GROUPS, choices: dict | None = None) -> None:
+    """validate + check_signatures, every problem of both in one error (exit 2).
+
+    choices: group -> the option picked (its YAML name), when Hydra's runtime is not set up yet."""
+    problems = validate_problems(cfg)
+    selected = tuple(g for g in groups if isinstance(cfg.get(g), DictConfig) and "_target_" in cfg[g])
+    problems += signature_problems(cfg, selected, choices)
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate_problems(cfg: DictConfig) -> list[str]:
     problems = []
     for key in missing_keys(cfg):
         problems.append(f"{key} is required (it is ??? in the config): set it, e.g. {key}=VALUE")
@@ -51,8 +70,7 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"monitor_mode={cfg.monitor_mode} must be min or max")
     elif cfg.monitor == "val/loss" and cfg.monitor_mode == "max":
         problems.append("monitor=val/loss with monitor_mode=max would keep the worst model: set monitor_mode=min")
-    if problems:
-        raise ConfigError(problems)
+    return problems + range_problems(cfg)
 
 
 def _missing_logger_packages(cfg: DictConfig) -> list[str]:
@@ -72,7 +90,13 @@ def _missing_logger_packages(cfg: DictConfig) -> list[str]:
 
 
 def check_signatures(cfg: DictConfig, groups: tuple[str, ...] = GROUPS) -> None:
-    """Every key of a group must be a parameter of its `_target_` (imports the targets)."""
+    """Every key of a group must be a parameter of its `_target_`, of its type (imports the targets)."""
+    problems = signature_problems(cfg, groups)
+    if problems:
+        raise ConfigError(problems)
+
+
+def signature_problems(cfg: DictConfig, groups: tuple[str, ...] = GROUPS, choices: dict | None = None) -> list[str]:
     import inspect
 
     from hydra._internal.utils import _locate
@@ -82,24 +106,31 @@ def check_signatures(cfg: DictConfig, groups: tuple[str, ...] = GROUPS) -> None:
         node = cfg[group]
         target = _locate(node._target_)
         params = inspect.signature(target).parameters
+        for key in node:
+            if key.startswith("_") or f"{group}.{key}" in RANGES or OmegaConf.is_interpolation(node, key):
+                continue
+            if key in params and not OmegaConf.is_missing(node, key):
+                problem = type_problem(f"{group}.{key}", node[key], target, key)
+                problems += [problem] if problem else []
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
         for key in node:
             if not key.startswith("_") and key not in params:
                 accepted = [p for p in params if p not in ("self", "params", "data_config")]
                 problems.append(
-                    f"{group}.{key} is not an option of {group}={_choice(group, node)}."
+                    f"{group}.{key} is not an option of {group}={_choice(group, node, choices)}."
                     + did_you_mean(key, accepted)
                     + f" Its options: {', '.join(accepted)}."
                 )
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
-def _choice(group: str, node: DictConfig) -> str:
+def _choice(group: str, node: DictConfig, choices: dict | None = None) -> str:
     """The option the user picked for `group` (its YAML name), else the target's class name."""
     from hydra.core.hydra_config import HydraConfig
 
+    if choices and choices.get(group):
+        return choices[group]
     if HydraConfig.initialized():
         choice = HydraConfig.get().runtime.choices.get(group)
         if choice:

@@ -64,6 +64,7 @@ class CSVDataModule(TransferDataModule):
         feature_cache_dir: str | None = None,
         max_bad_fraction: float = 0.01,
         bucket_by_length: bool = False,
+        max_image_pixels: int | None = None,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -78,6 +79,7 @@ class CSVDataModule(TransferDataModule):
             feature_cache_dir=feature_cache_dir,
             max_bad_fraction=max_bad_fraction,
             bucket_by_length=bucket_by_length,
+            max_image_pixels=max_image_pixels,
         )
         if label_columns is not None and (isinstance(label_columns, str) or len(label_columns) < 1):
             raise ConfigError(
