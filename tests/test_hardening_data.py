@@ -67,6 +67,16 @@ def test_a_loop_up_to_the_split_folder_leaves_every_class_its_own_images(tmp_pat
     assert dm.run_records()["data_report.json"]["skipped_symlinks"] == ["train/cat/loop -> train"]
 
 
+def test_a_class_folder_linked_to_another_class_is_not_a_second_class(tmp_path, caplog):
+    root = make_imagefolder(tmp_path / "d", {"train": 8})
+    os.symlink("cat", root / "train" / "kitten")  # train/kitten -> train/cat: the same images, two labels
+    with caplog.at_level(logging.INFO, logger="tlcli.data"):
+        dm = folder_dm(root)
+        dm.setup()
+    assert all_per_class(dm) == {"cat": 8, "dog": 8, "fox": 8}
+    assert dm.skipped_links == ["train/kitten -> train/cat"]
+
+
 def test_two_loops_and_a_class_that_is_the_split_folder_terminate_with_exact_counts(tmp_path, caplog):
     root = make_imagefolder(tmp_path / "d", {"train": 8, "val": 2})
     train = root / "train"

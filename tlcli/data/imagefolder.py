@@ -24,18 +24,24 @@ def list_classes(split_dir: Path, links: list[tuple[str, str]] | None = None) ->
     Hidden folders (.ipynb_checkpoints, .cache) are skipped: torchvision counts them
     as classes, which silently adds a phantom class to the head. So is a symlinked folder
     that leads back to split_dir or above it (train/loop -> train): as a class it would
-    hold every other class's images; it is appended to `links` as (link, target).
+    hold every other class's images; and one that leads to another class's folder
+    (train/c -> train/a): its images would carry two labels. Each is appended to `links`
+    as (link, target).
     """
     real_split = os.path.realpath(split_dir)
-    names = []
-    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if not e.is_dir() or e.name.startswith("."):
-            continue
+    entries = [e for e in sorted(os.scandir(split_dir), key=lambda e: e.name) if e.is_dir() and e.name[0] != "."]
+    # a folder's own name wins over a link to it: read each real folder once (train/c -> train/a)
+    real_names = {os.path.realpath(e.path) for e in entries if not e.is_symlink()}
+    names, taken = [], set()
+    for e in entries:
         real = os.path.realpath(e.path)
-        if e.is_symlink() and _inside(real, real_split):  # the split folder lies inside the target
+        loops = e.is_symlink() and _inside(real, real_split)  # the split folder lies inside the target
+        twice = e.is_symlink() and (real in real_names or real in taken)  # another class's folder
+        if loops or twice:
             if links is not None:
                 links.append((e.path, real))
             continue
+        taken.add(real)
         names.append(e.name)
     return names
 
