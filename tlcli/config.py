@@ -107,7 +107,12 @@ def signature_problems(cfg: DictConfig, groups: tuple[str, ...] = GROUPS, choice
         target = _locate(node._target_)
         params = inspect.signature(target).parameters
         for key in node:
-            if key.startswith("_") or f"{group}.{key}" in RANGES or OmegaConf.is_interpolation(node, key):
+            if (
+                key.startswith("_")
+                or key == "recipe"
+                or f"{group}.{key}" in RANGES
+                or OmegaConf.is_interpolation(node, key)
+            ):
                 continue
             if key in params and not OmegaConf.is_missing(node, key):
                 problem = type_problem(f"{group}.{key}", node[key], target, key)
@@ -115,7 +120,7 @@ def signature_problems(cfg: DictConfig, groups: tuple[str, ...] = GROUPS, choice
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
         for key in node:
-            if not key.startswith("_") and key not in params:
+            if not key.startswith("_") and key != "recipe" and key not in params:
                 accepted = [p for p in params if p not in ("self", "params", "data_config")]
                 problems.append(
                     f"{group}.{key} is not an option of {group}={_choice(group, node, choices)}."

@@ -31,6 +31,22 @@ def print_model_summary(module, groups: list[dict]) -> None:
     console.print(table)
 
 
+def print_recipe(notes: dict) -> None:
+    """The training numbers, each with where it came from, and the model-selection rule."""
+    if "finetune/auto" in notes:
+        console.print(f"finetune=auto -> finetune={notes['finetune/auto']}: {notes['finetune/auto_reason']}")
+    table = Table(title="training numbers (override any with key=value)")
+    for col in ("key", "value", "from"):
+        table.add_column(col)
+    for key, text in notes.items():
+        if key.startswith("recipe/"):
+            value, _, source = text.partition(" (")
+            table.add_row(key.removeprefix("recipe/"), value, source.removesuffix(")"))
+    console.print(table)
+    if "selection" in notes:
+        console.print(f"model selection: {notes['selection']}")
+
+
 def print_error(kind: str, problems: list[str]) -> None:
     err_console.print(f"[bold red]tlcli: {kind}[/]")
     for p in problems:

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, features, html_report, lock, report
+from tlcli import build, console, features, html_report, lock, report
 from tlcli.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.config import validate_all
 from tlcli.distill import Distiller
@@ -51,10 +51,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
-    # 1. the parts: backbone first, because the data transforms come from it
-    backbone = instantiate(cfg.backbone)
-    datamodule = instantiate(cfg.data, data_config=backbone.data_config())
-    datamodule.setup("fit")
+    # 1. the parts: recipes and finetune=auto fill what the user left unset; backbone, then data
+    backbone, datamodule, notes = build.parts(cfg)
+    console.print_recipe(notes)
     strategy = instantiate(cfg.finetune)
     distiller = None
     if cfg.distill.teacher is not None:
@@ -119,7 +118,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         raise SystemExit(code) from None
     time_fit_end = time.perf_counter()  # train + validation of this process's epochs
-    metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split}
+    metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split, **notes}
     params = [p for _, p in module.named_parameters()]
     metrics["params/total"] = sum(p.numel() for p in params)
     metrics["params/trainable"] = sum(p.numel() for p in params if p.requires_grad)

@@ -1,0 +1,93 @@
+"""Recipes fill what the user left unset (backbone < strategy < user), finetune=auto picks a strategy
+from the data and says why, and every run records where its numbers came from."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import TINY, compose_fit, make_imagefolder
+from tlcli import build, recipes
+from tlcli.errors import ConfigError
+from tlcli.finetune.auto import Auto
+
+
+def _cfg(tmp_path, overrides):
+    root = make_imagefolder(tmp_path / "data", {"train": 10, "val": 3, "test": 3})
+    return compose_fit([*TINY, "data=imagefolder", f"data.root={root}", *overrides], tmp_path / "run")
+
+
+def _with_recipes(cfg, backbone=None, finetune=None):
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        if backbone is not None:
+            cfg.backbone.recipe = backbone
+        if finetune is not None:
+            cfg.finetune.recipe = finetune
+    return cfg
+
+
+def test_layers_backbone_then_strategy_then_user(tmp_path):
+    cfg = _with_recipes(
+        _cfg(tmp_path, []),
+        backbone={"optimizer.lr": 5e-5, "trainer.max_epochs": 4, "optimizer.weight_decay": 0.01},
+        finetune={"optimizer.lr": 1e-2},
+    )
+    sources = recipes.apply(cfg, explicit={"trainer.max_epochs"}, choices={"backbone": "hf", "finetune": "probe"})
+    assert cfg.optimizer.lr == 1e-2  # the strategy's recipe beats the backbone's
+    assert cfg.optimizer.weight_decay == 0.01  # the backbone's, nobody else set it
+    assert cfg.trainer.max_epochs == 2  # TINY's override beats both recipes
+    assert sources == {
+        "optimizer.lr": {"value": 1e-2, "source": "finetune=probe recipe"},
+        "optimizer.weight_decay": {"value": 0.01, "source": "backbone=hf recipe"},
+        "trainer.max_epochs": {"value": 2, "source": "your setting"},
+    }
+    assert "recipe" not in cfg.backbone and "recipe" not in cfg.finetune  # the parts never see it
+
+
+def test_an_override_of_a_whole_node_covers_its_keys(tmp_path):
+    cfg = _with_recipes(_cfg(tmp_path, []), backbone={"optimizer.lr": 5e-5})
+    recipes.apply(cfg, explicit={"optimizer"})
+    assert cfg.optimizer.lr == 1e-3
+
+
+def test_a_recipe_key_that_does_not_exist_is_a_config_error(tmp_path):
+    cfg = _with_recipes(_cfg(tmp_path, []), finetune={"optimizer.learning_rate": 1.0})
+    with pytest.raises(ConfigError, match=r"finetune.recipe sets optimizer.learning_rate, which is not a config key"):
+        recipes.apply(cfg, explicit=set())
+
+
+def test_explicit_keys_come_from_overrides_and_the_experiment_file():
+    keys = recipes.explicit_keys(["optimizer.lr=1e-3", "+data.x=1", "finetune=full"], experiment="demo")
+    assert {"optimizer.lr", "data.x", "data.image_size", "trainer.max_epochs"} <= keys
+    assert "finetune" not in keys  # a group choice is not a value
+
+
+def test_every_shipped_recipe_names_real_keys(tmp_path):
+    """Each backbone and strategy YAML's recipe applies cleanly to a composed fit config."""
+    from tlcli.paths import conf_dir
+
+    for group in recipes.RECIPE_GROUPS:
+        for path in sorted((conf_dir() / group).glob("*.yaml")):
+            if "recipe" not in OmegaConf.load(path) or path.stem == "zero_shot":
+                continue
+            cfg = compose_fit([*TINY, f"{group}={path.stem}"], tmp_path / path.stem)
+            recipes.apply(cfg, explicit=set(), groups=(group,))  # raises on a key that does not exist
+
+
+@pytest.mark.parametrize("counts,chosen", [([5, 8, 10], "linear_probe"), ([11, 40, 90], "full")])
+def test_auto_chooses_by_the_smallest_class(counts, chosen):
+    name, reason = Auto(probe_max_per_class=10).choose(counts, "image")
+    assert name == chosen
+    assert f"the smallest class has {min(counts)} training examples" in reason
+
+
+def test_auto_in_a_run_swaps_in_the_chosen_strategy_and_records_why(tmp_path):
+    cfg = _cfg(tmp_path, ["finetune=auto", "finetune.probe_max_per_class=100"])
+    backbone, datamodule, notes = build.parts(cfg)
+    assert cfg.finetune._target_ == "tlcli.finetune.linear_probe.LinearProbe"
+    assert notes["finetune/auto"] == "linear_probe"
+    assert notes["finetune/auto_reason"].startswith("the smallest class has 10 training examples (<= finetune.")
+    assert notes["selection"] == f"best {cfg.monitor} ({cfg.monitor_mode}) on val; early stopping on the same"
+    assert "recipe/optimizer.lr" in notes

@@ -1,0 +1,67 @@
+"""The parts of a fit before training: recipes applied, finetune=auto resolved, backbone and data built.
+
+Order matters: the backbone's recipe first (its data transforms and numbers), then the data
+(finetune=auto needs its class counts), then the strategy's recipe, which may change data
+keys (a probe caches features without augmentation): the data is rebuilt only then.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tlcli import recipes
+
+log = logging.getLogger(__name__)
+AUTO = "tlcli.finetune.auto.Auto"
+
+
+def user_choices() -> tuple[set[str], dict[str, str]]:
+    """(keys the user set, group -> option picked) of the running Hydra job; empty outside one."""
+    if not HydraConfig.initialized():
+        return set(), {}
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if isinstance(v, str)}
+    return recipes.explicit_keys(list(hc.overrides.task), choices.get("experiment")), choices
+
+
+def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """(backbone, datamodule set up for fit, notes for metrics.json); cfg is completed in place."""
+    explicit, choices = user_choices()
+    sources = recipes.apply(cfg, explicit, choices, groups=("backbone",))
+    backbone = instantiate(cfg.backbone)
+    data_node = OmegaConf.to_container(cfg.data, resolve=True)
+    datamodule = instantiate(cfg.data, data_config=backbone.data_config())
+    datamodule.setup("fit")
+    notes: dict[str, Any] = {}
+    if cfg.finetune._target_ == AUTO:
+        name, reason = instantiate(cfg.finetune).choose(datamodule.label_counts(), backbone.modality)
+        from tlcli.paths import conf_dir
+
+        with open_dict(cfg):
+            cfg.finetune = OmegaConf.load(conf_dir() / "finetune" / f"{name}.yaml")
+        choices["finetune"] = name
+        notes.update({"finetune/auto": name, "finetune/auto_reason": reason})
+        log.info("finetune=auto chose finetune=%s: %s", name, reason)
+    sources.update(recipes.apply(cfg, explicit, choices, groups=("finetune",)))
+    _no_cache_with_augmentation(cfg, explicit, sources)
+    if OmegaConf.to_container(cfg.data, resolve=True) != data_node:
+        datamodule = instantiate(cfg.data, data_config=backbone.data_config())
+        datamodule.setup("fit")
+    sources = recipes.with_defaults(cfg, sources, explicit, choices)
+    notes.update({f"recipe/{k}": f"{v['value']} ({v['source']})" for k, v in sources.items()})
+    notes["selection"] = f"best {cfg.monitor} ({cfg.monitor_mode}) on val; early stopping on the same"
+    return backbone, datamodule, notes
+
+
+def _no_cache_with_augmentation(cfg: DictConfig, explicit: set[str], sources: dict[str, Any]) -> None:
+    """A recipe's feature cache yields to augmentation the user asked for (new crops every epoch)."""
+    data = cfg.data
+    if "feature_cache" in data and data.feature_cache and data.get("augment") and "data.feature_cache" not in explicit:
+        with open_dict(cfg):
+            data.feature_cache = False
+        sources["data.feature_cache"] = {"value": False, "source": "off: data.augment=true was asked for"}

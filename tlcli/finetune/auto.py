@@ -1,0 +1,39 @@
+"""`finetune=auto`: the strategy chosen from the labelled examples per class and the backbone.
+
+It never trains itself: fit asks `choose` once the data is set up, swaps in the chosen
+strategy's own config (with its recipe) and records the choice and its reason in
+metrics.json. The thresholds are the suite's evidence (bench/results/suite.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Auto:
+    """Options of finetune=auto.
+
+    probe_max_per_class: with at most this many training examples in the smallest class, a
+    linear probe on frozen (cached) features; above it, full fine-tuning.
+    """
+
+    def __init__(self, probe_max_per_class: int = 10):
+        self.probe_max_per_class = probe_max_per_class
+
+    def choose(self, label_counts: list[int], modality: str) -> tuple[str, str]:
+        """(strategy option name, the reason in one sentence)."""
+        smallest = min(label_counts) if label_counts else 0
+        if smallest <= self.probe_max_per_class:
+            return "linear_probe", (
+                f"the smallest class has {smallest} training examples (<= finetune.probe_max_per_class="
+                f"{self.probe_max_per_class}): a linear probe on frozen features, computed once, is the safest "
+                "use of so little data"
+            )
+        return "full", (
+            f"the smallest class has {smallest} training examples (> finetune.probe_max_per_class="
+            f"{self.probe_max_per_class}): enough to fine-tune the whole {modality} backbone"
+        )
+
+
+def record(name: str, reason: str) -> dict[str, Any]:
+    return {"finetune/auto": name, "finetune/auto_reason": reason}

@@ -1,0 +1,111 @@
+"""Recipes: the numbers a backbone family and a strategy train best with, where the user set none.
+
+A backbone or strategy YAML may carry `recipe:`, a mapping of dotted config keys to values:
+
+    # conf/backbone/hf.yaml                       # conf/finetune/linear_probe.yaml
+    recipe:                                       recipe:
+      optimizer.lr: 5e-5                            optimizer.lr: 1e-2
+                                                    data.feature_cache: true
+
+Layers, later wins: the group YAML defaults < the backbone's recipe < the strategy's recipe <
+what the user set (a command-line override, a sweep value, an experiment file). A preset
+declares its own recipe by overriding keys of its parent's (`recipe: {optimizer.lr: 1e-4}`).
+The recipe nodes are removed once applied, so the parts, the saved config and the checkpoint
+see plain values; `sources` says where each recipe key's value came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tlcli.errors import ConfigError
+
+RECIPE_GROUPS = ("backbone", "finetune")
+CONFIG_GROUPS = (
+    "backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer", "callbacks", "logger",
+    "hydra", "experiment", "debug", "hparams_search",
+)  # fmt: skip
+
+
+def explicit_keys(overrides: list[str], experiment: str | None = None) -> set[str]:
+    """Dotted keys the user set: `key=value` / `+key=value` overrides, and an experiment file's keys."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    keys -= set(CONFIG_GROUPS)  # finetune=full picks an option; it sets no value
+    if experiment:
+        from tlcli.paths import conf_dir
+
+        path = conf_dir() / "experiment" / f"{experiment}.yaml"
+        if path.is_file():
+            node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            node.pop("defaults", None)
+            keys |= set(_dotted(node))
+    return keys
+
+
+def _dotted(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix.rstrip(".")]
+    return [k for key, value in node.items() for k in _dotted(value, f"{prefix}{key}.")]
+
+
+def apply(
+    cfg: DictConfig, explicit: set[str], choices: dict[str, str] | None = None, groups: tuple[str, ...] = RECIPE_GROUPS
+) -> dict[str, dict[str, Any]]:
+    """Fill cfg from the groups' recipes in place; returns {key: {"value", "source"}} for every recipe key."""
+    choices = choices or {}
+    sources: dict[str, dict[str, Any]] = {}
+    problems = []
+    for group in groups:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "recipe" not in node:
+            continue
+        recipe = node.recipe or {}
+        origin = f"{group}={choices.get(group) or node._target_.rsplit('.', 1)[-1]} recipe"
+        for key, value in recipe.items():
+            if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+                problems.append(f"{group}.recipe sets {key}, which is not a config key: fix the recipe's key")
+                continue
+            if _covered(key, explicit):
+                sources[key] = {"value": OmegaConf.select(cfg, key), "source": "your setting"}
+                continue
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, value, merge=False)
+            sources[key] = {"value": OmegaConf.select(cfg, key), "source": origin}
+        with open_dict(cfg):
+            del node["recipe"]
+    if problems:
+        raise ConfigError(problems)
+    return sources
+
+
+def with_defaults(
+    cfg: DictConfig, sources: dict[str, dict[str, Any]], explicit: set[str], choices: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """sources plus the SHOWN keys no recipe set, with where their value came from."""
+    out = dict(sources)
+    for key in SHOWN:
+        value = OmegaConf.select(cfg, key, default=None)
+        if key in out or value is None:
+            continue
+        group = key.split(".")[0]
+        where = "your setting" if _covered(key, explicit) else f"{group}={choices.get(group, group)} default"
+        out[key] = {"value": value, "source": where}
+    return dict(sorted(out.items()))
+
+
+# the numbers every start-of-run summary lists with their source, recipe or not
+SHOWN = (
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "scheduler.warmup_epochs",
+    "trainer.max_epochs",
+    "callbacks.early_stopping.patience",
+)
+
+
+def _covered(key: str, explicit: set[str]) -> bool:
+    """The user set this key, or a node above it (optimizer.lr is covered by an override of optimizer)."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in explicit for i in range(1, len(parts) + 1))
