@@ -1,0 +1,541 @@
+"""The real-data suite: every strategy, and a frozen-feature baseline, on five real classification sets.
+
+    .venv/bin/python -m bench.suite                                # everything below, seeds 0 1 2
+    .venv/bin/python -m bench.suite --sets flowers5 sms_spam --variants baseline defaults --seeds 0
+    .venv/bin/python -m bench.suite --variants probe_loss --seeds 0 --results-name suite_candidates \\
+        --extra-variant probe_loss@image='finetune=linear_probe monitor=val/loss monitor_mode=min'
+    .venv/bin/python -m bench.suite --dry-run                      # print the commands, run nothing
+
+Sets (from /work/shared/data, or --data-dir): flowers5, cats_vs_dogs, brain_tumor_mri (images,
+backbone=lite0_offline) and ag_news, sms_spam (text, backbone=minilm_offline).
+
+Variants:
+  baseline          frozen pretrained features (tlcli's own feature extraction, eval preprocessing)
+                    + standardised logistic regression, C chosen by stratified 5-fold CV on the
+                    same 80% train split that tlcli trains on (seeded); computed in this process
+  defaults          `tlcli fit` with only backbone, data and seed: the tool's defaults of the day
+  <strategy>        defaults + finetune=<strategy> (linear_probe lp_ft llrd l2sp bitfit full
+                    freeze_unfreeze gradual_unfreeze partial; lora on text sets only)
+  k5, k10           defaults + data.k_shot=5 / 10
+  --extra-variant NAME='override ...'         one more variant (repeatable); NAME@image= or
+                                              NAME@text= runs it on those sets only
+--variants selects by name among all of these (default: all, extras included).
+
+Every tlcli variant is a real `tlcli fit` process run in outputs/<results-name>/<set>/<variant>/seed<k>.
+Rows go to bench/results/<results-name>.csv (one per set/variant/seed) and a summary to
+<results-name>.md, both rewritten after every run. The grid resumes: a row with status ok and
+the same overrides is not run again; a failed run is recorded (status failed) and its stderr
+tail printed. Order: seed, then variant, then set, so a stopped grid has covered every set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DATA = Path(os.environ.get("TLCLI_DATA", "/work/shared/data"))
+
+IMAGE_SETS = ("flowers5", "cats_vs_dogs", "brain_tumor_mri")
+TEXT_SETS = ("ag_news", "sms_spam")
+SETS = IMAGE_SETS + TEXT_SETS
+BACKBONE = {"image": "backbone=lite0_offline", "text": "backbone=minilm_offline"}
+STRATEGIES = (
+    "linear_probe",
+    "lp_ft",
+    "llrd",
+    "l2sp",
+    "bitfit",
+    "full",
+    "freeze_unfreeze",
+    "gradual_unfreeze",
+    "partial",
+    "lora",
+)
+# The baseline's CV grid: inverse L2 strengths, 1e-4 .. 1e2
+CS = [10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2)]
+BASELINE_KEY = "baseline: eval-mode features + StandardScaler + LogisticRegression(C by stratified 5-fold CV)"
+COLUMNS = [
+    "set",
+    "variant",
+    "seed",
+    "test_acc",
+    "test_f1_macro",
+    "epochs",
+    "best_epoch",
+    "wall_s",
+    "overrides",
+    "status",
+    "note",
+    "commit",
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...]  # empty for the baseline, which runs in this process
+    modality: str | None = None  # "image" / "text": only on those sets; None: every set
+
+    def applies(self, set_name: str) -> bool:
+        return self.modality is None or modality(set_name) == self.modality
+
+    def key(self, extra: list[str]) -> str:
+        """What a finished row must match to be skipped on resume."""
+        return BASELINE_KEY if self.name == "baseline" else " ".join([*self.overrides, *extra])
+
+
+def modality(set_name: str) -> str:
+    return "image" if set_name in IMAGE_SETS else "text"
+
+
+def data_overrides(set_name: str, data_dir: Path) -> list[str]:
+    root = data_dir / set_name
+    if modality(set_name) == "image":
+        return [BACKBONE["image"], "data=imagefolder", f"data.root={root}"]
+    return [BACKBONE["text"], "data=csv", f"data.train_csv={root / 'train.csv'}", f"data.test_csv={root / 'test.csv'}"]
+
+
+def builtin_variants() -> list[Variant]:
+    out = [Variant("baseline", ()), Variant("defaults", ())]
+    out += [Variant(s, (f"finetune={s}",), "text" if s == "lora" else None) for s in STRATEGIES]
+    out += [Variant(f"k{k}", (f"data.k_shot={k}",)) for k in (5, 10)]
+    return out
+
+
+def parse_extra_variant(spec: str) -> Variant:
+    """NAME='a=1 b=2' or NAME@image='...' / NAME@text='...'."""
+    m = re.fullmatch(r"([A-Za-z0-9_.+-]+)(?:@(image|text))?=(.*)", spec, flags=re.S)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"--extra-variant {spec!r}: expected NAME='override1 override2' or NAME@image=... / NAME@text=..."
+        )
+    name, mod, overrides = m.groups()
+    return Variant(name, tuple(shlex.split(overrides)), mod)
+
+
+# ----------------------------------------------------------------------------- tlcli fit runs
+def tlcli_command(set_name: str, variant: Variant, seed: int, extra: list[str], run_dir: Path, data_dir: Path):
+    return [
+        str(ROOT / ".venv" / "bin" / "tlcli"),
+        "fit",
+        *data_overrides(set_name, data_dir),
+        f"seed={seed}",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run_dir}",
+        *variant.overrides,
+        *extra,
+    ]
+
+
+def run_tlcli(cmd: list[str], run_dir: Path, timeout: float | None) -> dict:
+    # A fresh directory: tlcli's auto_resume would otherwise continue a stopped or older run there.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-3000:]
+        return failed(f"timed out after {timeout:.0f} s", tail.decode() if isinstance(tail, bytes) else tail)
+    wall = time.perf_counter() - start
+    metrics_file = run_dir / "metrics.json"
+    if proc.returncode != 0 or not metrics_file.is_file():
+        return failed(f"exit code {proc.returncode}", proc.stderr[-3000:] or proc.stdout[-3000:])
+    m = json.loads(metrics_file.read_text())
+    if "test/acc" not in m:
+        return failed("metrics.json has no test/acc", json.dumps(m))
+    notes = []
+    if m.get("best_val/epoch") == 0:
+        notes.append("best checkpoint at epoch 0")
+    timing = run_dir / "timing.json"
+    if timing.is_file():
+        notes.append(f"fit {json.loads(timing.read_text())['fit_s']:.0f} s")
+    return {
+        "test_acc": m["test/acc"],
+        "test_f1_macro": m.get("test/f1_macro", ""),
+        "epochs": m.get("epochs_trained", ""),
+        "best_epoch": m.get("best_val/epoch", ""),
+        "wall_s": round(wall, 1),
+        "status": "ok",
+        "note": "; ".join(notes),
+    }
+
+
+def failed(why: str, tail: str, message: str | None = None) -> dict:
+    """A failed row; the note is `message`, or else the last non-blank line of the stderr tail."""
+    print(f"  FAILED ({why}); stderr tail:\n{tail}", flush=True)
+    last = message or next((ln for ln in reversed(tail.strip().splitlines()) if ln.strip()), "")
+    return {"status": "failed", "note": f"{why}: {' '.join(last.split())[:300]}"}
+
+
+def tlcli_commit() -> str:
+    """HEAD of the checkout, + "+dirty" when tlcli/ or conf/ have uncommitted edits (others work in this tree)."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "tlcli", "conf"], capture_output=True, text=True)
+        return head + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return ""
+
+
+# ----------------------------------------------------------------------------- the baseline
+class Baseline:
+    """Frozen features + logistic regression, with each set's features extracted once.
+
+    Features come from tlcli itself: the backbone and datamodule are instantiated from tlcli's
+    composed config (as `tlcli fit` would), augmentation off, and tlcli.features computes them
+    (eval mode, eval transforms / tokenizer) and caches them on disk keyed by everything that
+    shapes them. They are computed for the seed-0 split and looked up by sample id for the
+    other seeds' splits, whose train + val hold the same samples.
+    """
+
+    def __init__(self, cache_dir: Path, data_dir: Path):
+        self.cache_dir, self.data_dir = cache_dir, data_dir
+        self.by_set: dict[str, tuple] = {}  # set -> ({sample id: feature}, (test features, labels), backbone)
+
+    def _datamodule(self, set_name: str, seed: int, backbone=None):
+        from hydra.utils import instantiate
+
+        from tlcli.catalog import compose_checked
+
+        overrides = [
+            *data_overrides(set_name, self.data_dir),
+            f"seed={seed}",
+            f"data.feature_cache_dir={self.cache_dir}",
+        ]
+        cfg = compose_checked("fit", overrides)
+        if backbone is None:
+            backbone = instantiate(cfg.backbone).eval()
+        dm = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
+        dm.setup("fit")
+        return backbone, dm
+
+    def features(self, set_name: str):
+        if set_name not in self.by_set:
+            import torch
+
+            from tlcli.features import FeatureCache
+
+            torch.manual_seed(0)
+            backbone, dm = self._datamodule(set_name, 0)
+            start = time.perf_counter()
+            splits = FeatureCache(self.cache_dir, device="cpu").features(backbone, dm)
+            print(f"  {set_name}: features ready in {time.perf_counter() - start:.0f} s", flush=True)
+            by_id = {}
+            for split in ("train", "val"):
+                feats, _ = splits[split]
+                by_id.update(zip(dm.samples[split].id_list(), feats.numpy(), strict=True))
+            test_x, test_y = splits[dm.test_split]
+            self.by_set[set_name] = (by_id, (test_x.numpy(), test_y.numpy()), backbone)
+        return self.by_set[set_name]
+
+    def run(self, set_name: str, seed: int) -> dict:
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import accuracy_score, f1_score
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        start = time.perf_counter()
+        by_id, (test_x, test_y), backbone = self.features(set_name)
+        _, dm = self._datamodule(set_name, seed, backbone)  # the seed's split, as tlcli fit draws it
+        train = dm.samples["train"]
+        x = np.stack([by_id[i] for i in train.id_list()]).astype(np.float64)
+        y = np.asarray(train.targets)
+        search = GridSearchCV(
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+            {"logisticregression__C": CS},
+            cv=StratifiedKFold(n_splits=5, shuffle=True, random_state=seed),
+            scoring="accuracy",
+        ).fit(x, y)
+        pred = search.predict(test_x.astype(np.float64))
+        c = search.best_params_["logisticregression__C"]
+        return {
+            "test_acc": float(accuracy_score(test_y, pred)),
+            "test_f1_macro": float(f1_score(test_y, pred, average="macro")),
+            "epochs": "",
+            "best_epoch": "",
+            "wall_s": round(time.perf_counter() - start, 1),
+            "status": "ok",
+            "note": f"C={c:.3g}, cv acc {search.best_score_:.3f}, {len(y)} train",
+        }
+
+
+# ----------------------------------------------------------------------------- results
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return ""
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f}"
+
+
+def mean_or_blank(values: list[float], fmt: str) -> str:
+    vals = [v for v in values if not math.isnan(v)]
+    return format(statistics.mean(vals), fmt) if vals else ""
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} CPU cores (shared with other jobs: wall times are indicative), "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {platform.system()}"
+    )
+
+
+def set_table(rows: list[dict], set_name: str, order: list[str]) -> list[str]:
+    lines = [
+        f"### {set_name}",
+        "",
+        "| variant | test acc (mean ± std) | macro-F1 (mean ± std) | seeds ok | failed | epochs (mean) "
+        "| best epoch (mean) | wall s (mean) | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in order:
+        mine = [r for r in rows if r["set"] == set_name and r["variant"] == v]
+        if not mine:
+            continue
+        ok = [r for r in mine if r["status"] == "ok"]
+        notes = sorted({f"seed {r['seed']}: {r['note']}" for r in mine if r["note"] and "epoch 0" in r["note"]})
+        notes += [f"seed {r['seed']}: {r['note']}" for r in mine if r["status"] != "ok"]
+        lines.append(
+            f"| {v} | {mean_sd([num(r['test_acc']) for r in ok])} | {mean_sd([num(r['test_f1_macro']) for r in ok])} "
+            f"| {len(ok)} | {len(mine) - len(ok)} | {mean_or_blank([num(r['epochs']) for r in ok], '.1f')} "
+            f"| {mean_or_blank([num(r['best_epoch']) for r in ok], '.1f')} "
+            f"| {mean_or_blank([num(r['wall_s']) for r in ok], '.0f')} | {'; '.join(notes)} |"
+        )
+    return lines
+
+
+def per_set_means(rows: list[dict], variant: str, metric: str) -> dict[str, float]:
+    out = {}
+    for s in SETS:
+        vals = [num(r[metric]) for r in rows if r["set"] == s and r["variant"] == variant and r["status"] == "ok"]
+        if vals:
+            out[s] = statistics.mean(vals)
+    return out
+
+
+def summary_table(rows: list[dict], order: list[str]) -> list[str]:
+    lines = [
+        "## Summary: mean over sets",
+        "",
+        "Each set's mean over its seeds, then the mean over the sets the variant has results on; "
+        "Δ is against the baseline on those same sets.",
+        "",
+        "| variant | sets | test acc | Δ acc vs baseline | macro-F1 | Δ F1 vs baseline | wall s per run (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = {m: per_set_means(rows, "baseline", m) for m in ("test_acc", "test_f1_macro")}
+    for v in order:
+        acc, f1 = per_set_means(rows, v, "test_acc"), per_set_means(rows, v, "test_f1_macro")
+        if not acc:
+            continue
+        cells = []
+        for m, vals in (("test_acc", acc), ("test_f1_macro", f1)):
+            mean = statistics.mean(vals.values()) if vals else math.nan
+            paired = [s for s in vals if s in base[m]]
+            delta = statistics.mean(vals[s] - base[m][s] for s in paired) if paired and v != "baseline" else None
+            cells += [
+                f"{mean:.3f}",
+                ""
+                if delta is None
+                else f"{delta:+.3f}" + ("" if len(paired) == len(vals) else f" ({len(paired)} sets)"),
+            ]
+        walls = [num(r["wall_s"]) for r in rows if r["variant"] == v and r["status"] == "ok"]
+        sets = ", ".join(s for s in SETS if s in acc)
+        lines.append(f"| {v} | {sets} | {' | '.join(cells)} | {mean_or_blank(walls, '.0f')} |")
+    return lines
+
+
+def write_md(rows: list[dict], path: Path, command: str, variants: dict[str, Variant], extra: list[str]) -> None:
+    commands = previous_commands(path)
+    if command not in commands:
+        commands.append(command)
+    order = list(dict.fromkeys([*(v.name for v in builtin_variants()), *variants, *(r["variant"] for r in rows)]))
+    lines = [
+        "# Real-data suite: tlcli strategies vs a frozen-feature baseline",
+        "",
+        f"Machine: {machine()}",
+        "",
+        "Sets: flowers5, cats_vs_dogs, brain_tumor_mri (backbone=lite0_offline, EfficientNet-Lite0 ImageNet) and "
+        "ag_news, sms_spam (backbone=minilm_offline, all-MiniLM-L6-v2); see /work/shared/data/README.md. "
+        "tlcli runs hold out val_fraction=0.2 of train (per class, by seed) for early stopping and checkpoint "
+        "choice, and report the best checkpoint on the test split. **baseline** is fit on that same 80% train "
+        "split (the val 20% is unused): tlcli's eval-mode pooled features, StandardScaler, LogisticRegression "
+        "with C from 13 values in 1e-4..1e2 chosen by stratified 5-fold CV (seeded) on train accuracy; its "
+        "wall s is that fit (+ feature extraction for the first seed of a set when not cached). "
+        "wall s of tlcli variants: the whole `tlcli fit` process (start-up, training, test).",
+        "",
+        "Variant definitions (overrides added to backbone, data and seed; k_shot counts train examples per class):",
+        "",
+    ]
+    defs = {r["variant"]: r["overrides"] for r in rows}
+    for v in order:
+        if v in defs:
+            lines.append(f"- **{v}**: `{defs[v] or '(none: the defaults)'}`")
+    lines += ["", *summary_table(rows, order), "", "## Per set", ""]
+    for s in SETS:
+        if any(r["set"] == s for r in rows):
+            lines += [*set_table(rows, s, order), ""]
+    commits = sorted({r.get("commit") or "?" for r in rows})
+    lines += [
+        f"tlcli commit(s) these rows ran on (+dirty: uncommitted edits in tlcli/ or conf/): {', '.join(commits)}",
+        "",
+        "## Commands that produced these rows",
+        "",
+        *[f"    {c}" for c in commands],
+        "",
+    ]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def previous_commands(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    _, _, section = text.partition("## Commands that produced these rows")
+    return [ln[4:] for ln in section.splitlines() if ln.startswith("    ")]
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=None, help="variant names to run (default: all)")
+    p.add_argument(
+        "--extra-variant",
+        action="append",
+        type=parse_extra_variant,
+        default=[],
+        metavar="NAME[@image|@text]='OVERRIDES'",
+        help="one more variant: these overrides on top of the defaults (repeatable)",
+    )
+    p.add_argument("--extra", nargs="*", default=[], help="overrides added to every tlcli run (part of the row key)")
+    p.add_argument("--results-name", default="suite", help="result file stem under bench/results/ (default: suite)")
+    p.add_argument("--data-dir", type=Path, default=DATA)
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a tlcli run counts as failed")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    return p.parse_args(argv)
+
+
+def select_variants(args: argparse.Namespace) -> dict[str, Variant]:
+    every = {v.name: v for v in builtin_variants()}
+    for v in args.extra_variant:
+        if v.name in every:
+            sys.exit(f"--extra-variant {v.name}: the name is taken by a built-in variant; pick another")
+        every[v.name] = v
+    if args.variants is None:
+        return every
+    unknown = [n for n in args.variants if n not in every]
+    if unknown:
+        sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(every)}")
+    return {n: every[n] for n in args.variants}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    variants = select_variants(args)
+    stem = args.results_name
+    csv_path, md_path = RESULTS / f"{stem}.csv", RESULTS / f"{stem}.md"
+    out_root = ROOT / "outputs" / stem
+    command = ".venv/bin/python -m bench.suite " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    rows = read_rows(csv_path)
+    baseline = Baseline(out_root / "_features", args.data_dir)
+    plan = [
+        (seed, v, s) for seed in args.seeds for v in variants.values() for s in args.sets if v.applies(s)
+    ]  # seed, then variant, then set: a stopped grid has covered every set
+    for i, (seed, v, s) in enumerate(plan, 1):
+        key = v.key(args.extra)
+        done = next((r for r in rows if (r["set"], r["variant"], r["seed"]) == (s, v.name, str(seed))), None)
+        tag = f"[{i}/{len(plan)}] {s} {v.name} seed {seed}"
+        run_dir = out_root / s / v.name / f"seed{seed}"
+        cmd = None if v.name == "baseline" else tlcli_command(s, v, seed, args.extra, run_dir, args.data_dir)
+        if args.dry_run:
+            print(f"{tag}: " + (f"(in-process) {BASELINE_KEY}" if cmd is None else shlex.join(cmd)))
+            continue
+        if done is not None and done["status"] == "ok" and done["overrides"] == key:
+            print(f"{tag}: done (test acc {num(done['test_acc']):.3f}), skipped", flush=True)
+            continue
+        print(f"{tag}: running", flush=True)
+        commit = tlcli_commit()  # before the run: the code it started with
+        if cmd is None:
+            try:
+                r = baseline.run(s, seed)
+            except Exception as exc:  # recorded, not dropped
+                import traceback
+
+                r = failed(type(exc).__name__, traceback.format_exc(), str(exc))
+        else:
+            r = run_tlcli(cmd, run_dir, args.timeout)
+        row = {c: "" for c in COLUMNS} | r | {"set": s, "variant": v.name, "seed": str(seed), "overrides": key}
+        row["commit"] = commit
+        rows = [x for x in rows if (x["set"], x["variant"], x["seed"]) != (s, v.name, str(seed))] + [row]
+        print(
+            f"{tag}: {row['status']}, test acc {num(row['test_acc']):.3f}, F1 {num(row['test_f1_macro']):.3f}, "
+            f"{row['epochs'] or '-'} epochs (best {row['best_epoch'] if row['best_epoch'] != '' else '-'}), "
+            f"{num(row['wall_s']):.0f} s {('[' + row['note'] + ']') if row['note'] else ''}",
+            flush=True,
+        )
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        write_csv(rows, csv_path)
+        write_md(rows, md_path, command, variants, args.extra)
+    if not args.dry_run and rows:
+        write_md(rows, md_path, command, variants, args.extra)
+        print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()
