@@ -1,6 +1,8 @@
 """report.html: one self-contained page per fit or test, to read a run at a glance.
 
-Sections, each left out when its inputs are missing: run summary, metrics (metrics.json),
+Sections, each left out when its inputs are missing: before and after fine-tuning (the
+pretrained backbone's frozen-features baseline beside the fine-tuned model, tlcli.baseline),
+run summary, metrics (metrics.json),
 per-class precision/recall/F1/support, confusion matrix, training curves (loss, val metrics,
 LR per optimizer group, from the History callback), and the test examples the model got wrong
 most confidently (thumbnails for images, snippets for text).
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcli import report
+from tlcli import baseline, report
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,28 @@ def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- pieces
+KEYS = ("acc", "f1_macro")  # the before/after columns: test/<key> and baseline/test/<key>
+
+
+def before_after(metrics: dict[str, Any]) -> str:
+    """The gain from fine-tuning, as a table: the baseline before, the fine-tuned model after,
+    the difference in points; "" when the run has no baseline/test/acc."""
+    if "baseline/test/acc" not in metrics:
+        return ""
+
+    def cell(key: str) -> str:
+        return "–" if metrics.get(key) is None else _fmt(float(metrics[key]))
+
+    rows = [["before: pretrained backbone, " + esc(baseline.METHOD)] + [cell(f"baseline/test/{k}") for k in KEYS]]
+    if "test/acc" in metrics:  # test_after_fit=false leaves nothing to compare with
+        gains = [baseline.gain_points(metrics, k) for k in KEYS]
+        rows.append(["after: fine-tuned"] + [cell(f"test/{k}") for k in KEYS])
+        rows.append(["<b>gain</b>"] + ["–" if g is None else f"<b>{g:+.1f} points</b>" for g in gains])
+    split = esc(metrics.get("test_split", "test"))
+    how = f"<p>before: {esc(metrics['baseline/method'])}</p>" if metrics.get("baseline/method") else ""
+    return f"<h2>Before and after fine-tuning ({split} split)</h2>" + _table(["", "accuracy", "macro-F1"], rows) + how
+
+
 def png_data_uri(fig_or_image) -> str:
     """A matplotlib Figure or PIL image as a data:image/png;base64 URI."""
     buf = io.BytesIO()
@@ -283,6 +307,9 @@ def build_html(
     out = [f"<h1>{esc(title)}</h1>"]
     if split != "test":
         out.append(f"<p class=note>{esc(report.VAL_NOTE)}</p>")
+    gain = before_after(metrics)  # the headline: what fine-tuning gained
+    if gain:
+        out.append(gain)
     out.append("<h2>Run</h2>" + _table(["", ""], [[esc(k), esc(v)] for k, v in summary.items()], numeric=False))
     out.append("<h2>Metrics</h2>" + _table(["metric", "value"], [[esc(k), _fmt(v)] for k, v in metrics.items()]))
 

@@ -1,0 +1,188 @@
+"""Before fine-tuning: the pretrained backbone's score with nothing trained but a linear model.
+
+What a user of transfer learning wants to see is the gain, so every fit also reports this
+"before" number beside its own test metrics (metrics.json, report.html, the console).
+How: eval-mode pooled features of the train split and of the test split (one pass, no
+augmentation, no gradient), a standardised logistic regression fit on train with C chosen by
+stratified k-fold cross-validation, scored on the test split with the same torchmetrics
+definitions as `test/acc` and `test/f1_macro`. Seconds, not a second training run.
+
+It is a convenience: `before_fine_tuning` never raises. Where it does not apply (multi-label
+data, a data module that is not tlcli's) it logs why and returns {}.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torchmetrics.functional as MF
+from torch.utils.data import DataLoader
+
+from tlcli import features
+from tlcli import transferability as T
+from tlcli.data.base import TransferDataModule
+from tlcli.data.text import TextCollate
+from tlcli.rank import subset_indices
+
+log = logging.getLogger(__name__)
+
+METHOD = "frozen features + logistic regression"
+BATCH_SIZE = 64
+C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 10))  # inverse L2 strength, on standardised features
+MAX_FOLDS = 5
+# C is chosen on a stratified subset of at most this many training examples: 50 fits of the
+# whole train split of a large data set would take minutes; the final fit uses every example.
+CV_MAX_SAMPLES = 4000
+
+
+class _Skip(Exception):
+    """The baseline does not apply to this run; the message says why (logged at INFO)."""
+
+
+def before_fine_tuning(backbone, datamodule, seed: int) -> dict[str, Any]:
+    """{"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/seconds"}, or {}.
+
+    Call after datamodule.setup("fit") and before training, while the backbone is still the
+    pretrained one. The backbone's parameters, train/eval mode of every module, device and the
+    global torch RNG are left as they were, so the fit that follows is the same with or without it.
+    A feature-cached run (tlcli.features) reuses its cached features: they are these very features.
+    """
+    # metrics.json is rank zero's to write; other DDP ranks would only repeat the work
+    if (os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0") != "0":
+        return {}
+    start = time.perf_counter()
+    try:
+        _check_applies(datamodule)
+        (ftr, ytr), (fte, yte) = _features(backbone, datamodule)
+        result = probe(ftr, ytr, fte, yte, datamodule.num_classes, seed)
+    except _Skip as why:
+        log.info("baseline (%s) skipped: %s", METHOD, why)
+        return {}
+    except Exception as exc:  # a convenience must never fail a run
+        log.warning("baseline (%s) not computed (%s: %s); the fit goes on without it", METHOD, type(exc).__name__, exc)
+        return {}
+    result["baseline/seconds"] = round(time.perf_counter() - start, 2)
+    log.info("baseline (%s): test acc %.4f in %.1f s", METHOD, result["baseline/test/acc"], result["baseline/seconds"])
+    return result
+
+
+def _check_applies(datamodule) -> None:
+    if not isinstance(datamodule, (TransferDataModule, features.FeatureDataModule)):
+        raise _Skip(f"{type(datamodule).__name__} is not a tlcli data module: it has no samples to take features of")
+    if datamodule.multilabel:
+        raise _Skip("multi-label data (a single-label linear classifier does not apply)")
+
+
+def _features(backbone, datamodule) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split))."""
+    if isinstance(datamodule, features.FeatureDataModule):
+        # The cache holds eval-mode features without augmentation (features.cached insists on it).
+        sets = datamodule.datasets
+        split = {"train": sets["train"].tensors, "test": sets[datamodule.test_split].tensors}
+    else:
+        datamodule.setup("fit")  # a no-op when done already; fills samples and datasets
+        # Per-module modes, not one flag: a pretrained HF model sits in eval mode inside a
+        # wrapper in train mode, and the fit must find it so (features.compute resets one flag).
+        modes, home = {m: m.training for m in backbone.modules()}, features._device_of(backbone)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            split = features.compute(backbone, EvalSplits(datamodule), device)
+        finally:
+            backbone.to(home)
+            for module, training in modes.items():
+                module.training = training
+    return tuple((f.double().numpy(), t.long().numpy()) for f, t in (split["train"], split["test"]))
+
+
+class EvalSplits:
+    """A data module's train and test splits, both as evaluation sees them (no augmentation).
+
+    Shaped the way features.compute reads a data module: `samples` names the splits (here
+    "train" and "test", the latter being datamodule.test_split) and `split_loader` serves them.
+    """
+
+    def __init__(self, datamodule: TransferDataModule):
+        self.source = datamodule
+        test = datamodule.test_split
+        self.samples = {"train": datamodule.samples["train"], "test": datamodule.samples[test]}
+        # Text is never augmented, and its train dataset is tokenised already: reuse it.
+        text = datamodule.modality == "text"
+        train = datamodule.datasets["train"] if text else datamodule._dataset(self.samples["train"], train=False)
+        self.datasets = {"train": train, "test": datamodule.datasets[test]}
+        self.collate = TextCollate(datamodule.data_config["tokenizer"]) if text else None
+
+    def split_loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=BATCH_SIZE,
+            shuffle=shuffle,
+            num_workers=self.source.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=self.collate,
+        )
+
+
+def probe(ftr, ytr, fte, yte, num_classes: int, seed: int) -> dict[str, Any]:
+    """Fit on (ftr, ytr) with C by cross-validation, score on (fte, yte): the baseline/* metrics."""
+    # Labels as 0..K-1 over the classes train has: linear_probe's columns follow them.
+    classes, y = np.unique(ytr, return_inverse=True)
+    if len(classes) < 2:
+        raise _Skip("the train split holds a single class: there is nothing to separate")
+    c, how = choose_c(ftr, y, seed)
+    pred = classes[T.linear_probe(ftr, y, c=c)(fte).argmax(axis=1)]
+    pred, target = torch.as_tensor(pred), torch.as_tensor(yte)
+    return {
+        "baseline/test/acc": float(MF.accuracy(pred, target, task="multiclass", num_classes=num_classes)),
+        "baseline/test/f1_macro": float(
+            MF.f1_score(pred, target, task="multiclass", num_classes=num_classes, average="macro")
+        ),
+        "baseline/method": f"{METHOD} ({how})",
+    }
+
+
+def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, str]:
+    """(C with the best mean accuracy over stratified k folds of train, how it was chosen).
+
+    labels: 0..K-1. k = min(5, smallest class count); below 2 there is no CV and C = 1.
+    Ties go to the smaller C (the stronger regularisation), the first in C_GRID.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    idx = subset_indices(labels, CV_MAX_SAMPLES, seed)
+    f, y = features[idx], labels[idx]
+    folds = min(MAX_FOLDS, int(np.bincount(y).min()))
+    if folds < 2:
+        return 1.0, "C=1, fixed: a class has fewer than 2 training examples, too few to cross-validate"
+    acc = np.zeros(len(C_GRID))
+    for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(f, y):
+        acc += [T.linear_probe_accuracy(f[tr], y[tr], f[va], y[va], c=c) for c in C_GRID]
+    # Rounded: a tie must not hinge on the order the fold accuracies were added in.
+    c = C_GRID[int(np.argmax(np.round(acc / folds, 12)))]
+    on = "train" if len(idx) == len(labels) else f"{len(idx)} of {len(labels)} train examples"
+    return c, f"C={c:.3g} by {folds}-fold CV on {on}"
+
+
+def gain_points(metrics: dict[str, Any], key: str = "acc") -> float | None:
+    """test/<key> minus baseline/test/<key>, in percentage points; None when either is missing."""
+    before, after = metrics.get(f"baseline/test/{key}"), metrics.get(f"test/{key}")
+    if before is None or after is None:
+        return None
+    return round(100.0 * (float(after) - float(before)), 9) + 0.0  # + 0.0: never "-0.0 points"
+
+
+def console_line(metrics: dict[str, Any]) -> str | None:
+    """'before fine-tuning (frozen features + logistic regression): test acc 0.8500 -> after: 0.9100
+    (+6.0 points)'; None when the run has no baseline."""
+    if "baseline/test/acc" not in metrics:
+        return None
+    split = metrics.get("test_split", "test")
+    line = f"before fine-tuning ({METHOD}): {split} acc {metrics['baseline/test/acc']:.4f}"
+    gain = gain_points(metrics)
+    if gain is None:  # test_after_fit=false: nothing to compare with
+        return line
+    return line + f" -> after: {metrics['test/acc']:.4f} ({gain:+.1f} points)"
