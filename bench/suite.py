@@ -81,6 +81,7 @@ COLUMNS = [
     "overrides",
     "status",
     "note",
+    "effective",
     "commit",
 ]
 
@@ -162,6 +163,8 @@ def run_tlcli(cmd: list[str], run_dir: Path, timeout: float | None) -> dict:
     notes = []
     if m.get("best_val/epoch") == 0:
         notes.append("best checkpoint at epoch 0")
+    if "baseline/test/acc" in m:  # tlcli's own before-fine-tuning number, when it computes one
+        notes.append(f"tlcli baseline acc {m['baseline/test/acc']:.3f}")
     timing = run_dir / "timing.json"
     if timing.is_file():
         notes.append(f"fit {json.loads(timing.read_text())['fit_s']:.0f} s")
@@ -173,7 +176,41 @@ def run_tlcli(cmd: list[str], run_dir: Path, timeout: float | None) -> dict:
         "wall_s": round(wall, 1),
         "status": "ok",
         "note": "; ".join(notes),
+        "effective": effective(run_dir / "config.yaml"),
     }
+
+
+def effective(config_file: Path) -> str:
+    """The settings the run really used (defaults and recipes change under a suite): from its saved config."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(config_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return ""
+
+    def get(dotted: str):
+        node = cfg
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    out = [f"finetune={str(get('finetune._target_')).rsplit('.', 1)[-1]}"]
+    for key in (
+        "finetune.freeze_bn_stats",
+        "optimizer.lr",
+        "monitor",
+        "trainer.max_epochs",
+        "callbacks.early_stopping.patience",
+        "data.augment",
+        "data.feature_cache",
+    ):
+        value = get(key)
+        if value is not None:
+            out.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(out)
 
 
 def failed(why: str, tail: str, message: str | None = None) -> dict:
@@ -337,62 +374,69 @@ def set_table(rows: list[dict], set_name: str, order: list[str]) -> list[str]:
         f"### {set_name}",
         "",
         "| variant | test acc (mean ± std) | macro-F1 (mean ± std) | seeds ok | failed | epochs (mean) "
-        "| best epoch (mean) | wall s (mean) | notes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| best epoch (mean) | wall s (mean) | settings used | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in order:
         mine = [r for r in rows if r["set"] == set_name and r["variant"] == v]
         if not mine:
             continue
         ok = [r for r in mine if r["status"] == "ok"]
-        notes = sorted({f"seed {r['seed']}: {r['note']}" for r in mine if r["note"] and "epoch 0" in r["note"]})
+        notes = [f"seed {r['seed']}: {r['note']}" for r in ok if r["note"]]
         notes += [f"seed {r['seed']}: {r['note']}" for r in mine if r["status"] != "ok"]
         lines.append(
             f"| {v} | {mean_sd([num(r['test_acc']) for r in ok])} | {mean_sd([num(r['test_f1_macro']) for r in ok])} "
             f"| {len(ok)} | {len(mine) - len(ok)} | {mean_or_blank([num(r['epochs']) for r in ok], '.1f')} "
             f"| {mean_or_blank([num(r['best_epoch']) for r in ok], '.1f')} "
-            f"| {mean_or_blank([num(r['wall_s']) for r in ok], '.0f')} | {'; '.join(notes)} |"
+            f"| {mean_or_blank([num(r['wall_s']) for r in ok], '.0f')} "
+            f"| {' / '.join(dict.fromkeys(r.get('effective') or '' for r in ok)).strip(' /')} | {'; '.join(notes)} |"
         )
     return lines
 
 
-def per_set_means(rows: list[dict], variant: str, metric: str) -> dict[str, float]:
-    out = {}
-    for s in SETS:
-        vals = [num(r[metric]) for r in rows if r["set"] == s and r["variant"] == variant and r["status"] == "ok"]
-        if vals:
-            out[s] = statistics.mean(vals)
-    return out
+def ok_values(rows: list[dict], set_name: str, variant: str, metric: str) -> dict[str, float]:
+    """{seed: value} of the ok rows."""
+    return {
+        r["seed"]: num(r[metric])
+        for r in rows
+        if r["set"] == set_name and r["variant"] == variant and r["status"] == "ok"
+    }
 
 
 def summary_table(rows: list[dict], order: list[str]) -> list[str]:
     lines = [
         "## Summary: mean over sets",
         "",
-        "Each set's mean over its seeds, then the mean over the sets the variant has results on; "
-        "Δ is against the baseline on those same sets.",
+        "Each set's mean over its seeds, then the mean over the sets the variant has results on. "
+        "Δ is paired: against the baseline on the same sets and seeds.",
         "",
-        "| variant | sets | test acc | Δ acc vs baseline | macro-F1 | Δ F1 vs baseline | wall s per run (mean) |",
+        "| variant | sets (seeds) | test acc | Δ acc vs baseline | macro-F1 | Δ F1 vs baseline "
+        "| wall s per run (mean) |",
         "|---|---|---|---|---|---|---|",
     ]
-    base = {m: per_set_means(rows, "baseline", m) for m in ("test_acc", "test_f1_macro")}
     for v in order:
-        acc, f1 = per_set_means(rows, v, "test_acc"), per_set_means(rows, v, "test_f1_macro")
-        if not acc:
+        per_set = {s: ok_values(rows, s, v, "test_acc") for s in SETS}
+        per_set = {s: seeds for s, seeds in per_set.items() if seeds}
+        if not per_set:
             continue
         cells = []
-        for m, vals in (("test_acc", acc), ("test_f1_macro", f1)):
-            mean = statistics.mean(vals.values()) if vals else math.nan
-            paired = [s for s in vals if s in base[m]]
-            delta = statistics.mean(vals[s] - base[m][s] for s in paired) if paired and v != "baseline" else None
-            cells += [
-                f"{mean:.3f}",
+        for m in ("test_acc", "test_f1_macro"):
+            mine = {s: ok_values(rows, s, v, m) for s in per_set}
+            cells.append(f"{statistics.mean(statistics.mean(x.values()) for x in mine.values()):.3f}")
+            diffs = []  # per set: mean over the seeds both have of (variant - baseline)
+            for s, x in mine.items():
+                base = ok_values(rows, s, "baseline", m)
+                paired = [x[k] - base[k] for k in x if k in base]
+                if paired:
+                    diffs.append(statistics.mean(paired))
+            full = len(diffs) == len(mine)
+            cells.append(
                 ""
-                if delta is None
-                else f"{delta:+.3f}" + ("" if len(paired) == len(vals) else f" ({len(paired)} sets)"),
-            ]
+                if v == "baseline" or not diffs
+                else f"{statistics.mean(diffs):+.3f}" + ("" if full else " (partial)")
+            )
         walls = [num(r["wall_s"]) for r in rows if r["variant"] == v and r["status"] == "ok"]
-        sets = ", ".join(s for s in SETS if s in acc)
+        sets = ", ".join(f"{s} ({len(seeds)})" for s, seeds in per_set.items())
         lines.append(f"| {v} | {sets} | {' | '.join(cells)} | {mean_or_blank(walls, '.0f')} |")
     return lines
 
@@ -493,6 +537,9 @@ def main(argv: list[str] | None = None) -> None:
     out_root = ROOT / "outputs" / stem
     command = ".venv/bin/python -m bench.suite " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     rows = read_rows(csv_path)
+    for r in rows:  # rows from before the effective column: read it from their run dir, when still there
+        if r["status"] == "ok" and r["variant"] != "baseline" and not r.get("effective"):
+            r["effective"] = effective(out_root / r["set"] / r["variant"] / f"seed{r['seed']}" / "config.yaml")
     baseline = Baseline(out_root / "_features", args.data_dir)
     plan = [
         (seed, v, s) for seed in args.seeds for v in variants.values() for s in args.sets if v.applies(s)
