@@ -87,6 +87,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(imagefolder, tmp_path, ep
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["test/acc"] == straight["test/acc"] and resumed["test/loss"] == straight["test/loss"]
+    assert resumed["best_val/epoch"] == straight["best_val/epoch"]
 
 
 def test_divergence_stops_with_exit_5_and_a_clear_message(imagefolder, tmp_path, capsys):
@@ -197,4 +198,6 @@ def test_sigterm_before_the_first_step_leaves_no_half_checkpoint(imagefolder, tm
         fit(cfg)
     assert exc.value.code == 143
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert "before the first training step: nothing to resume, run the same command again" in capsys.readouterr().err
+    assert (
+        "before the first epoch was complete: nothing to resume, run the same command again" in capsys.readouterr().err
+    )

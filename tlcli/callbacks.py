@@ -84,9 +84,12 @@ class Preemption(L.Callback):
         else:
             return
         path = f"{self.dirpath}/last.ckpt"
-        if trainer.sanity_checking:
-            # No training step has run since the run (re)started: a checkpoint taken now would
-            # hold a half-done sanity check; the previous last.ckpt (if any) is the state to keep.
+        if trainer.sanity_checking or trainer.validating:
+            # Sanity check: no training step has run since the run (re)started. Validation: a run
+            # resumed from mid-validation skips the rest of that validation, so its epoch could
+            # never become the best checkpoint. Either way the previous last.ckpt (end of the
+            # previous epoch, if any) is the state to keep: the resumed run replays the epoch's
+            # training exactly (order and augmentation come from the seed) and validates it in full.
             self.saved = path if Path(path).is_file() else None
             return
         trainer.save_checkpoint(path)
