@@ -82,6 +82,8 @@ TINY = [
     "data.num_workers=0",
     "trainer.max_epochs=2",
     "callbacks.progress_bar=null",
+    # the frozen-features baseline has its own tests (test_baseline.py) and one end-to-end check
+    "baseline=false",
 ]
 
 

@@ -46,7 +46,7 @@ def test_unknown_strategy_lists_the_options(capsys):
     code, _, err = run_cli(["fit", "finetune=linearprobe"], capsys)
     assert code == 2
     assert "unknown option 'linearprobe' for finetune=. Did you mean: linear_probe?" in err
-    available = "bitfit, freeze_unfreeze, full, gradual_unfreeze, l2sp, linear_probe, llrd, lora, lp_ft, partial"
+    available = "auto, bitfit, freeze_unfreeze, full, gradual_unfreeze, l2sp, linear_probe, llrd, lora, lp_ft, partial"
     available += ", zero_shot"
     assert f"Available: {available}." in err
 
@@ -107,12 +107,13 @@ def test_fit_end_to_end_writes_the_run_dir(imagefolder, tmp_path):
         f"data.root={imagefolder}",
         "optimizer.lr=3e-3",
         "trainer.max_epochs=3",
+        "baseline=true",
         f"hydra.run.dir={run_dir}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert {"test/acc", "test/f1_macro", "test/loss", "best_val/val/acc", "best_val/epoch"} <= set(metrics)
+    assert {"test/acc", "test/f1_macro", "test/loss", "best_val/val/loss", "best_val/epoch"} <= set(metrics)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test_split"] == "test"
     assert metrics["tested_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -126,6 +127,14 @@ def test_fit_end_to_end_writes_the_run_dir(imagefolder, tmp_path):
     assert "val/acc" in header and any(h.startswith("lr-AdamW/backbone") for h in header)
     assert "optimizer parameter groups" in proc.stdout  # the start-of-run summary
     assert "Per-class report (test split)" in proc.stdout
+    # the defaults at work: the strategy finetune=auto chose, the numbers and where they came from,
+    # and the frozen-features baseline beside the result
+    assert metrics["finetune/auto"] == "full" and metrics["recipe/optimizer.lr"] == "0.003 (your setting)"
+    assert metrics["selection"] == "best val/loss (min) on val; early stopping on the same"
+    assert 0.0 <= metrics["baseline/test/acc"] <= 1.0 and "logistic regression" in metrics["baseline/method"]
+    assert "training numbers (override any with key=value)" in proc.stdout
+    assert "before fine-tuning (frozen features + logistic regression): test acc" in proc.stdout
+    assert json.loads((run_dir / "timing.json").read_text())["baseline_s"] > 0
 
 
 def test_ls_reports_every_unknown_group_at_once(capsys):

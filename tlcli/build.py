@@ -48,7 +48,7 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
         notes.update({"finetune/auto": name, "finetune/auto_reason": reason})
         log.info("finetune=auto chose finetune=%s: %s", name, reason)
     sources.update(recipes.apply(cfg, explicit, choices, groups=("finetune",)))
-    _no_cache_with_augmentation(cfg, explicit, sources)
+    _cache_only_without_inputs(cfg, explicit, sources)
     if OmegaConf.to_container(cfg.data, resolve=True) != data_node:
         datamodule = instantiate(cfg.data, data_config=backbone.data_config())
         datamodule.setup("fit")
@@ -58,10 +58,13 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     return backbone, datamodule, notes
 
 
-def _no_cache_with_augmentation(cfg: DictConfig, explicit: set[str], sources: dict[str, Any]) -> None:
-    """A recipe's feature cache yields to augmentation the user asked for (new crops every epoch)."""
+def _cache_only_without_inputs(cfg: DictConfig, explicit: set[str], sources: dict[str, Any]) -> None:
+    """A recipe's feature cache yields to what needs the inputs themselves: augmentation, a teacher."""
     data = cfg.data
-    if "feature_cache" in data and data.feature_cache and data.get("augment") and "data.feature_cache" not in explicit:
+    if "feature_cache" not in data or not data.feature_cache or "data.feature_cache" in explicit:
+        return
+    why = "data.augment=true" if data.get("augment") else "distill.teacher" if cfg.distill.teacher else None
+    if why:
         with open_dict(cfg):
             data.feature_cache = False
-        sources["data.feature_cache"] = {"value": False, "source": "off: data.augment=true was asked for"}
+        sources["data.feature_cache"] = {"value": False, "source": f"off: {why} needs the inputs"}

@@ -65,6 +65,13 @@ def apply(
         origin = f"{group}={choices.get(group) or node._target_.rsplit('.', 1)[-1]} recipe"
         for key, value in recipe.items():
             if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+                parent = key.rpartition(".")[0]
+                if (group == "backbone" and key.startswith("finetune.")) or (
+                    parent and OmegaConf.select(cfg, parent, default=None) is None
+                ):
+                    # a backbone's recipe speaks to every strategy, and a recipe to every callbacks
+                    # option: the option chosen here lacks this key (e.g. callbacks=none, no early stopping)
+                    continue
                 problems.append(f"{group}.recipe sets {key}, which is not a config key: fix the recipe's key")
                 continue
             if _covered(key, explicit):

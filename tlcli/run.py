@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import build, console, features, html_report, lock, report
+from tlcli import baseline, build, console, features, html_report, lock, report
 from tlcli.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.config import validate_all
 from tlcli.distill import Distiller
@@ -65,6 +65,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
     if getattr(datamodule, "feature_cache", False):  # data modules outside tlcli.data have no cache
         datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
+    # the "before" number: frozen pretrained features + logistic regression on the same split
+    before = baseline.before_fine_tuning(backbone, datamodule, cfg.seed) if cfg.baseline else {}
+    before_s = before.pop("baseline/seconds", None)  # wall time: timing.json, not metrics.json
     task = instantiate(cfg.task)
     if task.multilabel != datamodule.multilabel:
         raise ConfigError(_task_data_mismatch(task.multilabel))
@@ -113,12 +116,17 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             + (
                 f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
                 if preemption.saved
-                else "before the first training step: nothing to resume, run the same command again"
+                else "before the first epoch was complete: nothing to resume, run the same command again"
             )
         )
         raise SystemExit(code) from None
     time_fit_end = time.perf_counter()  # train + validation of this process's epochs
-    metrics: dict[str, Any] = {"epochs_trained": trainer.current_epoch, "test_split": datamodule.test_split, **notes}
+    metrics: dict[str, Any] = {
+        "epochs_trained": trainer.current_epoch,
+        "test_split": datamodule.test_split,
+        **notes,
+        **before,
+    }
     params = [p for _, p in module.named_parameters()]
     metrics["params/total"] = sum(p.numel() for p in params)
     metrics["params/trainable"] = sum(p.numel() for p in params if p.requires_grad)
@@ -142,9 +150,17 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             fit_s = time_fit_end - started
             report.write_json_atomic(
                 run_dir / "timing.json",
-                {"fit_s": round(fit_s, 2), "epochs": len(epochs), "epoch_s": round(fit_s / len(epochs), 3)},
+                {
+                    "fit_s": round(fit_s, 2),
+                    "epochs": len(epochs),
+                    "epoch_s": round(fit_s / len(epochs), 3),
+                    "baseline_s": before_s,
+                },
             )
         html_report.write_html(run_dir, module, datamodule, metrics, epochs)
+        line = baseline.console_line(metrics)
+        if line:
+            console.console.print(line)
         console.console.print(f"run dir: {run_dir}")
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
         import wandb

@@ -33,6 +33,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "seed": (lambda v: _int(v) and v >= 0, "a non-negative integer", "0"),
     "test_after_fit": (_bool, "true or false", "true"),
     "auto_resume": (_bool, "true or false", "true"),
+    "baseline": (_bool, "true or false", "true"),
     "compile": (_bool, "true or false", "false"),
     "channels_last": (lambda v: _bool(v) or v == "auto", "auto, true or false", "auto"),
     "progress_bar": (_bool, "true or false", "false"),

@@ -37,7 +37,9 @@ class HFBackbone(Backbone):
         pooling: str = "cls",
         max_length: int = 128,
         trust_remote_code: bool = False,
+        recipe: dict | None = None,
     ):
+        # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.recipes)
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"backbone.pooling={pooling} is not supported: use one of {', '.join(POOLINGS)}")

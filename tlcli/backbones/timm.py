@@ -28,7 +28,8 @@ class TimmBackbone(Backbone):
 
     modality = "image"
 
-    def __init__(self, name: str, weights: str = "hub", **model_kwargs: Any):
+    def __init__(self, name: str, weights: str = "hub", recipe: dict | None = None, **model_kwargs: Any):
+        # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.recipes)
         super().__init__()
         _check_name(name)
         self.name, self.weights = name, str(weights)
