@@ -6,7 +6,7 @@
 Three runs of the same config (the embedded digits, the offline ImageNet EfficientNet-Lite0,
 finetune=linear_probe, data.augment=false, one seed): without the cache; with a cold cache
 (features computed once, then every epoch trains the head on them); with the warm cache
-(read from disk). Each run is wired like tlcli.run.fit and timed per epoch (train + val);
+(read from disk). Each run is wired like tlcli.commands.fit.fit and timed per epoch (train + val);
 the last weights are tested. Writes bench/results/feature_cache.md with the machine.
 """
 
@@ -53,7 +53,7 @@ class EpochTimer(L.Callback):
 
 
 def run(cfg, use_cache: bool) -> dict:
-    """run.py's wiring (backbone -> data -> [feature cache] -> module -> Trainer), timed."""
+    """commands/fit.py's wiring (backbone -> data -> [feature cache] -> module -> Trainer), timed."""
     L.seed_everything(cfg.seed)
     backbone = instantiate(cfg.backbone)
     datamodule = instantiate(cfg.data, data_config=backbone.data_config())

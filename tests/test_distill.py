@@ -34,7 +34,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher_dir(folder, tmp_path_factory):
     """A tlcli run dir: test_resnet at 32 px, fitted for one epoch on the three classes."""
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     run_dir = tmp_path_factory.mktemp("teacher")
     fit(compose_fit([*TINY, "trainer.max_epochs=1", "data=imagefolder", f"data.root={folder}"], run_dir))
@@ -174,9 +174,9 @@ def test_teacher_trained_on_other_inputs_gets_its_own_normalisation_and_size(tea
     torch.testing.assert_close(distiller.adapt(raw, torch.device("cpu")), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not WIRED, reason="needs the distill node in conf/fit.yaml and the run.py/module.py wiring")
+@pytest.mark.skipif(not WIRED, reason="needs the distill node in conf/fit.yaml and the fit.py + module.py wiring")
 def test_fit_with_a_teacher_run_dir(folder, teacher_dir, tmp_path):
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     run = tmp_path / "student"
     overrides = [*TINY, "trainer.max_epochs=1", "data=imagefolder", f"data.root={folder}"]

@@ -18,12 +18,13 @@ from omegaconf import OmegaConf
 from sklearn.metrics import f1_score
 
 from tests.conftest import TINY, compose_fit, make_image, make_imagefolder
-from tlcli import evaluate
+from tlcli.commands import predict as predict_verb
+from tlcli.commands import test as test_verb
+from tlcli.commands.fit import fit
 from tlcli.data import ImageFolderDataModule
 from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.errors import ConfigError, DataError
 from tlcli.restore import load_module
-from tlcli.run import fit
 
 QUIET = ["progress_bar=false"]
 
@@ -74,12 +75,12 @@ def probs_by_hand(module, path: str) -> np.ndarray:
 
 
 def run_test(run_dir: Path, overrides: list[str], out: Path) -> dict:
-    return evaluate.test(compose_fit([f"ckpt={run_dir}", *QUIET, *overrides], out, config_name="test"))
+    return test_verb.test(compose_fit([f"ckpt={run_dir}", *QUIET, *overrides], out, config_name="test"))
 
 
 def run_predict(run_dir: Path, overrides: list[str], out: Path) -> dict:
     cfg = compose_fit([f"ckpt={run_dir}", "num_workers=0", *QUIET, *overrides], out, config_name="predict")
-    return evaluate.predict(cfg)
+    return predict_verb.predict(cfg)
 
 
 # ---------------------------------------------------------------- test
@@ -116,11 +117,11 @@ def test_test_on_other_data_keeps_the_trained_resolution(trained, model, tmp_pat
 
 def test_data_for_test_merges_partial_overrides_into_the_saved_data():
     saved = {"_target_": "tlcli.data.ImageFolderDataModule", "root": "/a", "image_size": 32, "batch_size": 8}
-    assert evaluate.data_for_test(None, saved) == saved
-    assert evaluate.data_for_test(OmegaConf.create({"root": "/b"}), saved) == {**saved, "root": "/b"}
-    replaced = evaluate.data_for_test(OmegaConf.create({**saved, "image_size": None, "root": "/c"}), saved)
+    assert test_verb.data_for_test(None, saved) == saved
+    assert test_verb.data_for_test(OmegaConf.create({"root": "/b"}), saved) == {**saved, "root": "/b"}
+    replaced = test_verb.data_for_test(OmegaConf.create({**saved, "image_size": None, "root": "/c"}), saved)
     assert replaced["image_size"] == 32 and replaced["root"] == "/c"
-    explicit = evaluate.data_for_test(OmegaConf.create({**saved, "image_size": 64}), saved)
+    explicit = test_verb.data_for_test(OmegaConf.create({**saved, "image_size": 64}), saved)
     assert explicit["image_size"] == 64
 
 
@@ -258,20 +259,20 @@ def test_cli_class_mismatch_exits_3_with_one_line(trained, tmp_path, capsys):
 def test_every_missing_required_key_is_reported_at_once(tmp_path):
     cfg = compose_fit([], tmp_path, config_name="predict")
     with pytest.raises(ConfigError) as exc:
-        evaluate.predict(cfg)
+        predict_verb.predict(cfg)
     assert exc.value.problems == [
         "ckpt is required (it is ??? in the config): set it, e.g. ckpt=VALUE",
         "input is required (it is ??? in the config): set it, e.g. input=VALUE",
     ]
     with pytest.raises(ConfigError, match=r"^data\.root is required"):
-        evaluate.test(compose_fit(["ckpt=x", "data=imagefolder"], tmp_path, config_name="test"))
+        test_verb.test(compose_fit(["ckpt=x", "data=imagefolder"], tmp_path, config_name="test"))
 
 
 def test_multilabel_rows_predict_every_label_over_its_threshold():
     scores = np.array([[0.9, 0.2, 0.6], [0.1, 0.3, 0.2]], dtype=np.float32)
-    rows = evaluate.prediction_rows(["a.png", "b.png"], scores, ["x", "y", "z"], 2, thresholds=[0.5, 0.5, 0.7])
+    rows = predict_verb.prediction_rows(["a.png", "b.png"], scores, ["x", "y", "z"], 2, thresholds=[0.5, 0.5, 0.7])
     assert [r["pred"] for r in rows] == [["x"], []]  # z's 0.6 is under its own 0.7
-    assert evaluate.to_csv(rows).splitlines() == [
+    assert predict_verb.to_csv(rows).splitlines() == [
         "input,pred,score,top1,top1_score,top2,top2_score",
         f"a.png,x,{float(np.float32(0.9))!r},x,{float(np.float32(0.9))!r},z,{float(np.float32(0.6))!r}",
         f"b.png,,{float(np.float32(0.3))!r},y,{float(np.float32(0.3))!r},z,{float(np.float32(0.2))!r}",

@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 from torchvision import transforms as T
 
 from tests.conftest import TINY, compose_fit, make_imagefolder
+from tlcli.commands.export import Classifier, export
+from tlcli.commands.fit import fit
 from tlcli.data.transforms import HIGH_BIT_DEPTH, TRANSPARENCY, image_transforms, load_rgb
 from tlcli.errors import ConfigError
-from tlcli.export import Classifier, export
 from tlcli.restore import load_module
-from tlcli.run import fit
 
 ATOL = 1e-5
 

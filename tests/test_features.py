@@ -21,7 +21,7 @@ from tlcli.finetune.full import Full
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.module import TransferModule
 
-WIRED = "features.cached" in Path(__file__).parents[1].joinpath("tlcli", "run.py").read_text()
+WIRED = "features.cached" in Path(__file__).parents[1].joinpath("tlcli", "commands", "fit.py").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_cached_backbone_passes_features_through_and_keeps_the_state_dict_keys(b
 
 
 def fit_parts(cfg, use_cache: bool) -> tuple[float, torch.Tensor]:
-    """run.py's wiring, with the feature cache switched on or off (test accuracy, head weight)."""
+    """commands/fit.py's wiring, with the feature cache switched on or off (test accuracy, head weight)."""
     L.seed_everything(cfg.seed)
     backbone = instantiate(cfg.backbone)
     datamodule = instantiate(cfg.data, data_config=backbone.data_config())
@@ -207,10 +207,10 @@ def test_head_on_cached_features_matches_training_without_the_cache(folder, tmp_
     torch.testing.assert_close(cached_w, plain_w, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not WIRED, reason="needs the run.py wiring of data.feature_cache")
+@pytest.mark.skipif(not WIRED, reason="needs the commands/fit.py wiring of data.feature_cache")
 def test_fit_with_the_feature_cache_writes_a_checkpoint_that_loads_normally(folder, tmp_path):
+    from tlcli.commands.fit import fit
     from tlcli.restore import load_module
-    from tlcli.run import fit
 
     overrides = [*TINY, "data=imagefolder", f"data.root={folder}", "data.augment=false", "finetune=linear_probe"]
     cfg = compose_fit([*overrides, "data.feature_cache=true"], tmp_path / "run")
@@ -227,11 +227,11 @@ def test_feature_cache_dir_defaults_to_the_run_dir(tmp_path):
     assert FeatureCache(cfg.data.feature_cache_dir).dir == tmp_path / "features"
 
 
-@pytest.mark.skipif(not WIRED, reason="needs the run.py wiring of data.feature_cache")
+@pytest.mark.skipif(not WIRED, reason="needs the commands/fit.py wiring of data.feature_cache")
 def test_mid_epoch_resume_on_cached_features_equals_the_uninterrupted_run(folder, tmp_path):
     """The resume position (train_start) must reach the loader policy behind the cached features."""
     from tests.test_reliability import weights
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     common = [*TINY, "data=imagefolder", f"data.root={folder}", "data.augment=false", "finetune=linear_probe"]
     common += ["data.feature_cache=true", "trainer.max_epochs=3", "data.batch_size=5", "optimizer.lr=0.05"]

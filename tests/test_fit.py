@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY, compose_fit, make_image, make_imagefolder
-from tlcli.run import fit
+from tlcli.commands.fit import fit
 
 QUIET = ["callbacks.progress_bar=null", "data.num_workers=0"]
 

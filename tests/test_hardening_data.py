@@ -17,8 +17,8 @@ from conftest import TINY, compose_fit, make_image, make_imagefolder
 from PIL import Image
 from test_data import IMAGE_CFG, folder_dm, raises
 
-from tlcli import evaluate
-from tlcli.check import run_checks
+from tlcli.commands import predict as predict_verb
+from tlcli.commands.check import run_checks
 from tlcli.data.imagefolder import list_images
 from tlcli.data.transforms import PIL_MAX_PIXELS, image_problem, load_rgb, to_rgb
 from tlcli.errors import ConfigError, DataError
@@ -275,7 +275,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hardening")
     root = make_imagefolder(tmp / "data", splits={"train": 4, "test": 1})
     fit_overrides = [*TINY, "data=imagefolder", f"data.root={root}", "trainer.max_epochs=1"]
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     fit(compose_fit(fit_overrides, tmp / "run"))
     return tmp / "run"
@@ -283,7 +283,7 @@ def trained(tmp_path_factory):
 
 def run_predict(run_dir: Path, overrides: list[str], out: Path) -> dict:
     cfg = compose_fit([f"ckpt={run_dir}", "num_workers=0", "progress_bar=false", *overrides], out, "predict")
-    return evaluate.predict(cfg)
+    return predict_verb.predict(cfg)
 
 
 def photos(tmp_path: Path, good: int, broken: int) -> tuple[Path, list[Path]]:
@@ -397,7 +397,7 @@ def test_predict_refuses_an_image_over_its_own_pixel_limit(trained, tmp_path):
 
 
 def test_preprocess_json_says_how_transparency_and_16_bit_images_become_rgb(trained, tmp_path):
-    from tlcli.export import export
+    from tlcli.commands.export import export
 
     export(compose_fit([f"ckpt={trained}", f"output={tmp_path}"], tmp_path, config_name="export"))
     pre = json.loads((tmp_path / "preprocess.json").read_text())

@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY, compose_fit, make_imagefolder
-from tlcli import evaluate, html_report
+from tlcli import html_report
+from tlcli.commands import test as test_verb
+from tlcli.commands.fit import fit
 from tlcli.html_report import build_html, confidently_wrong
-from tlcli.run import fit
 
 NAMES = ["cat", "<b>&", "dog"]
 # 6 test examples; rows 1, 3, 4 are wrong with confidences 0.6, 0.9, 0.5 (row 3 is the surest mistake)
@@ -231,7 +232,7 @@ def test_history_in_the_checkpoint_holds_train_loss_and_lr_per_group(fitted):
 
 def test_tlcli_test_writes_one_too(fitted, tmp_path):
     run_dir, _ = fitted
-    metrics = evaluate.test(compose_fit([f"ckpt={run_dir}", "progress_bar=false"], tmp_path, config_name="test"))
+    metrics = test_verb.test(compose_fit([f"ckpt={run_dir}", "progress_bar=false"], tmp_path, config_name="test"))
     page = (tmp_path / "report.html").read_text()
     check_page(page, metrics, n_test=12)
     assert "<h1>tlcli test: test_resnet</h1>" in page and "Training curves" not in page

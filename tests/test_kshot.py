@@ -25,8 +25,8 @@ IMAGE_CFG = {
     "std": (0.5, 0.5, 0.5),
     "crop_pct": 1.0,
 }
-# The run.py wiring that writes run_records() into the run dir (see the s2 report).
-WIRED = "run_records" in Path(__file__).parents[1].joinpath("tlcli", "run.py").read_text()
+# The commands/fit.py wiring that writes run_records() into the run dir (see the s2 report).
+WIRED = "run_records" in Path(__file__).parents[1].joinpath("tlcli", "commands", "fit.py").read_text()
 
 
 def folder_dm(root, **kw):
@@ -174,7 +174,7 @@ def test_k_shot_override_composes_and_instantiates(tmp_path, value, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not WIRED, reason="needs the run.py wiring that writes datamodule.run_records()")
+@pytest.mark.skipif(not WIRED, reason="needs the commands/fit.py wiring that writes datamodule.run_records()")
 def test_k_shot_seed_sweep_records_each_job(folder, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [

@@ -16,7 +16,7 @@ QUIET = ["callbacks.progress_bar=null", "data.num_workers=0", "trainer.max_epoch
 
 
 def fit_with(tmp_path: Path, imagefolder: Path, overrides: list[str]) -> tuple[Path, dict]:
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     run = tmp_path / "run"
     metrics = fit(compose_fit([*TINY, "data=imagefolder", f"data.root={imagefolder}", *QUIET, *overrides], run))

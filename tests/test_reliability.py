@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import TINY, compose_fit
 from tlcli.cli import main
-from tlcli.run import fit
+from tlcli.commands.fit import fit
 
 QUIET = ["callbacks.progress_bar=null", "data.num_workers=0", "callbacks.early_stopping=null"]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY, compose_fit
+from tlcli.commands.fit import fit
 from tlcli.errors import WeightsError
 from tlcli.restore import load_module, read, resolve
-from tlcli.run import fit
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 from tests.conftest import compose_fit, make_imagefolder
-from tlcli.run import fit
+from tlcli.commands.fit import fit
 
 
 def test_val_loss_picks_past_the_first_epoch_at_the_accuracy_ceiling(tmp_path):

@@ -615,7 +615,7 @@ FAST_FITS = {"gradual_unfreeze", "lora"}
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST_FITS else pytest.mark.slow) for n in FIT_CASES])
 def test_fit_with_each_strategy(tmp_path, name):
-    from tlcli.run import fit
+    from tlcli.commands.fit import fit
 
     overrides, group, factor = FIT_CASES[name]
     cfg = compose_fit([*TINY, f"finetune={name}", "scheduler=constant", "trainer.max_epochs=1", *overrides], tmp_path)

@@ -14,8 +14,9 @@ import yaml
 
 from tests.conftest import TINY
 from tlcli.cli import main
+from tlcli.commands.report import report
 from tlcli.errors import ConfigError
-from tlcli.sweep import aggregate, build, report, rows
+from tlcli.reporting.leaderboard import aggregate, build, rows
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -130,9 +130,9 @@ def test_an_image_backbone_is_refused_with_the_image_baseline_named():
 # ------------------------------------------------ tlcli test finetune=zero_shot (the CLI baseline)
 def run_baseline(tmp_path: Path, overrides: list[str]) -> dict:
     from tests.conftest import compose_fit
-    from tlcli import evaluate
+    from tlcli.commands import test as test_verb
 
-    return evaluate.test(compose_fit(["finetune=zero_shot", *overrides], tmp_path / "run", config_name="test"))
+    return test_verb.test(compose_fit(["finetune=zero_shot", *overrides], tmp_path / "run", config_name="test"))
 
 
 def write_csv(path: Path, examples: dict[str, list[str]]) -> Path:

@@ -27,7 +27,7 @@ from tlcli import features
 from tlcli import transferability as T
 from tlcli.data.base import TransferDataModule
 from tlcli.data.text import TextCollate
-from tlcli.rank import subset_indices
+from tlcli.features import subset_indices
 
 log = logging.getLogger(__name__)
 

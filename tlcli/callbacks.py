@@ -66,7 +66,7 @@ class Preemption(L.Callback):
 
     Lightning turns SIGTERM into a SIGTERMException at the next step and Ctrl-C into a
     graceful shutdown; both pass through on_exception, where the current state (mid-epoch
-    included) is written to checkpoints/last.ckpt. run.py then exits with 143 / 130.
+    included) is written to checkpoints/last.ckpt. commands/fit.py then exits with 143 / 130.
     """
 
     def __init__(self, dirpath: str) -> None:

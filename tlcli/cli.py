@@ -13,15 +13,43 @@ import sys
 # under @hydra.main with conf/<verb>.yaml (overrides, -m sweeps, --cfg); kind "plain":
 # target is "module:function(args: list[str]) -> exit code" (no Hydra run dir).
 VERBS: dict[str, tuple[str, str, str]] = {
-    "fit": ("hydra", "tlcli.run:fit", "fine-tune a pretrained backbone, early-stop on val, test the best checkpoint"),
-    "test": ("hydra", "tlcli.evaluate:test", "evaluate a checkpoint on its own data or data=...: metrics + report"),
-    "predict": ("hydra", "tlcli.evaluate:predict", "predict new images/texts (dir, file or CSV) to CSV/JSONL"),
-    "export": ("hydra", "tlcli.export:export", "export a checkpoint as safetensors, torchscript or onnx + preprocess"),
-    "ls": ("plain", "tlcli.catalog:ls", "list config groups and options (tlcli ls [group]; ls backbones --pattern P)"),
-    "cat": ("plain", "tlcli.cli:cat", "print the composed config for the given overrides, and validate it"),
-    "rank": ("hydra", "tlcli.rank:rank", "score candidate backbones on your data without fine-tuning (LogME, H-score)"),
-    "report": ("plain", "tlcli.sweep:report", "leaderboard of a sweep dir (tlcli report DIR); exit 1 if a job failed"),
-    "check": ("plain", "tlcli.check:check", "preflight for CI: config, data layout, images, weights; no training"),
+    "fit": (
+        "hydra",
+        "tlcli.commands.fit:fit",
+        "fine-tune a pretrained backbone, early-stop on val, test the best checkpoint",
+    ),
+    "test": (
+        "hydra",
+        "tlcli.commands.test:test",
+        "evaluate a checkpoint on its own data or data=...: metrics + report",
+    ),
+    "predict": ("hydra", "tlcli.commands.predict:predict", "predict new images/texts (dir, file or CSV) to CSV/JSONL"),
+    "export": (
+        "hydra",
+        "tlcli.commands.export:export",
+        "export a checkpoint as safetensors, torchscript or onnx + preprocess",
+    ),
+    "ls": (
+        "plain",
+        "tlcli.commands.ls:ls",
+        "list config groups and options (tlcli ls [group]; ls backbones --pattern P)",
+    ),
+    "cat": ("plain", "tlcli.commands.cat:cat", "print the composed config for the given overrides, and validate it"),
+    "rank": (
+        "hydra",
+        "tlcli.commands.rank:rank",
+        "score candidate backbones on your data without fine-tuning (LogME, H-score)",
+    ),
+    "report": (
+        "plain",
+        "tlcli.commands.report:report",
+        "leaderboard of a sweep dir (tlcli report DIR); exit 1 if a job failed",
+    ),
+    "check": (
+        "plain",
+        "tlcli.commands.check:check",
+        "preflight for CI: config, data layout, images, weights; no training",
+    ),
 }
 EXAMPLES = """examples:
   tlcli fit                                   # embedded digits, offline EfficientNet-Lite0
@@ -272,24 +300,6 @@ def _report(err) -> int:
 
     print_error(err.kind, err.problems)
     return err.exit_code
-
-
-def cat(args: list[str]) -> int:
-    from omegaconf import OmegaConf
-
-    from tlcli.catalog import compose_checked
-    from tlcli.errors import TlcliError
-
-    try:
-        cfg = compose_checked("fit", _overrides(args))
-        from tlcli.config import validate
-
-        validate(cfg)
-    except TlcliError as err:
-        print(OmegaConf.to_yaml(cfg) if "cfg" in locals() else "", end="")
-        return _report(err)
-    print(OmegaConf.to_yaml(cfg), end="")
-    return 0
 
 
 if __name__ == "__main__":

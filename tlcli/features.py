@@ -23,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -246,3 +247,33 @@ def _hash_samples(h, split: str, samples, image_paths: bool) -> None:
             h.update(str(x).encode())
         h.update(b"\0")
     h.update(np.ascontiguousarray(samples.targets).tobytes())
+
+
+def subset_indices(labels: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
+    """All indices, or a per-class stratified subset of about max_samples (at least 1 per class)."""
+    if max_samples is None or len(labels) <= max_samples:
+        return np.arange(len(labels))
+    from tlcli.data.base import stratified_split
+
+    return stratified_split(labels, [max_samples / len(labels)], seed)[1]
+
+
+@torch.inference_mode()
+def extract(backbone, datamodule, split: str, cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (N, D) float64 and integer labels (N,) of one split."""
+    from torch.utils.data import DataLoader, Subset
+
+    from tlcli.data.text import TextCollate
+
+    labels = datamodule.samples[split].targets
+    idx = subset_indices(labels, cfg.max_samples, cfg.seed)
+    text = datamodule.modality == "text"
+    loader = DataLoader(
+        Subset(datamodule.datasets[split], idx.tolist()),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=datamodule.num_workers,
+        collate_fn=TextCollate(datamodule.data_config["tokenizer"]) if text else None,
+    )
+    feats = [backbone(x).float().cpu().numpy() for x, _ in loader]
+    return np.concatenate(feats).astype(np.float64), labels[idx].astype(np.int64)

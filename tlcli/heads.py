@@ -1,4 +1,4 @@
-"""Task heads: nn.Modules built as `head(in_features=..., num_classes=...)` by run.py."""
+"""Task heads: nn.Modules built as `head(in_features=..., num_classes=...)` by commands/fit.py."""
 
 from __future__ import annotations
 

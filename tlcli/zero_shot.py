@@ -147,7 +147,7 @@ def baseline(cfg) -> dict[str, Any]:
 
     from tlcli import console, report
     from tlcli import transferability as T
-    from tlcli.rank import extract
+    from tlcli.features import extract
 
     problems = []
     if OmegaConf.select(cfg, "backbone") is None:

@@ -1,6 +1,6 @@
 """Data modules: each lists its samples; the shared base splits them and serves the loaders.
 
-Transforms and tokenization come from the backbone's data_config, passed in by run.py.
+Transforms and tokenization come from the backbone's data_config, passed in by commands/fit.py.
 """
 
 from tlcli.data.base import TransferDataModule

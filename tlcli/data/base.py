@@ -216,7 +216,7 @@ class TransferDataModule(L.LightningDataModule):
         return self.data_config["modality"]
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:  # run.py and then Lightning both call setup
+        if self.datasets:  # commands/fit.py and then Lightning both call setup
             return
         if self.bucket_by_length and self.modality != "text":
             raise ConfigError(

@@ -47,7 +47,7 @@ class Classifier(nn.Module):
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
-    from tlcli.evaluate import require
+    from tlcli.evaluation import require
 
     require(cfg)
     if cfg.format not in FORMATS:

@@ -1,7 +1,7 @@
-"""`tlcli test` and `tlcli predict`: a trained checkpoint on labelled data, or on new inputs.
+"""`tlcli predict`: a trained checkpoint on new inputs (a dir, a file or a CSV) to CSV/JSONL.
 
-Both rebuild the model with tlcli.restore.load_module (the checkpoint carries its run
-config, so no fit override needs repeating) and prepare inputs the way fit's evaluation
+The model is rebuilt with tlcli.restore.load_module (the checkpoint carries its run
+config, so no fit override needs repeating) and inputs are prepared the way fit's evaluation
 did: the backbone's own data_config, at the resolution the model was trained at.
 """
 
@@ -17,140 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from tlcli import console, html_report, report, restore
+from tlcli import console, report, restore
 from tlcli.errors import ConfigError, DataError, did_you_mean
+from tlcli.evaluation import MAX_SHOWN, _listing, device, require
 
 log = logging.getLogger(__name__)
 
-MAX_SHOWN = 5  # names listed per problem line; the rest are counted
 
-
-def _listing(items: list[Any]) -> str:
-    shown = ", ".join(str(i) for i in items[:MAX_SHOWN])
-    return shown + (f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else "")
-
-
-def require(cfg: DictConfig) -> None:
-    """Every ??? key at once, before anything loads (shared by test, predict and export)."""
-    from tlcli.config import missing_keys
-
-    missing = missing_keys(cfg)
-    if missing:
-        raise ConfigError([f"{k} is required (it is ??? in the config): set it, e.g. {k}=VALUE" for k in missing])
-
-
-# ---------------------------------------------------------------- test
-def test(cfg: DictConfig) -> dict[str, Any]:
-    import lightning as L
-
-    if OmegaConf.select(cfg, "finetune") is not None:
-        from tlcli import zero_shot
-
-        return zero_shot.baseline(cfg)
-    require(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    ckpt = restore.resolve(cfg.ckpt)
-    module, config = restore.load_module(ckpt)
-    datamodule = instantiate(
-        OmegaConf.create(data_for_test(OmegaConf.select(cfg, "data"), config["data"])),
-        data_config=module.backbone.data_config(),
-    )
-    datamodule.setup("test")
-    check_classes(module, datamodule)
-    trainer = L.Trainer(
-        accelerator="gpu" if device(cfg.accelerator).type == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-    )
-    results = trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics: dict[str, Any] = {k: float(v) for k, v in results[0].items()}
-    metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt))
-    write_test_report(run_dir, module, datamodule.test_split)
-    report.write_json_atomic(run_dir / "metrics.json", metrics)
-    html_report.write_html(run_dir, module, datamodule, metrics)
-    console.console.print(f"run dir: {run_dir}")
-    return metrics
-
-
-def data_for_test(given: DictConfig | None, saved: dict[str, Any]) -> dict[str, Any]:
-    """The data config to evaluate on: the checkpoint's own, changed, or replaced.
-
-    A node without `_target_` (+data.KEY=VALUE) changes keys of the saved config. A full
-    data option (data=OPTION) that leaves image_size at null inherits the resolution the
-    model was trained at: evaluating at another size silently costs accuracy.
-    """
-    if given is None:
-        return dict(saved)
-    chosen = OmegaConf.to_container(given, resolve=True)
-    if "_target_" not in chosen:
-        return {**saved, **chosen}
-    # .get: a custom datamodule's saved config need not have an image_size key at all
-    if chosen.get("image_size") is None and saved.get("image_size") is not None:
-        log.info("data.image_size=%s: the resolution the checkpoint was trained at", saved["image_size"])
-        chosen["image_size"] = saved["image_size"]
-    return chosen
-
-
-def check_classes(module, datamodule) -> None:
-    """The data must name the checkpoint's classes in the checkpoint's order."""
-    ckpt, data = list(module.class_names), list(datamodule.class_names)
-    if module.task.multilabel != datamodule.multilabel:
-        kinds = ("multi-label", "single-label") if module.task.multilabel else ("single-label", "multi-label")
-        raise DataError(
-            f"data: the checkpoint was trained on {kinds[0]} data but this data is {kinds[1]}: "
-            "evaluate on data of the same kind"
-        )
-    if ckpt == data:
-        return
-    missing, extra = [c for c in ckpt if c not in data], [c for c in data if c not in ckpt]
-    if missing or extra:
-        parts = ([f"missing {_listing(missing)}"] if missing else []) + ([f"extra {_listing(extra)}"] if extra else [])
-        raise DataError(
-            f"data: its classes differ from the checkpoint's ({'; '.join(parts)}): evaluate on data "
-            f"with exactly the classes the model was trained on ({_listing(ckpt)})"
-        )
-    raise DataError(
-        f"data: it lists the checkpoint's classes in another order ({_listing(data)} instead of "
-        f"{_listing(ckpt)}): keep the checkpoint's order (for data=csv: data.label_columns)"
-    )
-
-
-def write_test_report(run_dir: Path, module, split: str) -> dict | None:
-    """per_class.json/.csv, confusion_matrix.png and the table for the last trainer.test."""
-    if not module.test_outputs:
-        return None
-    task = module.task
-    summary = report.write_report(
-        run_dir,
-        module.test_outputs["y_true"].numpy(),
-        module.test_outputs["y_score"].numpy(),
-        module.class_names,
-        multilabel=task.multilabel,
-        threshold=task.thresholds if task.multilabel else 0.5,
-        split=split,
-        console=console.console,
-    )
-    log.debug("report: %s", summary)
-    return summary
-
-
-def device(accelerator: str) -> torch.device:
-    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
-        raise ConfigError(f"accelerator={accelerator} is not supported: use auto, cpu or gpu")
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"accelerator={accelerator} but no GPU is visible: use accelerator=cpu (or auto)")
-    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-# ---------------------------------------------------------------- predict
 def predict(cfg: DictConfig) -> dict[str, Any]:
     from tlcli.data.base import resolve_num_workers
     from tlcli.data.transforms import pixel_limit

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -26,6 +25,7 @@ from omegaconf import DictConfig
 from tlcli import console, report
 from tlcli import transferability as T
 from tlcli.errors import ConfigError, TlcliError
+from tlcli.features import extract
 
 log = logging.getLogger(__name__)
 
@@ -120,36 +120,6 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
         "%s: LogME %.4f, H-score %.3f, probe acc %.3f", candidate.spec, row["logme"], row["hscore"], row["probe_acc"]
     )
     return row, data
-
-
-def subset_indices(labels: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
-    """All indices, or a per-class stratified subset of about max_samples (at least 1 per class)."""
-    if max_samples is None or len(labels) <= max_samples:
-        return np.arange(len(labels))
-    from tlcli.data.base import stratified_split
-
-    return stratified_split(labels, [max_samples / len(labels)], seed)[1]
-
-
-@torch.inference_mode()
-def extract(backbone, datamodule, split: str, cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features (N, D) float64 and integer labels (N,) of one split."""
-    from torch.utils.data import DataLoader, Subset
-
-    from tlcli.data.text import TextCollate
-
-    labels = datamodule.samples[split].targets
-    idx = subset_indices(labels, cfg.max_samples, cfg.seed)
-    text = datamodule.modality == "text"
-    loader = DataLoader(
-        Subset(datamodule.datasets[split], idx.tolist()),
-        batch_size=cfg.batch_size,
-        shuffle=False,
-        num_workers=datamodule.num_workers,
-        collate_fn=TextCollate(datamodule.data_config["tokenizer"]) if text else None,
-    )
-    feats = [backbone(x).float().cpu().numpy() for x, _ in loader]
-    return np.concatenate(feats).astype(np.float64), labels[idx].astype(np.int64)
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

@@ -23,7 +23,7 @@ from tlcli.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.config import validate_all
 from tlcli.distill import Distiller
 from tlcli.errors import ConfigError
-from tlcli.evaluate import write_test_report
+from tlcli.evaluation import write_test_report
 from tlcli.module import TransferModule
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,22 @@
+"""`tlcli cat [overrides...]`: print the composed fit config for the given overrides, and validate it."""
+
+from __future__ import annotations
+
+
+def cat(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from tlcli.catalog import compose_checked
+    from tlcli.cli import _overrides, _report
+    from tlcli.errors import TlcliError
+
+    try:
+        cfg = compose_checked("fit", _overrides(args))
+        from tlcli.config import validate
+
+        validate(cfg)
+    except TlcliError as err:
+        print(OmegaConf.to_yaml(cfg) if "cfg" in locals() else "", end="")
+        return _report(err)
+    print(OmegaConf.to_yaml(cfg), end="")
+    return 0

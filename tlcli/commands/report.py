@@ -1,0 +1,34 @@
+"""`tlcli report SWEEP_DIR`: the leaderboard of a Hydra multirun (`tlcli fit -m ...`).
+
+A sweep dir holds multirun.yaml and one N/ dir per job with .hydra/overrides.yaml and
+.hydra/config.yaml, plus metrics.json when the job finished. One row per job: the
+overrides that vary across jobs (the axes) and the final metrics, sorted by the jobs'
+`monitor`/`monitor_mode`. With a `seed` axis, rows that differ only in seed are also
+aggregated as mean ± std. Jobs without metrics.json are listed as failed, with the end of
+their log. Writes leaderboard.md, leaderboard.csv and leaderboard.png into the sweep dir.
+
+Exit code: 0 when every job finished, 1 when any failed (the leaderboard is still written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tlcli.errors import ConfigError
+from tlcli.reporting.leaderboard import USAGE, build, plot, print_tables, to_csv, to_markdown
+
+
+def report(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__.strip() + "\n\n" + USAGE)
+        return 0
+    if len(args) != 1:
+        raise ConfigError(f"tlcli report takes exactly one directory, got {len(args)} arguments. {USAGE}")
+    from tlcli import report as files
+
+    lb = build(Path(args[0]).expanduser())
+    files.write_text_atomic(lb.sweep_dir / "leaderboard.md", to_markdown(lb))
+    files.write_text_atomic(lb.sweep_dir / "leaderboard.csv", to_csv(lb))
+    plot(lb, lb.sweep_dir / "leaderboard.png")
+    print_tables(lb)
+    return 1 if lb.failed else 0

@@ -1,0 +1,82 @@
+"""What `tlcli test`, `predict` and `export` share: required keys, the device, class checks, the test report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from tlcli import console, report
+from tlcli.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+MAX_SHOWN = 5  # names listed per problem line; the rest are counted
+
+
+def _listing(items: list[Any]) -> str:
+    shown = ", ".join(str(i) for i in items[:MAX_SHOWN])
+    return shown + (f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else "")
+
+
+def require(cfg: DictConfig) -> None:
+    """Every ??? key at once, before anything loads (shared by test, predict and export)."""
+    from tlcli.config import missing_keys
+
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError([f"{k} is required (it is ??? in the config): set it, e.g. {k}=VALUE" for k in missing])
+
+
+def check_classes(module, datamodule) -> None:
+    """The data must name the checkpoint's classes in the checkpoint's order."""
+    ckpt, data = list(module.class_names), list(datamodule.class_names)
+    if module.task.multilabel != datamodule.multilabel:
+        kinds = ("multi-label", "single-label") if module.task.multilabel else ("single-label", "multi-label")
+        raise DataError(
+            f"data: the checkpoint was trained on {kinds[0]} data but this data is {kinds[1]}: "
+            "evaluate on data of the same kind"
+        )
+    if ckpt == data:
+        return
+    missing, extra = [c for c in ckpt if c not in data], [c for c in data if c not in ckpt]
+    if missing or extra:
+        parts = ([f"missing {_listing(missing)}"] if missing else []) + ([f"extra {_listing(extra)}"] if extra else [])
+        raise DataError(
+            f"data: its classes differ from the checkpoint's ({'; '.join(parts)}): evaluate on data "
+            f"with exactly the classes the model was trained on ({_listing(ckpt)})"
+        )
+    raise DataError(
+        f"data: it lists the checkpoint's classes in another order ({_listing(data)} instead of "
+        f"{_listing(ckpt)}): keep the checkpoint's order (for data=csv: data.label_columns)"
+    )
+
+
+def write_test_report(run_dir: Path, module, split: str) -> dict | None:
+    """per_class.json/.csv, confusion_matrix.png and the table for the last trainer.test."""
+    if not module.test_outputs:
+        return None
+    task = module.task
+    summary = report.write_report(
+        run_dir,
+        module.test_outputs["y_true"].numpy(),
+        module.test_outputs["y_score"].numpy(),
+        module.class_names,
+        multilabel=task.multilabel,
+        threshold=task.thresholds if task.multilabel else 0.5,
+        split=split,
+        console=console.console,
+    )
+    log.debug("report: %s", summary)
+    return summary
+
+
+def device(accelerator: str) -> torch.device:
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ConfigError(f"accelerator={accelerator} is not supported: use auto, cpu or gpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"accelerator={accelerator} but no GPU is visible: use accelerator=cpu (or auto)")
+    return torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
