@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 
 from bench.transfer import RESULTS, machine
 from tests.conftest import compose_fit
-from tlcli import features
 from tlcli.module import TransferModule
+from tlcli.training import features
 
 BASE = [
     "backbone=lite0_offline",

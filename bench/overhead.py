@@ -146,9 +146,9 @@ def compose(overrides: list[str], run_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from tlcli.catalog import _backbone_rewrite
-    from tlcli.paths import conf_dir
-    from tlcli.resolvers import register
+    from tlcli.config.compose import _backbone_rewrite
+    from tlcli.config.paths import conf_dir
+    from tlcli.config.resolvers import register
 
     register()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlcli.data.base import IgnoreSeed, Samples
 from tlcli.data.text import ENCODE_CHUNK, TextCollate, TextDataset
 from tlcli.data.transforms import image_problem, image_transforms, load_rgb
-from tlcli.seeding import BUCKET_BATCHES, EpochSeededSampler
+from tlcli.training.seeding import BUCKET_BATCHES, EpochSeededSampler
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.md"
 # a ViT/ResNet-style 224 input: what most backbones ask for

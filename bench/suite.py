@@ -236,7 +236,7 @@ class Baseline:
     """Frozen features + logistic regression, with each set's features extracted once.
 
     Features come from tlcli itself: the backbone and datamodule are instantiated from tlcli's
-    composed config (as `tlcli fit` would), augmentation off, and tlcli.features computes them
+    composed config (as `tlcli fit` would), augmentation off, and tlcli.training.features computes them
     (eval mode, eval transforms / tokenizer) and caches them on disk keyed by everything that
     shapes them. They are computed for the seed-0 split and looked up by sample id for the
     other seeds' splits, whose train + val hold the same samples.
@@ -249,7 +249,7 @@ class Baseline:
     def _datamodule(self, set_name: str, seed: int, backbone=None):
         from hydra.utils import instantiate
 
-        from tlcli.catalog import compose_checked
+        from tlcli.config.compose import compose_checked
 
         overrides = [
             *data_overrides(set_name, self.data_dir),
@@ -267,7 +267,7 @@ class Baseline:
         if set_name not in self.by_set:
             import torch
 
-            from tlcli.features import FeatureCache
+            from tlcli.training.features import FeatureCache
 
             torch.manual_seed(0)
             backbone, dm = self._datamodule(set_name, 0)

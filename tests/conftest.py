@@ -59,8 +59,8 @@ def compose_fit(overrides: list[str], run_dir: Path, config_name: str = "fit"):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from tlcli.catalog import _backbone_rewrite
-    from tlcli.paths import conf_dir
+    from tlcli.config.compose import _backbone_rewrite
+    from tlcli.config.paths import conf_dir
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

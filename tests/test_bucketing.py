@@ -6,7 +6,7 @@ import numpy as np
 from test_data import IMAGE_CFG, csv_dm, raises, text_cfg, write_csv  # noqa: F401 - text_cfg: fixture
 
 from tlcli.errors import ConfigError
-from tlcli.seeding import BUCKET_BATCHES, EpochSeededSampler, bucketed
+from tlcli.training.seeding import BUCKET_BATCHES, EpochSeededSampler, bucketed
 
 
 def test_bucketed_order_groups_lengths_and_keeps_every_sample_once():

@@ -137,7 +137,7 @@ def test_cli_exits_4_and_runs_nothing(saved_config, tmp_path, capsys):
 
 def test_the_allowlist_is_exactly_what_conf_writes():
     """Every target in conf/<group>/ for the rebuilt groups is allowed, and nothing else is."""
-    from tlcli.paths import conf_dir
+    from tlcli.config.paths import conf_dir
 
     written = {g: set() for g in REBUILT_GROUPS}
     for group in REBUILT_GROUPS:

@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_fit
-from tlcli.catalog import description, groups
-from tlcli.config import OPTIONAL_LOGGERS
-from tlcli.paths import conf_dir
+from tlcli.config.compose import description, groups
+from tlcli.config.paths import conf_dir
+from tlcli.config.validate import OPTIONAL_LOGGERS
 
 # hydra/* and hparams_search configure Hydra itself: tests/test_sweepers.py covers them
 OPTIONS = [(g, o) for g, opts in groups().items() if not g.startswith("hydra") and g != "hparams_search" for o in opts]

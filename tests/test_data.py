@@ -14,12 +14,12 @@ from conftest import make_image, make_imagefolder
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tlcli.config.paths import conf_dir
 from tlcli.data import CSVDataModule, DigitsDataModule, ImageFolderDataModule
 from tlcli.data.base import resolve_num_workers, stratified_split
 from tlcli.data.embedded import render_digit
 from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.errors import ConfigError, DataError
-from tlcli.paths import conf_dir
 
 IMAGE_CFG = {
     "modality": "image",

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from tests.conftest import TINY, compose_fit, make_imagefolder
 from tlcli.backbones.timm import TimmBackbone
 from tlcli.data import ImageFolderDataModule
-from tlcli.distill import Distiller, kd_loss
 from tlcli.errors import ConfigError
 from tlcli.finetune.full import Full
 from tlcli.heads import LinearHead
 from tlcli.module import TransferModule
 from tlcli.schedules import WarmupCosine
 from tlcli.tasks import Classification
+from tlcli.training.distill import Distiller, kd_loss
 
 CLASSES = ["cat", "dog", "fox"]
 WIRED = "distill" in Path(__file__).parents[1].joinpath("conf", "fit.yaml").read_text()

@@ -16,10 +16,10 @@ from tests.conftest import TINY, compose_fit, make_imagefolder
 from tlcli.backbones.timm import TimmBackbone
 from tlcli.data import ImageFolderDataModule
 from tlcli.errors import ConfigError
-from tlcli.features import CachedBackbone, FeatureCache, cache_key, cached
 from tlcli.finetune.full import Full
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.module import TransferModule
+from tlcli.training.features import CachedBackbone, FeatureCache, cache_key, cached
 
 WIRED = "features.cached" in Path(__file__).parents[1].joinpath("tlcli", "commands", "fit.py").read_text()
 
@@ -85,7 +85,7 @@ def test_an_unreadable_cache_file_is_recomputed(folder, backbone, tmp_path, capl
     dm = make_dm(folder, backbone, tmp_path)
     path = tmp_path / f"{cache_key(backbone, dm)}.pt"
     path.write_bytes(b"truncated")
-    with caplog.at_level(logging.WARNING, logger="tlcli.features"):
+    with caplog.at_level(logging.WARNING, logger="tlcli.training.features"):
         fdm, _ = cached(backbone, dm, LinearProbe())
     assert f"feature cache {path} unreadable" in caplog.text
     assert len(fdm.datasets["train"]) == 24 and path.stat().st_size > 1000

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY, compose_fit, make_imagefolder
-from tlcli import html_report
 from tlcli.commands import test as test_verb
 from tlcli.commands.fit import fit
-from tlcli.html_report import build_html, confidently_wrong
+from tlcli.reporting import html as html_report
+from tlcli.reporting.html import build_html, confidently_wrong
 
 NAMES = ["cat", "<b>&", "dog"]
 # 6 test examples; rows 1, 3, 4 are wrong with confidences 0.6, 0.9, 0.5 (row 3 is the surest mistake)
@@ -163,7 +163,7 @@ def test_a_failure_is_a_warning_never_an_error(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(html_report, "build_html", boom)
     module = type("M", (), {"config": {}, "task": type("T", (), {"multilabel": False})(), "class_names": NAMES})()
     module.test_outputs, module._trainer = {}, None
-    with caplog.at_level(logging.WARNING, logger="tlcli.html_report"):
+    with caplog.at_level(logging.WARNING, logger="tlcli.reporting.html"):
         assert html_report.write_html(tmp_path, module, object(), {"test_split": "test"}) is None
     assert "report.html was not written (RuntimeError: no fonts)" in caplog.text
     assert not (tmp_path / "report.html").exists()

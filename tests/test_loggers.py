@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY, compose_fit
-from tlcli.config import validate
+from tlcli.config.validate import validate
 from tlcli.errors import ConfigError
 
 QUIET = ["callbacks.progress_bar=null", "data.num_workers=0", "trainer.max_epochs=2", "callbacks.early_stopping=null"]

@@ -11,7 +11,7 @@ from tests.conftest import compose_fit
 from tlcli.cli import main
 from tlcli.commands.rank import COLUMNS, parse_candidates, rank
 from tlcli.errors import ConfigError
-from tlcli.features import subset_indices
+from tlcli.training.features import subset_indices
 
 FEW_DIGITS = ["data.limit_per_class=15", "data.image_size=64", "data.num_workers=0"]
 

@@ -7,7 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY, compose_fit, make_imagefolder
-from tlcli import build, recipes
+from tlcli import build
+from tlcli.config import recipes
 from tlcli.errors import ConfigError
 from tlcli.finetune.auto import Auto
 
@@ -66,7 +67,7 @@ def test_explicit_keys_come_from_overrides_and_the_experiment_file():
 
 def test_every_shipped_recipe_names_real_keys(tmp_path):
     """Each backbone and strategy YAML's recipe applies cleanly to a composed fit config."""
-    from tlcli.paths import conf_dir
+    from tlcli.config.paths import conf_dir
 
     for group in recipes.RECIPE_GROUPS:
         for path in sorted((conf_dir() / group).glob("*.yaml")):

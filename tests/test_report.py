@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from tlcli import report
-from tlcli.report import (
+from tlcli.reporting import files
+from tlcli.reporting.files import (
     VAL_NOTE,
     confusion_counts,
     confusion_matrix_png,
@@ -152,7 +152,7 @@ def test_confusion_matrix_png_is_a_sized_png(tmp_path, num_classes, size):
 
 
 def test_multilabel_confusion_png_is_a_grid(tmp_path):
-    pred = report.predict(ML_SCORE, multilabel=True)
+    pred = files.predict(ML_SCORE, multilabel=True)
     out = confusion_matrix_png(tmp_path / "cm.png", ML_TRUE, pred, ML_NAMES, "ml")
     with Image.open(out) as img:
         assert img.size == (520, 580)  # 3 labels -> 2x2 grid of 2.6 in cells + title
@@ -175,7 +175,7 @@ def test_failed_writes_keep_old_file_and_leave_no_temp(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(report.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="disk gone"):
         write_text_atomic(path, "new content")
     assert path.read_text() == '{"good": 1}\n'

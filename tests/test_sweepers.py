@@ -11,8 +11,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import TINY
-from tlcli.paths import conf_dir
-from tlcli.resolvers import register
+from tlcli.config.paths import conf_dir
+from tlcli.config.resolvers import register
 
 TLCLI = str(Path(sys.executable).parent / "tlcli")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlcli.transferability import hscore, linear_probe_accuracy, logme, logme_evidence
+from tlcli.reporting.transferability import hscore, linear_probe_accuracy, logme, logme_evidence
 
 RNG = np.random.default_rng(0)
 LABELS = np.repeat(np.arange(3), 20)  # 3 classes x 20 samples

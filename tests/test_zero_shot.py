@@ -199,7 +199,7 @@ def test_cli_baseline_refuses_a_checkpoint_and_missing_backbone_and_data(tmp_pat
 
 def test_fit_refuses_zero_shot_with_the_test_command_named(tmp_path):
     from tests.conftest import compose_fit
-    from tlcli.config import validate
+    from tlcli.config.validate import validate
 
     with pytest.raises(ConfigError) as info:
         validate(compose_fit(["finetune=zero_shot"], tmp_path))

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tlcli import recipes
+from tlcli.config import recipes
 
 log = logging.getLogger(__name__)
 AUTO = "tlcli.finetune.auto.Auto"
@@ -40,7 +40,7 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     notes: dict[str, Any] = {}
     if cfg.finetune._target_ == AUTO:
         name, reason = instantiate(cfg.finetune).choose(datamodule.label_counts(), backbone.modality)
-        from tlcli.paths import conf_dir
+        from tlcli.config.paths import conf_dir
 
         with open_dict(cfg):
             cfg.finetune = OmegaConf.load(conf_dir() / "finetune" / f"{name}.yaml")

@@ -122,7 +122,7 @@ def _overrides(args: list[str]) -> list[str]:
 
 
 def _hydra_verb(verb: str, args: list[str]) -> int:
-    from tlcli.catalog import _backbone_rewrite, compose_checked
+    from tlcli.config.compose import _backbone_rewrite, compose_checked
     from tlcli.errors import TlcliError
 
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -159,8 +159,8 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
 def _run_hydra(verb: str, args: list[str]) -> int:
     import hydra
 
-    from tlcli.paths import conf_dir
-    from tlcli.resolvers import register
+    from tlcli.config.paths import conf_dir
+    from tlcli.config.resolvers import register
 
     register()
 
@@ -168,7 +168,7 @@ def _run_hydra(verb: str, args: list[str]) -> int:
     def _run(cfg):
         return _call(verb, cfg)
 
-    from tlcli.paths import PACKAGE_DIR
+    from tlcli.config.paths import PACKAGE_DIR
 
     # argv[0] must be re-runnable: Lightning's DDP launcher re-executes it for each extra process
     entry = PACKAGE_DIR / "entry" / f"{verb}.py"
@@ -181,10 +181,10 @@ def _preflight_values(verb: str, cfg, args: list[str]) -> None:
     """Types and ranges of every value before any data or model work; fit checks its parts' arguments too."""
     from omegaconf import OmegaConf
 
-    from tlcli.catalog import compose_checked
-    from tlcli.config import validate_all
+    from tlcli.config.compose import compose_checked
+    from tlcli.config.validate import validate_all
+    from tlcli.config.values import range_problems
     from tlcli.errors import ConfigError
-    from tlcli.values import range_problems
 
     if verb == "fit":
         hydra_node = compose_checked(verb, _overrides(args), return_hydra_config=True).hydra

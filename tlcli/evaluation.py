@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from tlcli import console, report
+from tlcli import console
 from tlcli.errors import ConfigError, DataError
+from tlcli.reporting import files
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def _listing(items: list[Any]) -> str:
 
 def require(cfg: DictConfig) -> None:
     """Every ??? key at once, before anything loads (shared by test, predict and export)."""
-    from tlcli.config import missing_keys
+    from tlcli.config.validate import missing_keys
 
     missing = missing_keys(cfg)
     if missing:
@@ -60,7 +61,7 @@ def write_test_report(run_dir: Path, module, split: str) -> dict | None:
     if not module.test_outputs:
         return None
     task = module.task
-    summary = report.write_report(
+    summary = files.write_report(
         run_dir,
         module.test_outputs["y_true"].numpy(),
         module.test_outputs["y_score"].numpy(),

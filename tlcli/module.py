@@ -11,10 +11,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from tlcli.distill import Distiller
 from tlcli.errors import ConfigError, DivergedError
 from tlcli.finetune.base import FinetuneStrategy
-from tlcli.seeding import rng_state, set_rng_state
+from tlcli.training.distill import Distiller
+from tlcli.training.seeding import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def predict_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels (N,), class scores (N, C)): softmax of cosine similarity / temperature.
 
-    The scores feed tlcli.report.write_report; temperature only sharpens them (it never
+    The scores feed tlcli.reporting.files.write_report; temperature only sharpens them (it never
     changes which class wins).
     """
     if getattr(backbone, "modality", None) != "text":
@@ -145,9 +145,10 @@ def baseline(cfg) -> dict[str, Any]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from tlcli import console, report
-    from tlcli import transferability as T
-    from tlcli.features import extract
+    from tlcli import console
+    from tlcli.reporting import files
+    from tlcli.reporting import transferability as T
+    from tlcli.training.features import extract
 
     problems = []
     if OmegaConf.select(cfg, "backbone") is None:
@@ -197,7 +198,7 @@ def baseline(cfg) -> dict[str, Any]:
             raise ConfigError(f"the train split has no example of {names}: the linear probe needs every class")
         scores = T.linear_probe(ftr, ytr, c=opts.probe_c, max_iter=opts.probe_max_iter)(fte)
     log.info("zero_shot: %s", method)
-    summary = report.write_report(run_dir, y_true, scores, datamodule.class_names, split=split, console=console.console)
+    summary = files.write_report(run_dir, y_true, scores, datamodule.class_names, split=split, console=console.console)
     n = datamodule.num_classes
     pred, target = torch.as_tensor(np.asarray(scores).argmax(axis=1)), torch.as_tensor(np.asarray(y_true))
     metrics = {
@@ -209,7 +210,7 @@ def baseline(cfg) -> dict[str, Any]:
         "backbone": str(cfg.backbone.name),
         "weights": str(cfg.backbone.get("weights")),
     }
-    report.write_json_atomic(run_dir / "metrics.json", metrics)
+    files.write_json_atomic(run_dir / "metrics.json", metrics)
     console.console.print(f"before fine-tuning: test acc {metrics['test/acc']:.4f} ({method})")
     console.console.print(f"run dir: {run_dir}")
     return metrics

@@ -39,7 +39,7 @@ class HFBackbone(Backbone):
         trust_remote_code: bool = False,
         recipe: dict | None = None,
     ):
-        # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.recipes)
+        # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.config.recipes)
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"backbone.pooling={pooling} is not supported: use one of {', '.join(POOLINGS)}")

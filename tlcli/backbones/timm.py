@@ -29,7 +29,7 @@ class TimmBackbone(Backbone):
     modality = "image"
 
     def __init__(self, name: str, weights: str = "hub", recipe: dict | None = None, **model_kwargs: Any):
-        # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.recipes)
+        # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.config.recipes)
         super().__init__()
         _check_name(name)
         self.name, self.weights = name, str(weights)

@@ -6,13 +6,13 @@ from __future__ import annotations
 def cat(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from tlcli.catalog import compose_checked
     from tlcli.cli import _overrides, _report
+    from tlcli.config.compose import compose_checked
     from tlcli.errors import TlcliError
 
     try:
         cfg = compose_checked("fit", _overrides(args))
-        from tlcli.config import validate
+        from tlcli.config.validate import validate
 
         validate(cfg)
     except TlcliError as err:

@@ -54,8 +54,8 @@ def offline() -> bool:
 
 
 def run_checks(overrides: list[str]) -> Findings:
-    from tlcli.catalog import compose_checked
-    from tlcli.config import check_signatures, missing_keys, validate
+    from tlcli.config.compose import compose_checked
+    from tlcli.config.validate import check_signatures, missing_keys, validate
 
     found = Findings()
     try:

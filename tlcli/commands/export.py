@@ -23,8 +23,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from tlcli import console, report, restore
+from tlcli import console, restore
 from tlcli.errors import ConfigError, did_you_mean
+from tlcli.reporting import files
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         tmp.unlink(missing_ok=True)
     if cfg.format == "safetensors":  # the architecture to load the weights into
         rebuild = {"backbone": config["backbone"], "head": config["head"], "num_classes": len(module.class_names)}
-        report.write_json_atomic(out_dir / "model.json", rebuild)
-    report.write_json_atomic(out_dir / "preprocess.json", preprocess(spec, image_size(config), out_dir))
-    report.write_json_atomic(out_dir / "classes.json", classes(module))
+        files.write_json_atomic(out_dir / "model.json", rebuild)
+    files.write_json_atomic(out_dir / "preprocess.json", preprocess(spec, image_size(config), out_dir))
+    files.write_json_atomic(out_dir / "classes.json", classes(module))
     console.console.print(f"exported {cfg.format}: {path}")
     return {"format": cfg.format, "model": str(path), "output": str(out_dir)}
 

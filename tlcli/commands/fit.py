@@ -18,13 +18,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import baseline, build, console, features, html_report, lock, report
-from tlcli.callbacks import History, Preemption, SafeCheckpointIO
-from tlcli.config import validate_all
-from tlcli.distill import Distiller
+from tlcli import build, console, lock
+from tlcli.config.validate import validate_all
 from tlcli.errors import ConfigError
 from tlcli.evaluation import write_test_report
 from tlcli.module import TransferModule
+from tlcli.reporting import files
+from tlcli.reporting import html as html_report
+from tlcli.training import baseline, features
+from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
+from tlcli.training.distill import Distiller
 
 log = logging.getLogger(__name__)
 # Lightning adds a handler of its own; Hydra's root handler already prints (and files) its records.
@@ -98,8 +101,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         for name, record in getattr(datamodule, "run_records", dict)().items():  # e.g. k_shot.json
-            report.write_json_atomic(run_dir / name, record)
-        report.write_json_atomic(run_dir / "environment.json", environment(cfg.seed))
+            files.write_json_atomic(run_dir / name, record)
+        files.write_json_atomic(run_dir / "environment.json", environment(cfg.seed))
         console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
 
     # 3. train, early-stopped on validation; SIGTERM / Ctrl-C leave a resumable checkpoint
@@ -145,10 +148,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_global_zero:
             write_test_report(run_dir, module, datamodule.test_split)
     if trainer.is_global_zero:
-        report.write_json_atomic(run_dir / "metrics.json", metrics)
+        files.write_json_atomic(run_dir / "metrics.json", metrics)
         if ckpt_path is None and epochs:  # wall time apart from metrics.json, which a seed reproduces exactly
             fit_s = time_fit_end - started
-            report.write_json_atomic(
+            files.write_json_atomic(
                 run_dir / "timing.json",
                 {
                     "fit_s": round(fit_s, 2),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tlcli.catalog import description, groups
+from tlcli.config.compose import description, groups
+from tlcli.config.paths import conf_dir
 from tlcli.errors import ConfigError, did_you_mean
-from tlcli.paths import conf_dir
 
 
 def ls(args: list[str]) -> int:

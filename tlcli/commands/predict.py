@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tlcli import console, report, restore
+from tlcli import console, restore
 from tlcli.errors import ConfigError, DataError, did_you_mean
 from tlcli.evaluation import MAX_SHOWN, _listing, device, require
+from tlcli.reporting import files
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     scores = _infer(module.to(dev), loader, dev, len(inputs), cfg.progress_bar)
     thresholds = module.task.thresholds if module.task.multilabel else None
     rows = prediction_rows(names, scores, module.class_names, min(cfg.top_k, len(module.class_names)), thresholds)
-    report.write_text_atomic(out, to_jsonl(rows) if out.suffix.lower() == ".jsonl" else to_csv(rows))
+    files.write_text_atomic(out, to_jsonl(rows) if out.suffix.lower() == ".jsonl" else to_csv(rows))
     result: dict[str, Any] = {"output": str(out), "count": len(rows)}
     if skipped:
-        report.write_text_atomic(skipped_path(out), to_csv_table(["input", "error"], skipped))
+        files.write_text_atomic(skipped_path(out), to_csv_table(["input", "error"], skipped))
         result.update(skipped=[name for name, _ in skipped], skipped_file=str(skipped_path(out)))
     else:  # a list left by an earlier run would describe files that are now fine
         skipped_path(out).unlink(missing_ok=True)

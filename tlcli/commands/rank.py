@@ -3,7 +3,7 @@
 For each candidate: build the backbone, build the data module with that backbone's own
 transforms (augmentation off), extract pooled features of the train and val splits once
 (eval mode, no gradients), and score them with LogME, H-score and a linear probe
-(tlcli.transferability). The table is sorted by LogME; rank.json and rank.csv go to the
+(tlcli.reporting.transferability). The table is sorted by LogME; rank.json and rank.csv go to the
 run dir.
 """
 
@@ -22,10 +22,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tlcli import console, report
-from tlcli import transferability as T
+from tlcli import console
 from tlcli.errors import ConfigError, TlcliError
-from tlcli.features import extract
+from tlcli.reporting import files
+from tlcli.reporting import transferability as T
+from tlcli.training.features import extract
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ def rank(cfg: DictConfig) -> dict[str, Any]:
         row["rank"] = i
     # Same split and seed for every candidate, so the data summary is the same too.
     result = {"sorted_by": "logme", "data": scored[0][1], "candidates": rows}
-    report.write_json_atomic(run_dir / "rank.json", result)
-    report.write_text_atomic(run_dir / "rank.csv", to_csv(rows))
+    files.write_json_atomic(run_dir / "rank.json", result)
+    files.write_text_atomic(run_dir / "rank.csv", to_csv(rows))
     print_table(rows, result["data"])
     console.console.print(f"run dir: {run_dir}")
     return result
@@ -78,7 +79,7 @@ def _compose(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    from tlcli.catalog import compose_checked
+    from tlcli.config.compose import compose_checked
 
     backup = get_gh_backup()
     GlobalHydra.instance().clear()

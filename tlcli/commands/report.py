@@ -24,7 +24,7 @@ def report(args: list[str]) -> int:
         return 0
     if len(args) != 1:
         raise ConfigError(f"tlcli report takes exactly one directory, got {len(args)} arguments. {USAGE}")
-    from tlcli import report as files
+    from tlcli.reporting import files
 
     lb = build(Path(args[0]).expanduser())
     files.write_text_atomic(lb.sweep_dir / "leaderboard.md", to_markdown(lb))

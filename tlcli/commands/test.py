@@ -15,8 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, html_report, report, restore
+from tlcli import console, restore
 from tlcli.evaluation import check_classes, device, require, write_test_report
+from tlcli.reporting import files
+from tlcli.reporting import html as html_report
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {k: float(v) for k, v in results[0].items()}
     metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt))
     write_test_report(run_dir, module, datamodule.test_split)
-    report.write_json_atomic(run_dir / "metrics.json", metrics)
+    files.write_json_atomic(run_dir / "metrics.json", metrics)
     html_report.write_html(run_dir, module, datamodule, metrics)
     console.console.print(f"run dir: {run_dir}")
     return metrics

@@ -22,7 +22,7 @@ from tlcli.data import kshot
 from tlcli.data.text import TextCollate, TextDataset, as_target
 from tlcli.data.transforms import Transform, find_unreadable, image_transforms, load_rgb, pixel_limit
 from tlcli.errors import ConfigError, DataError
-from tlcli.seeding import EpochSeededSampler, SeededDataset
+from tlcli.training.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class TransferDataModule(L.LightningDataModule):
     test_split: "test", or "val" when the data has no test split.
     k_shot: keep exactly K training examples per class (null or "all": every one), drawn
     after the val split is held out; val and test are untouched.
-    feature_cache, feature_cache_dir: read by tlcli.features (frozen-backbone runs train
+    feature_cache, feature_cache_dir: read by tlcli.training.features (frozen-backbone runs train
     the head on features computed once and stored under feature_cache_dir).
     max_bad_fraction: image files that cannot be read are skipped with a warning while they
     are at most this fraction of their split; beyond it setup fails listing them.

@@ -9,7 +9,7 @@ from tlcli.finetune.base import FinetuneStrategy, ParamGroup
 
 class LinearProbe(FinetuneStrategy):
     def __init__(self, train_bn: bool = False, freeze_bn_stats: bool = False, recipe: dict | None = None):
-        # recipe: read by tlcli.recipes before this strategy is built (cached features, probe LR)
+        # recipe: read by tlcli.config.recipes before this strategy is built (cached features, probe LR)
         super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
 
     def setup(self, module: nn.Module) -> None:

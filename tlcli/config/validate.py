@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from tlcli.config.values import RANGES, range_problems, type_problem
 from tlcli.errors import ConfigError, did_you_mean
-from tlcli.values import RANGES, range_problems, type_problem
 
 MONITORS = ("val/acc", "val/f1_macro", "val/loss")
 GROUPS = ("backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer")

@@ -23,11 +23,11 @@ import torch
 import torchmetrics.functional as MF
 from torch.utils.data import DataLoader
 
-from tlcli import features
-from tlcli import transferability as T
 from tlcli.data.base import TransferDataModule
 from tlcli.data.text import TextCollate
-from tlcli.features import subset_indices
+from tlcli.reporting import transferability as T
+from tlcli.training import features
+from tlcli.training.features import subset_indices
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def before_fine_tuning(backbone, datamodule, seed: int) -> dict[str, Any]:
     Call after datamodule.setup("fit") and before training, while the backbone is still the
     pretrained one. The backbone's parameters, train/eval mode of every module, device and the
     global torch RNG are left as they were, so the fit that follows is the same with or without it.
-    A feature-cached run (tlcli.features) reuses its cached features: they are these very features.
+    A feature-cached run (tlcli.training.features) reuses its cached features: they are these very features.
     """
     # metrics.json is rank zero's to write; other DDP ranks would only repeat the work
     if (os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0") != "0":

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tlcli.config.paths import conf_dir
 from tlcli.errors import ConfigError, did_you_mean
-from tlcli.paths import conf_dir
 
 
 def groups() -> dict[str, list[str]]:

@@ -1,7 +1,7 @@
 """report.html: one self-contained page per fit or test, to read a run at a glance.
 
 Sections, each left out when its inputs are missing: before and after fine-tuning (the
-pretrained backbone's frozen-features baseline beside the fine-tuned model, tlcli.baseline),
+pretrained backbone's frozen-features baseline beside the fine-tuned model, tlcli.training.baseline),
 run summary, metrics (metrics.json),
 per-class precision/recall/F1/support, confusion matrix, training curves (loss, val metrics,
 LR per optimizer group, from the History callback), and the test examples the model got wrong
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tlcli import baseline, report
+from tlcli.reporting import files
+from tlcli.training import baseline
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def write_html(run_dir, module, datamodule, metrics: dict[str, Any], history: li
     """Write <run_dir>/report.html for the last fit/test; on any error log a warning, return None."""
     try:
         page = build_html(**_inputs(module, datamodule, metrics, history))
-        path = report.write_text_atomic(Path(run_dir) / "report.html", page)
+        path = files.write_text_atomic(Path(run_dir) / "report.html", page)
     except Exception as exc:  # a report is a convenience: never let it fail a finished run
         log.warning("report.html was not written (%s: %s); the other outputs are complete", type(exc).__name__, exc)
         return None
@@ -177,7 +178,7 @@ def confidently_wrong(y_true, y_score, *, multilabel: bool, threshold=0.5) -> li
     |score - truth| over labels (how sure the model was of its worst mistake). Ties keep data order.
     """
     y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
-    pred = report.predict(y_score, multilabel=multilabel, threshold=threshold)
+    pred = files.predict(y_score, multilabel=multilabel, threshold=threshold)
     if multilabel:
         wrong = (pred != y_true.astype(int)).any(axis=1)
         conf = np.abs(y_score - y_true).max(axis=1)
@@ -306,7 +307,7 @@ def build_html(
     names = [str(c) for c in class_names]
     out = [f"<h1>{esc(title)}</h1>"]
     if split != "test":
-        out.append(f"<p class=note>{esc(report.VAL_NOTE)}</p>")
+        out.append(f"<p class=note>{esc(files.VAL_NOTE)}</p>")
     gain = before_after(metrics)  # the headline: what fine-tuning gained
     if gain:
         out.append(gain)
@@ -315,22 +316,22 @@ def build_html(
 
     if y_true is not None and y_score is not None:
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
-        y_pred = report.predict(y_score, multilabel=multilabel, threshold=threshold)
-        rows = report.per_class_report(y_true, y_score, names, multilabel=multilabel, threshold=threshold)
+        y_pred = files.predict(y_score, multilabel=multilabel, threshold=threshold)
+        rows = files.per_class_report(y_true, y_score, names, multilabel=multilabel, threshold=threshold)
         avg = ["avg first" if k == len(names) else ("avg" if k > len(names) else "") for k in range(len(rows))]
         cells = [
             [esc(r["class"]), *(f"{r[c]:.4f}" for c in ("precision", "recall", "f1")), str(r["support"])] for r in rows
         ]
-        acc = report.accuracy(y_true, y_pred)
+        acc = files.accuracy(y_true, y_pred)
         out.append(
             f"<h2>Per class ({esc(split)} split)</h2>"
             f"<p>{'exact-match accuracy' if multilabel else 'accuracy'} {acc:.4f} on {len(y_pred)} examples</p>"
-            + _table(report.COLUMNS, cells, classes=avg)
+            + _table(files.COLUMNS, cells, classes=avg)
         )
         what = (
             "one 2x2 matrix per label (rows true, columns predicted)" if multilabel else "rows true, columns predicted"
         )
-        fig = report.confusion_matrix_figure(y_true, y_pred, names, f"Confusion matrix ({split} split)")
+        fig = files.confusion_matrix_figure(y_true, y_pred, names, f"Confusion matrix ({split} split)")
         out.append(
             f"<h2>Confusion matrix</h2><p>{what}</p><img class=plot alt='confusion matrix' src='{png_data_uri(fig)}'>"
         )

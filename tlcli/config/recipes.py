@@ -34,7 +34,7 @@ def explicit_keys(overrides: list[str], experiment: str | None = None) -> set[st
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     keys -= set(CONFIG_GROUPS)  # finetune=full picks an option; it sets no value
     if experiment:
-        from tlcli.paths import conf_dir
+        from tlcli.config.paths import conf_dir
 
         path = conf_dir() / "experiment" / f"{experiment}.yaml"
         if path.is_file():
