@@ -10,10 +10,10 @@ import hydra.utils
 import numpy as np
 import pytest
 import torch
-from conftest import make_image, make_imagefolder
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tests.conftest import make_image, make_imagefolder
 from tlcli.config.paths import conf_dir
 from tlcli.data import CSVDataModule, DigitsDataModule, ImageFolderDataModule
 from tlcli.data.base import resolve_num_workers, stratified_split
@@ -352,7 +352,7 @@ def test_imagefolder_corrupt_image_fails_when_loaded_naming_it(tmp_path, workers
     bad = root / "val" / "cat" / "0.png"
     dm = folder_dm(root, num_workers=workers)
     dm.setup()
-    bad.write_bytes(b"")  # broken after setup's check (tests/test_bad_data.py covers the check itself)
+    bad.write_bytes(b"")  # broken after setup's check (tests/integration/test_bad_data.py covers the check itself)
     batches = iter(dm.val_dataloader())
     # the same one line whether the image was decoded in the main process or in a worker
     assert raises(DataError, lambda: next(batches)) == [

@@ -16,7 +16,7 @@ from tlcli.config.compose import description, groups
 from tlcli.config.paths import conf_dir
 from tlcli.config.validate import OPTIONAL_LOGGERS
 
-# hydra/* and hparams_search configure Hydra itself: tests/test_sweepers.py covers them
+# hydra/* and hparams_search configure Hydra itself: tests/e2e/test_sweepers.py covers them
 OPTIONS = [(g, o) for g, opts in groups().items() if not g.startswith("hydra") and g != "hparams_search" for o in opts]
 # Presets that download from a model hub (not reachable offline) or need a GPU: composed only.
 COMPOSE_ONLY = {("trainer", "gpu")}
@@ -63,7 +63,7 @@ def test_every_option_has_a_description_and_composes(group, option, tmp_path, im
         if t._target_ in OPTIONAL_LOGGERS and importlib.util.find_spec(OPTIONAL_LOGGERS[t._target_][0]) is None:
             from hydra._internal.utils import _locate
 
-            assert callable(_locate(t._target_))  # an optional extra, not installed: tests/test_loggers.py
+            assert callable(_locate(t._target_))  # an optional extra, not installed: tests/integration/test_loggers.py
             continue
         _instantiate_one(group, t, tmp_path)
 
@@ -82,7 +82,7 @@ def _instantiate_one(group: str, node, tmp_path: Path):
             "crop_pct": 1.0,
         }
         if node._target_.endswith("CSVDataModule"):
-            return  # needs a CSV file: covered by tests/test_data.py
+            return  # needs a CSV file: covered by tests/unit/test_data.py
         dm = instantiate(node, data_config=dc, num_workers=0)
         dm.setup("fit")
         assert dm.num_classes >= 2

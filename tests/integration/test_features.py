@@ -21,7 +21,7 @@ from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.module import TransferModule
 from tlcli.training.features import CachedBackbone, FeatureCache, cache_key, cached
 
-WIRED = "features.cached" in Path(__file__).parents[1].joinpath("tlcli", "commands", "fit.py").read_text()
+WIRED = "features.cached" in Path(__file__).parents[2].joinpath("tlcli", "commands", "fit.py").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_feature_cache_dir_defaults_to_the_run_dir(tmp_path):
 @pytest.mark.skipif(not WIRED, reason="needs the commands/fit.py wiring of data.feature_cache")
 def test_mid_epoch_resume_on_cached_features_equals_the_uninterrupted_run(folder, tmp_path):
     """The resume position (train_start) must reach the loader policy behind the cached features."""
-    from tests.test_reliability import weights
+    from tests.e2e.test_reliability import weights
     from tlcli.commands.fit import fit
 
     common = [*TINY, "data=imagefolder", f"data.root={folder}", "data.augment=false", "finetune=linear_probe"]
@@ -238,7 +238,7 @@ def test_mid_epoch_resume_on_cached_features_equals_the_uninterrupted_run(folder
     # no monitor: last.ckpt is then rewritten every epoch (Lightning 2.6 skips it when val/acc does not improve)
     common += ["callbacks.early_stopping=null", "callbacks.model_checkpoint.monitor=null"]
     straight = fit(compose_fit(common, tmp_path / "straight"))
-    interrupt = ["+callbacks.interrupt._target_=tests.test_reliability.InterruptAt", "+callbacks.interrupt.epoch=1"]
+    interrupt = ["+callbacks.interrupt._target_=tests.e2e.test_reliability.InterruptAt", "+callbacks.interrupt.epoch=1"]
     with pytest.raises(SystemExit):
         fit(compose_fit([*common, *interrupt, "+callbacks.interrupt.batch=2"], tmp_path / "cut"))
     resumed = fit(

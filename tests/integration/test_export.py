@@ -81,7 +81,7 @@ def test_preprocess_json_rebuilds_the_eval_transform(trained, tmp_path):
         "std": [0.5, 0.5, 0.5],
         "crop_pct": 0.95,
         "resize": 33,
-        "transparency": TRANSPARENCY,  # the exact texts: tests/test_hardening_data.py
+        "transparency": TRANSPARENCY,  # the exact texts: tests/integration/test_hardening_data.py
         "high_bit_depth": HIGH_BIT_DEPTH,
         "inputs": ["x"],
     }

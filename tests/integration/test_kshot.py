@@ -26,7 +26,7 @@ IMAGE_CFG = {
     "crop_pct": 1.0,
 }
 # The commands/fit.py wiring that writes run_records() into the run dir (see the s2 report).
-WIRED = "run_records" in Path(__file__).parents[1].joinpath("tlcli", "commands", "fit.py").read_text()
+WIRED = "run_records" in Path(__file__).parents[2].joinpath("tlcli", "commands", "fit.py").read_text()
 
 
 def folder_dm(root, **kw):

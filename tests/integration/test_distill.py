@@ -23,7 +23,7 @@ from tlcli.tasks import Classification
 from tlcli.training.distill import Distiller, kd_loss
 
 CLASSES = ["cat", "dog", "fox"]
-WIRED = "distill" in Path(__file__).parents[1].joinpath("conf", "fit.yaml").read_text()
+WIRED = "distill" in Path(__file__).parents[2].joinpath("conf", "fit.yaml").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from test_data import IMAGE_CFG, csv_dm, raises, text_cfg, write_csv  # noqa: F401 - text_cfg: fixture
 
+from tests.unit.test_data import IMAGE_CFG, csv_dm, raises, text_cfg, write_csv  # noqa: F401 - text_cfg: fixture
 from tlcli.errors import ConfigError
 from tlcli.training.seeding import BUCKET_BATCHES, EpochSeededSampler, bucketed
 

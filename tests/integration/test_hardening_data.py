@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, compose_fit, make_image, make_imagefolder
 from PIL import Image
-from test_data import IMAGE_CFG, folder_dm, raises
 
+from tests.conftest import TINY, compose_fit, make_image, make_imagefolder
+from tests.unit.test_data import IMAGE_CFG, folder_dm, raises
 from tlcli.commands import predict as predict_verb
 from tlcli.commands.check import run_checks
 from tlcli.data.imagefolder import list_images

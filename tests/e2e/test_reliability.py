@@ -69,7 +69,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(imagefolder, tmp_path, ep
     interrupted = compose_fit(
         [
             *common,
-            "+callbacks.interrupt._target_=tests.test_reliability.InterruptAt",
+            "+callbacks.interrupt._target_=tests.e2e.test_reliability.InterruptAt",
             f"+callbacks.interrupt.epoch={epoch}",
             f"+callbacks.interrupt.batch={batch}",
             f"+callbacks.interrupt.during={during}",
@@ -190,7 +190,7 @@ def test_sigterm_before_the_first_step_leaves_no_half_checkpoint(imagefolder, tm
             *QUIET,
             "data=imagefolder",
             f"data.root={imagefolder}",
-            "+callbacks.term._target_=tests.test_reliability.SigtermDuringSanityCheck",
+            "+callbacks.term._target_=tests.e2e.test_reliability.SigtermDuringSanityCheck",
         ],
         tmp_path,
     )

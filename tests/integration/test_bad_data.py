@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, make_image, make_imagefolder
 from PIL import Image
-from test_data import IMAGE_CFG, csv_dm, folder_dm, raises, text_cfg, write_csv  # noqa: F401 - text_cfg: fixture
 
+from tests.conftest import TINY, make_image, make_imagefolder
+from tests.unit.test_data import IMAGE_CFG, csv_dm, folder_dm, raises, text_cfg, write_csv  # noqa: F401 - text_cfg: fixture
 from tlcli.data.base import Samples
 from tlcli.data.text import TextCollate, TextDataset
 from tlcli.data.transforms import image_problem
