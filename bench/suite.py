@@ -39,6 +39,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -529,12 +530,17 @@ def select_variants(args: argparse.Namespace) -> dict[str, Variant]:
     return {n: every[n] for n in args.variants}
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     variants = select_variants(args)
     stem = args.results_name
     csv_path, md_path = RESULTS / f"{stem}.csv", RESULTS / f"{stem}.md"
     out_root = ROOT / "outputs" / stem
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped grid records the run it was in
     command = ".venv/bin/python -m bench.suite " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     rows = read_rows(csv_path)
     for r in rows:  # rows from before the effective column: read it from their run dir, when still there
@@ -558,15 +564,24 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"{tag}: running", flush=True)
         commit = tlcli_commit()  # before the run: the code it started with
-        if cmd is None:
-            try:
-                r = baseline.run(s, seed)
-            except Exception as exc:  # recorded, not dropped
-                import traceback
+        start, stopped = time.perf_counter(), False
+        try:
+            if cmd is None:
+                try:
+                    r = baseline.run(s, seed)
+                except Exception as exc:  # recorded, not dropped
+                    import traceback
 
-                r = failed(type(exc).__name__, traceback.format_exc(), str(exc))
-        else:
-            r = run_tlcli(cmd, run_dir, args.timeout)
+                    r = failed(type(exc).__name__, traceback.format_exc(), str(exc))
+            else:
+                r = run_tlcli(cmd, run_dir, args.timeout)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: subprocess.run has killed the tlcli process
+            stopped = True
+            r = {
+                "status": "interrupted",
+                "wall_s": round(time.perf_counter() - start, 1),
+                "note": "the suite was stopped during this run (SIGINT/SIGTERM); a rerun of the command runs it again",
+            }
         row = {c: "" for c in COLUMNS} | r | {"set": s, "variant": v.name, "seed": str(seed), "overrides": key}
         row["commit"] = commit
         rows = [x for x in rows if (x["set"], x["variant"], x["seed"]) != (s, v.name, str(seed))] + [row]
@@ -579,6 +594,8 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         write_csv(rows, csv_path)
         write_md(rows, md_path, command, variants, args.extra)
+        if stopped:
+            sys.exit(f"stopped; {csv_path} keeps {sum(r['status'] == 'ok' for r in rows)} finished rows")
     if not args.dry_run and rows:
         write_md(rows, md_path, command, variants, args.extra)
         print(md_path.read_text())
