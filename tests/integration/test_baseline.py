@@ -21,7 +21,7 @@ from tlcli.reporting import html as html_report
 from tlcli.training import baseline, features
 from tlcli.training.baseline import C_GRID, EvalSplits, before_fine_tuning, choose_c, console_line, probe
 
-KEYS = {"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/seconds"}
+KEYS = {"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/C", "baseline/seconds"}
 
 
 def parts(overrides: list[str], run_dir: Path):

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import build, console, lock
+from tlcli import build, console, head_init, lock
 from tlcli.config.validate import validate_all
 from tlcli.errors import ConfigError
 from tlcli.evaluation import write_test_report
@@ -69,13 +69,20 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if getattr(datamodule, "feature_cache", False):  # data modules outside tlcli.data have no cache
         datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
     # the "before" number: frozen pretrained features + logistic regression on the same split
-    before = baseline.before_fine_tuning(backbone, datamodule, cfg.seed) if cfg.baseline else {}
+    # (and, with head_init=baseline, its regression as the head's starting weights)
+    warm = cfg.head_init == "baseline"
+    before = baseline.before_fine_tuning(backbone, datamodule, cfg.seed, head=warm) if cfg.baseline or warm else {}
     before_s = before.pop("baseline/seconds", None)  # wall time: timing.json, not metrics.json
+    start_head = before.pop("baseline/head", None)
+    if not cfg.baseline:
+        before = {}
     task = instantiate(cfg.task)
     if task.multilabel != datamodule.multilabel:
         raise ConfigError(_task_data_mismatch(task.multilabel))
     task.build(datamodule.num_classes, datamodule.label_counts())
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
+    if warm:
+        notes["head_init"] = _warm_start(head, start_head)
     module = TransferModule(
         backbone=backbone,
         head=head,
@@ -170,6 +177,16 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         wandb.finish()  # flush now: the next job of an in-process sweep starts its own run
     return metrics
+
+
+def _warm_start(head, weights) -> str:
+    """Load the baseline's regression into a linear head; say what the head started from."""
+    if weights is not None and head_init.load(head, weights):
+        log.info("head_init=baseline: the head starts from the frozen-features logistic regression")
+        return "baseline logistic regression"
+    why = "no baseline was computed" if weights is None else "the head is not a single linear layer"
+    log.warning("head_init=baseline: %s; the head starts from random weights", why)
+    return f"random ({why})"
 
 
 def _resume_from(cfg: DictConfig, run_dir: Path) -> str | None:

@@ -23,6 +23,7 @@ import torch
 import torchmetrics.functional as MF
 from torch.utils.data import DataLoader
 
+from tlcli import head_init
 from tlcli.data.base import TransferDataModule
 from tlcli.data.text import TextCollate
 from tlcli.reporting import transferability as T
@@ -44,8 +45,9 @@ class _Skip(Exception):
     """The baseline does not apply to this run; the message says why (logged at INFO)."""
 
 
-def before_fine_tuning(backbone, datamodule, seed: int) -> dict[str, Any]:
-    """{"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/seconds"}, or {}.
+def before_fine_tuning(backbone, datamodule, seed: int, head: bool = False) -> dict[str, Any]:
+    """{"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/C", "baseline/seconds"}
+    (+ "baseline/head": the regression as (W, b) for a linear head, when `head`), or {}.
 
     Call after datamodule.setup("fit") and before training, while the backbone is still the
     pretrained one. The backbone's parameters, train/eval mode of every module, device and the
@@ -60,6 +62,8 @@ def before_fine_tuning(backbone, datamodule, seed: int) -> dict[str, Any]:
         _check_applies(datamodule)
         (ftr, ytr), (fte, yte) = _features(backbone, datamodule)
         result = probe(ftr, ytr, fte, yte, datamodule.num_classes, seed)
+        if head:  # the regression as a linear head's starting weights (tlcli.head_init)
+            result["baseline/head"] = head_init.logistic_head(ftr, ytr, result["baseline/C"], datamodule.num_classes)
     except _Skip as why:
         log.info("baseline (%s) skipped: %s", METHOD, why)
         return {}
@@ -142,6 +146,7 @@ def probe(ftr, ytr, fte, yte, num_classes: int, seed: int) -> dict[str, Any]:
             MF.f1_score(pred, target, task="multiclass", num_classes=num_classes, average="macro")
         ),
         "baseline/method": f"{METHOD} ({how})",
+        "baseline/C": float(c),
     }
 
 
