@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlcli import head_init
 from tlcli.heads import LinearHead, MLPHead
+from tlcli.training import head_init
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])

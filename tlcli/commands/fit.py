@@ -18,14 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import build, console, head_init, lock
+from tlcli import build, console, lock
 from tlcli.config.validate import validate_all
 from tlcli.errors import ConfigError
 from tlcli.evaluation import write_test_report
 from tlcli.module import TransferModule
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, features
+from tlcli.training import baseline, features, head_init
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
 

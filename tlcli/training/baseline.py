@@ -23,11 +23,10 @@ import torch
 import torchmetrics.functional as MF
 from torch.utils.data import DataLoader
 
-from tlcli import head_init
 from tlcli.data.base import TransferDataModule
 from tlcli.data.text import TextCollate
 from tlcli.reporting import transferability as T
-from tlcli.training import features
+from tlcli.training import features, head_init
 from tlcli.training.features import subset_indices
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def before_fine_tuning(backbone, datamodule, seed: int, head: bool = False) -> d
         _check_applies(datamodule)
         (ftr, ytr), (fte, yte) = _features(backbone, datamodule)
         result = probe(ftr, ytr, fte, yte, datamodule.num_classes, seed)
-        if head:  # the regression as a linear head's starting weights (tlcli.head_init)
+        if head:  # the regression as a linear head's starting weights (tlcli.training.head_init)
             result["baseline/head"] = head_init.logistic_head(ftr, ytr, result["baseline/C"], datamodule.num_classes)
     except _Skip as why:
         log.info("baseline (%s) skipped: %s", METHOD, why)
