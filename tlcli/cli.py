@@ -202,11 +202,10 @@ def _lock_run_dir(args: list[str]):
     share rank 0's run dir on purpose. Dated default run dirs are locked by the verb itself.
     """
     given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
-    rank = os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
-    if not given or rank != "0":
-        return None
     from tlcli import lock
 
+    if not given or not lock.launched_rank_zero():
+        return None
     lock.acquire(given[-1])
     return given[-1]
 

@@ -29,6 +29,12 @@ def _holder(run_dir: Path) -> str:
         return "a process whose pid and host could not be read"
 
 
+def launched_rank_zero() -> bool:
+    """Whether this process is rank 0 as its launcher set it (torchrun, Lightning's DDP launcher, SLURM
+    set LOCAL_RANK/RANK for the others); read from the environment, so nothing heavy is imported."""
+    return (os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0") == "0"
+
+
 def acquire(run_dir: str | Path, key: str = "hydra.run.dir") -> bool:
     """Lock `run_dir` for this process; ConfigError (exit 2) when another run holds it.
 

@@ -42,8 +42,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     validate_all(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # one writer per run dir (sweep jobs, dated dirs); `tlcli fit hydra.run.dir=X` locked X before Hydra ran
-    rank_zero = (os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0") == "0"
-    took = rank_zero and lock.acquire(run_dir)
+    took = lock.launched_rank_zero() and lock.acquire(run_dir)
     try:
         return _fit(cfg, run_dir)
     finally:

@@ -23,16 +23,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tlcli.errors import ConfigError
 
 RECIPE_GROUPS = ("backbone", "finetune")
-CONFIG_GROUPS = (
-    "backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer", "callbacks", "logger",
-    "hydra", "experiment", "debug", "hparams_search",
-)  # fmt: skip
 
 
 def explicit_keys(overrides: list[str], experiment: str | None = None) -> set[str]:
     """Dotted keys the user set: `key=value` / `+key=value` overrides, and an experiment file's keys."""
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
-    keys -= set(CONFIG_GROUPS)  # finetune=full picks an option; it sets no value
+    from tlcli.config.compose import groups
+
+    keys -= set(groups())  # finetune=full picks an option; it sets no value
     if experiment:
         from tlcli.config.paths import conf_dir
 

@@ -14,7 +14,6 @@ data, a data module that is not tlcli's) it logs why and returns {}.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 import torchmetrics.functional as MF
 from torch.utils.data import DataLoader
 
+from tlcli import lock
 from tlcli.data.base import TransferDataModule
 from tlcli.data.text import TextCollate
 from tlcli.reporting import transferability as T
@@ -54,7 +54,7 @@ def before_fine_tuning(backbone, datamodule, seed: int, head: bool = False) -> d
     A feature-cached run (tlcli.training.features) reuses its cached features: they are these very features.
     """
     # metrics.json is rank zero's to write; other DDP ranks would only repeat the work
-    if (os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0") != "0":
+    if not lock.launched_rank_zero():
         return {}
     start = time.perf_counter()
     try:
