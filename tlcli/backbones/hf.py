@@ -106,8 +106,7 @@ def _resolve_source(name: str, weights: str) -> str:
     if weights in ("hub", "none"):
         return name
     if W.is_packaged(weights):
-        W.packaged_source(weights, name, "hf")
-        return str(W.minilm_dir())
+        return str(W.package_path(W.packaged_source(weights, name, "hf")))
     path = Path(weights).expanduser()
     if not (path / "config.json").is_file():
         raise WeightsError(

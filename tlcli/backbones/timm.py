@@ -35,9 +35,7 @@ class TimmBackbone(Backbone):
         self.name, self.weights = name, str(weights)
         self.model = _create(name, self.weights == "hub", model_kwargs)
         if self.weights.startswith(W.PKG_PREFIX):
-            W.packaged_source(self.weights, name, "timm")
-            # Only one packaged timm source exists; a second one would add a branch here.
-            self._load(W.lite0_state_dict(), self.weights)
+            self._load(W.packaged_state_dict(W.packaged_source(self.weights, name, "timm")), self.weights)
         elif self.weights not in ("hub", "none"):
             self._load(W.read_state_dict(Path(self.weights).expanduser()), self.weights)
         self.num_features = int(self.model.num_features)

