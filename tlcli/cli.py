@@ -130,6 +130,11 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
     locked = None
     try:
         args = _backbone_rewrite(_resume_rewrite(args))
+        if multirun and not passthrough:
+            from tlcli.config import plugins
+
+            # a sweeper/launcher from an extra that is not installed: what to install, not Hydra's error
+            plugins.check(verb, _overrides(args))
         if not passthrough:
             _check_writable(args, multirun)
         if not multirun and not passthrough:

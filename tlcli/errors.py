@@ -61,3 +61,25 @@ def find_tlcli_error(exc: BaseException | None) -> TlcliError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def is_installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (a missing parent package counts as missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_package(what: str, package: str, extra: str, alone: str | None = None, instead: str | None = None) -> str:
+    """The one line for an optional feature whose package is not installed: the extra (pyproject.toml) to install.
+
+    alone: the package to pip install instead of the extra, where that alone is enough; instead: another choice."""
+    line = f"{what} needs the {package} package, which is not installed: pip install 'tlcli[{extra}]'"
+    if alone:
+        line += f" (or pip install {alone})"
+    if instead:
+        line += f", or {instead}"
+    return line

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import TINY
@@ -82,3 +83,49 @@ def test_optuna_two_trials_optimise_the_monitored_metric(imagefolder, tmp_path):
     assert (sweep / "optuna.db").is_file()
     best = (sweep / "optimization_results.yaml").read_text()
     assert "best_value" in best and "best_params" in best
+
+
+def tlcli_without(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`tlcli ARGS` in a Python where `module` cannot be imported, as when its extra is not installed."""
+    code = f"import sys; sys.modules[{module!r}] = None; from tlcli.cli import main; sys.exit(main({args!r}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=cwd)
+
+
+OPTUNA_MISSING = (
+    "hydra/sweeper=optuna needs the hydra-optuna-sweeper package, which is not installed: pip install 'tlcli[optuna]'"
+)
+
+
+@pytest.mark.parametrize(
+    "module, args, line",
+    [
+        ("hydra_plugins.hydra_optuna_sweeper", ["fit", "-m", "hydra/sweeper=optuna"], OPTUNA_MISSING),
+        (
+            "hydra_plugins.hydra_optuna_sweeper",
+            ["fit", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "optimizer.lr=1e-3,3e-3"],
+            OPTUNA_MISSING,
+        ),
+        ("hydra_plugins.hydra_optuna_sweeper", ["fit", "hparams_search=optuna"], OPTUNA_MISSING),
+        ("hydra_plugins.hydra_optuna_sweeper", ["cat", "hparams_search=optuna"], OPTUNA_MISSING),
+        (
+            "hydra_plugins.hydra_submitit_launcher",
+            ["fit", "-m", "hydra/launcher=slurm", "optimizer.lr=1e-3,3e-3"],
+            "hydra/launcher=slurm needs the hydra-submitit-launcher package, which is not installed: "
+            "pip install 'tlcli[slurm]'",
+        ),
+        (
+            "hydra_plugins.hydra_joblib_launcher",
+            ["fit", "-m", "hydra/launcher=joblib", "optimizer.lr=1e-3,3e-3"],
+            "hydra/launcher=joblib needs the hydra-joblib-launcher package, which is not installed: "
+            "pip install 'tlcli[joblib]'",
+        ),
+    ],
+    ids=["sweeper-optuna", "hparams_search-optuna", "hparams_search-no-m", "cat", "launcher-slurm", "launcher-joblib"],
+)
+def test_a_missing_plugin_extra_is_a_config_error_naming_the_extra(tmp_path, module, args, line):
+    proc = tlcli_without(module, [*args, *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    err = " ".join(proc.stderr.split())  # rich wraps long lines: compare unwrapped
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"tlcli: config error - {line} " in err, err
+    assert "Traceback" not in err and "Could not find" not in err and "Could not load" not in err
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "outputs").exists()  # nothing ran

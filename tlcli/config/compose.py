@@ -80,7 +80,12 @@ def _all_keys(node, prefix: str = "") -> list[str]:
 
 
 def _explain(exc: Exception, keys: list[str]) -> str:
+    from tlcli.config import plugins
+
     msg = str(exc)
+    missing_plugin = plugins.problem(msg)
+    if missing_plugin is not None:
+        return missing_plugin
     m = re.search(r"Could not override '([^']+)'", msg)
     if m:
         key = m.group(1)
