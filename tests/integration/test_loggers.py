@@ -34,7 +34,7 @@ def test_tensorboard_writes_event_files_beside_the_csv_log(tmp_path, imagefolder
     assert len(val_acc_per_epoch(run)) == 2
 
 
-@pytest.mark.parametrize("option, module", [("wandb", "wandb"), ("mlflow", "mlflow")])
+@pytest.mark.parametrize("option, module", [("wandb", "wandb"), ("mlflow", "mlflow"), ("tensorboard", "tensorboard")])
 def test_a_missing_optional_logger_package_names_the_extra_to_install(tmp_path, monkeypatch, option, module):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))

@@ -5,15 +5,17 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from tlcli.config.values import RANGES, range_problems, type_problem
-from tlcli.errors import ConfigError, did_you_mean
+from tlcli.errors import ConfigError, did_you_mean, is_installed, missing_package
 
 MONITORS = ("val/acc", "val/f1_macro", "val/loss")
 GROUPS = ("backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer")
-# Loggers whose package is an optional extra: logger _target_ -> (module, pip extra)
+# Loggers whose package is an optional extra (pyproject.toml): logger _target_ -> (module, pip extra)
 OPTIONAL_LOGGERS = {
     "lightning.pytorch.loggers.WandbLogger": ("wandb", "wandb"),
     "lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "mlflow"),
+    "lightning.pytorch.loggers.TensorBoardLogger": ("tensorboard", "tensorboard"),
 }
+LORA = "tlcli.finetune.lora.LoRA"
 
 
 def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -61,6 +63,8 @@ def validate_problems(cfg: DictConfig) -> list[str]:
 
         problems.append(FIT_REFUSAL)
     problems += _missing_logger_packages(cfg)
+    if OmegaConf.select(cfg, "finetune._target_") == LORA:
+        problems += peft_problems()
     if cfg.monitor not in MONITORS:
         problems.append(
             f"monitor={cfg.monitor} is not a logged metric; choose one of {', '.join(MONITORS)}."
@@ -73,19 +77,23 @@ def validate_problems(cfg: DictConfig) -> list[str]:
     return problems + range_problems(cfg)
 
 
-def _missing_logger_packages(cfg: DictConfig) -> list[str]:
-    import importlib.util
+def peft_problems() -> list[str]:
+    """finetune=lora trains through peft, which comes with the lora extra."""
+    if is_installed("peft"):
+        return []
+    instead = "choose another strategy, e.g. finetune=full"
+    return [missing_package("finetune=lora", "peft", "lora", alone="peft", instead=instead)]
 
+
+def _missing_logger_packages(cfg: DictConfig) -> list[str]:
     out = []
     for name, node in (cfg.get("logger") or {}).items():
         target = node.get("_target_") if node is not None else None
         if target in OPTIONAL_LOGGERS:
             module, extra = OPTIONAL_LOGGERS[target]
-            if importlib.util.find_spec(module) is None:
-                out.append(
-                    f"logger.{name} needs the {module} package, which is not installed: "
-                    f"pip install 'tlcli[{extra}]' (or pip install {module}), or choose another logger, e.g. logger=csv"
-                )
+            if not is_installed(module):
+                instead = "choose another logger, e.g. logger=csv"
+                out.append(missing_package(f"logger.{name}", module, extra, alone=module, instead=instead))
     return out
 
 

@@ -37,6 +37,11 @@ class LoRA(FinetuneStrategy):
         freeze_bn_stats: bool = False,
     ):
         super().__init__(train_bn=train_bn, freeze_bn_stats=freeze_bn_stats)
+        from tlcli.config.validate import peft_problems
+
+        missing = peft_problems()  # fit checks this up front; test/export of a LoRA checkpoint get here first
+        if missing:
+            raise ConfigError(missing)
         if r < 1:
             raise ConfigError(f"finetune.r={r} must be >= 1 (the rank of the adapters, e.g. 8)")
         self.r, self.alpha, self.dropout = r, alpha, dropout
