@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlcli.config import recipes
+from tlcli.data import protocol
 
 log = logging.getLogger(__name__)
 AUTO = "tlcli.finetune.auto.Auto"
@@ -37,6 +38,7 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = instantiate(cfg.data, data_config=backbone.data_config())
     datamodule.setup("fit")
+    protocol.check(datamodule)
     notes: dict[str, Any] = {}
     if cfg.finetune._target_ == AUTO:
         name, reason = instantiate(cfg.finetune).choose(datamodule.label_counts(), backbone.modality)

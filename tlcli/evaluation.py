@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from tlcli import console
 from tlcli.errors import ConfigError, DataError
 from tlcli.reporting import files
+from tlcli.tasks.base import LABEL_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,10 @@ def require(cfg: DictConfig) -> None:
 def check_classes(module, datamodule) -> None:
     """The data must name the checkpoint's classes in the checkpoint's order."""
     ckpt, data = list(module.class_names), list(datamodule.class_names)
-    if module.task.multilabel != datamodule.multilabel:
-        kinds = ("multi-label", "single-label") if module.task.multilabel else ("single-label", "multi-label")
+    if module.task.labels != datamodule.labels:
+        trained, given = LABEL_KINDS[module.task.labels], LABEL_KINDS.get(datamodule.labels, datamodule.labels)
         raise DataError(
-            f"data: the checkpoint was trained on {kinds[0]} data but this data is {kinds[1]}: "
+            f"data: the checkpoint was trained on {trained} but this data holds {given}: "
             "evaluate on data of the same kind"
         )
     if ckpt == data:
@@ -57,20 +58,14 @@ def check_classes(module, datamodule) -> None:
 
 
 def write_test_report(run_dir: Path, module, split: str) -> dict | None:
-    """per_class.json/.csv, confusion_matrix.png and the table for the last trainer.test."""
+    """per_class.json/.csv, the task's figure and the table for the last trainer.test."""
     if not module.test_outputs:
         return None
     task = module.task
-    summary = files.write_report(
-        run_dir,
-        module.test_outputs["y_true"].numpy(),
-        module.test_outputs["y_score"].numpy(),
-        module.class_names,
-        multilabel=task.multilabel,
-        threshold=task.thresholds if task.multilabel else 0.5,
-        split=split,
-        console=console.console,
+    report = task.report(
+        module.test_outputs["y_true"].numpy(), module.test_outputs["y_score"].numpy(), module.class_names, split
     )
+    summary = files.write_report(run_dir, report, task=type(task).__name__, split=split, console=console.console)
     log.debug("report: %s", summary)
     return summary
 

@@ -70,7 +70,7 @@ def predict_scores(
             "finetune=linear_probe as the baseline"
         )
     datamodule.setup("test")
-    if datamodule.multilabel:
+    if datamodule.labels != "class":
         raise ConfigError("zero-shot classification supports single-label data: drop data.label_columns")
     names = list(class_names) if class_names is not None else list(datamodule.class_names)
     if len(names) != datamodule.num_classes:
@@ -175,7 +175,7 @@ def baseline(cfg) -> dict[str, Any]:
     backbone = instantiate(cfg.backbone).eval()
     datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
     datamodule.setup("test")
-    if datamodule.multilabel:
+    if datamodule.labels != "class":
         raise ConfigError("finetune=zero_shot supports single-label data: drop data.label_columns")
     split = datamodule.test_split
     if getattr(backbone, "modality", None) == "text":

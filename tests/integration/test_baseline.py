@@ -18,6 +18,7 @@ from tests.conftest import TINY, compose_fit, make_image, make_imagefolder
 from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.reporting import html as html_report
+from tlcli.tasks import Classification, MultiLabel
 from tlcli.training import baseline, features
 from tlcli.training.baseline import C_GRID, EvalSplits, before_fine_tuning, choose_c, console_line, probe
 
@@ -229,11 +230,8 @@ def test_multilabel_data_is_skipped_with_the_reason(tmp_path, caplog):
     overrides = [*TINY, "task=multilabel", "data=csv", f"data.train_csv={train}", "data.label_columns=[a,b]"]
     backbone, dm, _ = parts(overrides, tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="tlcli.training.baseline"):
-        assert before_fine_tuning(backbone, dm, seed=0) == {}
-    assert (
-        "baseline (frozen features + logistic regression) skipped: multi-label data "
-        "(a single-label linear classifier does not apply)" in caplog.text
-    )
+        assert before_fine_tuning(backbone, dm, seed=0, task=MultiLabel()) == {}
+    assert "baseline skipped: MultiLabel has no frozen-features baseline" in caplog.text
 
 
 def test_a_custom_data_module_is_skipped_with_the_reason(caplog):
@@ -257,10 +255,7 @@ def test_an_unexpected_error_is_a_warning_and_the_backbone_is_put_back(images, c
     monkeypatch.setattr(features, "compute", boom)
     with caplog.at_level(logging.WARNING, logger="tlcli.training.baseline"):
         assert before_fine_tuning(backbone, dm, seed=0) == {}
-    assert (
-        "baseline (frozen features + logistic regression) not computed (RuntimeError: out of memory); "
-        "the fit goes on without it" in caplog.text
-    )
+    assert "baseline not computed (RuntimeError: out of memory); the fit goes on without it" in caplog.text
     assert all(m.training for m in backbone.modules())
 
 
@@ -295,7 +290,7 @@ def test_console_line():
 
 
 def test_report_html_shows_before_after_and_the_gain(tmp_path):
-    module = type("M", (), {"config": {}, "task": type("T", (), {"multilabel": False})(), "class_names": ["a", "b"]})()
+    module = type("M", (), {"config": {}, "task": Classification(), "class_names": ["a", "b"]})()
     module.test_outputs, module._trainer = {}, None
     path = html_report.write_html(tmp_path, module, object(), METRICS)
     page = path.read_text()

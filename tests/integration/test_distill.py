@@ -19,7 +19,7 @@ from tlcli.finetune.full import Full
 from tlcli.heads import LinearHead
 from tlcli.module import TransferModule
 from tlcli.schedules import WarmupCosine
-from tlcli.tasks import Classification
+from tlcli.tasks import Classification, MultiLabel
 from tlcli.training.distill import Distiller, kd_loss
 
 CLASSES = ["cat", "dog", "fox"]
@@ -141,7 +141,7 @@ def test_classes_must_match_and_a_different_order_is_mapped(folder, teacher_dir)
 def test_settings_and_modality_errors(teacher_dir):
     image_cfg = TimmBackbone("test_resnet", weights="none").data_config()
     with pytest.raises(ConfigError) as info:
-        Distiller(teacher_dir, 1.5, 0.0, class_names=CLASSES, data_config=image_cfg, multilabel=True)
+        Distiller(teacher_dir, 1.5, 0.0, class_names=CLASSES, data_config=image_cfg, task=MultiLabel())
     assert info.value.problems == [
         "distill.alpha=1.5 must be in [0, 1] (the weight of the teacher's soft labels)",
         "distill.temperature=0.0 must be > 0 (e.g. 4.0)",

@@ -25,6 +25,7 @@ from tlcli.data import ImageFolderDataModule
 from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.errors import ConfigError, DataError
 from tlcli.restore import load_module
+from tlcli.tasks import MultiLabel
 
 QUIET = ["progress_bar=false"]
 
@@ -270,9 +271,11 @@ def test_every_missing_required_key_is_reported_at_once(tmp_path):
 
 def test_multilabel_rows_predict_every_label_over_its_threshold():
     scores = np.array([[0.9, 0.2, 0.6], [0.1, 0.3, 0.2]], dtype=np.float32)
-    rows = predict_verb.prediction_rows(["a.png", "b.png"], scores, ["x", "y", "z"], 2, thresholds=[0.5, 0.5, 0.7])
+    task = MultiLabel(threshold=[0.5, 0.5, 0.7])
+    task.build(3, [1, 1, 1])
+    rows = predict_verb.prediction_rows(task, ["a.png", "b.png"], scores, ["x", "y", "z"], 2)
     assert [r["pred"] for r in rows] == [["x"], []]  # z's 0.6 is under its own 0.7
-    assert predict_verb.to_csv(rows).splitlines() == [
+    assert predict_verb.to_csv(task, rows).splitlines() == [
         "input,pred,score,top1,top1_score,top2,top2_score",
         f"a.png,x,{float(np.float32(0.9))!r},x,{float(np.float32(0.9))!r},z,{float(np.float32(0.6))!r}",
         f"b.png,,{float(np.float32(0.3))!r},y,{float(np.float32(0.3))!r},z,{float(np.float32(0.2))!r}",

@@ -19,7 +19,9 @@ from tests.conftest import TINY, compose_fit, make_imagefolder
 from tlcli.commands import test as test_verb
 from tlcli.commands.fit import fit
 from tlcli.reporting import html as html_report
-from tlcli.reporting.html import build_html, confidently_wrong
+from tlcli.reporting.html import build_html
+from tlcli.tasks import Classification, MultiLabel
+from tlcli.tasks.classification import confidently_wrong
 
 NAMES = ["cat", "<b>&", "dog"]
 # 6 test examples; rows 1, 3, 4 are wrong with confidences 0.6, 0.9, 0.5 (row 3 is the surest mistake)
@@ -58,6 +60,7 @@ def page_for(**overrides) -> str:
         "class_names": NAMES,
         "y_true": Y_TRUE,
         "y_score": Y_SCORE,
+        "task": Classification(),
         "examples": [(f"img/{i}<x>.png", pixels(i)) for i in range(len(Y_TRUE))],
         "image_loader": Image.fromarray,
     }
@@ -141,9 +144,9 @@ def test_text_examples_show_an_escaped_snippet_cut_to_length():
 def test_multilabel_degrades_to_per_label_matrices_and_worst_label_error():
     y_true = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     y_score = np.array([[0.9, 0.2], [0.7, 0.8], [0.4, 0.9], [0.1, 0.3]])  # rows 1 (0.7 FP) and 2 (0.6 FN) wrong
-    page = page_for(
-        class_names=["a<", "b"], y_true=y_true, y_score=y_score, multilabel=True, threshold=[0.5, 0.5], examples=None
-    )
+    task = MultiLabel(threshold=[0.5, 0.5])
+    task.build(2, [2, 2])
+    page = page_for(class_names=["a<", "b"], y_true=y_true, y_score=y_score, task=task, examples=None)
     assert "exact-match accuracy 0.5000" in page and "one 2x2 matrix per label" in page
     cards = CARD.findall(page)
     assert [re.search(r"#(\d+)", c).group(1) for c in cards] == ["1", "2"]
@@ -161,7 +164,7 @@ def test_a_failure_is_a_warning_never_an_error(tmp_path, monkeypatch, caplog):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(html_report, "build_html", boom)
-    module = type("M", (), {"config": {}, "task": type("T", (), {"multilabel": False})(), "class_names": NAMES})()
+    module = type("M", (), {"config": {}, "task": Classification(), "class_names": NAMES})()
     module.test_outputs, module._trainer = {}, None
     with caplog.at_level(logging.WARNING, logger="tlcli.reporting.html"):
         assert html_report.write_html(tmp_path, module, object(), {"test_split": "test"}) is None

@@ -231,7 +231,7 @@ def test_shuffling_is_seeded(imagefolder):
 def test_imagefolder_splits_classes_and_batches(imagefolder):
     dm = folder_dm(imagefolder)
     dm.setup("fit")
-    assert dm.class_names == ["cat", "dog", "fox"] and dm.num_classes == 3 and not dm.multilabel
+    assert dm.class_names == ["cat", "dog", "fox"] and dm.num_classes == 3 and dm.labels == "class"
     assert {k: len(v) for k, v in dm.samples.items()} == {"train": 36, "val": 12, "test": 12}
     assert dm.test_split == "test" and dm.label_counts() == [12, 12, 12]
     x, y = next(iter(dm.train_dataloader()))
@@ -528,7 +528,7 @@ def test_csv_multilabel_targets_counts_and_value_errors(tmp_path, text_cfg, capl
     train = write_csv(tmp_path / "m.csv", "text,cat,dog,fox,owl", rows)
     dm = csv_dm(train, data_config=text_cfg, label_columns=["cat", "dog", "fox"])
     dm.setup("fit")
-    assert dm.multilabel and dm.class_names == ["cat", "dog", "fox"]
+    assert dm.labels == "multi" and dm.class_names == ["cat", "dog", "fox"]
     with caplog.at_level(logging.WARNING, logger="tlcli.data.csv"):
         csv_dm(train, data_config=text_cfg, label_columns=["cat", "owl"]).setup()
     assert "labels with no positive training rows: owl" in caplog.text

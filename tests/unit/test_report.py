@@ -14,16 +14,15 @@ from PIL import Image
 from rich.console import Console
 
 from tlcli.reporting import files
-from tlcli.reporting.files import (
-    VAL_NOTE,
-    confusion_counts,
-    confusion_matrix_png,
-    per_class_report,
-    print_report,
-    write_json_atomic,
-    write_report,
-    write_text_atomic,
-)
+from tlcli.reporting.files import VAL_NOTE, print_report, write_json_atomic, write_report, write_text_atomic
+from tlcli.tasks import Classification, MultiLabel
+from tlcli.tasks import classification as cls
+from tlcli.tasks.classification import confusion_counts, per_class_report
+
+
+def confusion_matrix_png(path, y_true, y_pred, names, title):
+    return files.write_png_atomic(path, cls.confusion_matrix_figure(y_true, y_pred, names, title))
+
 
 NAMES = ["ant", "bee", "cow", "dodo"]  # "dodo" never appears in the test split
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
@@ -152,7 +151,7 @@ def test_confusion_matrix_png_is_a_sized_png(tmp_path, num_classes, size):
 
 
 def test_multilabel_confusion_png_is_a_grid(tmp_path):
-    pred = files.predict(ML_SCORE, multilabel=True)
+    pred = cls.predict(ML_SCORE, multilabel=True)
     out = confusion_matrix_png(tmp_path / "cm.png", ML_TRUE, pred, ML_NAMES, "ml")
     with Image.open(out) as img:
         assert img.size == (520, 580)  # 3 labels -> 2x2 grid of 2.6 in cells + title
@@ -201,7 +200,8 @@ def test_png_render_failure_keeps_old_png(tmp_path, monkeypatch):
 
 def test_write_report_files_summary_and_table(tmp_path):
     console = Console(record=True, width=120)
-    out = write_report(tmp_path / "rep", Y_TRUE, scores_for(Y_PRED, 4), NAMES, console=console)
+    report = Classification().report(Y_TRUE, scores_for(Y_PRED, 4), NAMES, "test")
+    out = write_report(tmp_path / "rep", report, task="Classification", console=console)
     rep = tmp_path / "rep"
     assert out == {
         "split": "test",
@@ -219,6 +219,7 @@ def test_write_report_files_summary_and_table(tmp_path):
 
     data = json.loads((rep / "per_class.json").read_text())
     assert data["split"] == "test" and data["note"] is None and data["multilabel"] is False
+    assert data["task"] == "Classification" and data["columns"] == ["class", "precision", "recall", "f1", "support"]
     assert data["summary"]["accuracy"] == pytest.approx(4 / 6)
     assert_rows(data["rows"], SINGLE)
 
@@ -245,16 +246,9 @@ def test_write_report_files_summary_and_table(tmp_path):
 
 def test_write_report_on_validation_split_says_so(tmp_path):
     console = Console(record=True, width=120)
-    out = write_report(
-        tmp_path,
-        ML_TRUE,
-        ML_SCORE,
-        ML_NAMES,
-        multilabel=True,
-        threshold=np.array([0.5, 0.3, 0.9]),
-        split="val",
-        console=console,
-    )
+    task = MultiLabel(threshold=[0.5, 0.3, 0.9])
+    task.build(3, [1, 1, 1])
+    out = write_report(tmp_path, task.report(ML_TRUE, ML_SCORE, ML_NAMES, "val"), split="val", console=console)
     assert out["accuracy"] == pytest.approx(1 / 3)  # exact match: only the first row
     assert out["micro_f1"] == pytest.approx(0.8) and out["macro_f1"] == pytest.approx(7 / 9)
     data = json.loads(Path(out["files"]["json"]).read_text())

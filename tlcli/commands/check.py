@@ -18,6 +18,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from tlcli.errors import EXIT_OK, ConfigError, DataError, TlcliError, WeightsError, find_tlcli_error
 
 MAX_SHOWN = 10  # unreadable images listed one per line; the rest are counted
@@ -255,21 +257,34 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
             raise
         found.fail("data", err)
         return
+    from tlcli.data import protocol
+    from tlcli.data.base import TransferDataModule
+
+    try:
+        protocol.check(dm)
+    except ConfigError as err:
+        found.fail("data", err)
+        return
+    if not isinstance(dm, TransferDataModule):  # a data module of the user's own: no examples to count
+        found.rows.append(("data", "ok", f"{type(dm).__name__}: {dm.num_classes} outputs; its examples are its own"))
+        return
     for split, samples in dm.samples.items():
-        if dm.multilabel:
-            per_class = samples.targets.sum(axis=0).astype(int)
+        targets = np.asarray(samples.targets)
+        if targets.ndim == 2:  # 0/1 per label (positives), or values per target (examples)
+            per_class = (targets != 0).sum(axis=0) if dm.labels == "multi" else [len(targets)] * dm.num_classes
         else:
-            per_class = [int((samples.targets == c).sum()) for c in range(dm.num_classes)]
+            per_class = [int((targets == c).sum()) for c in range(dm.num_classes)]
         found.counts[split] = dict(zip(dm.class_names, (int(n) for n in per_class)))
     sizes = ", ".join(f"{s} {len(v)}" for s, v in dm.samples.items())
     note = "" if dm.test_split == "test" else "; no test split (the test report will use val)"
-    found.rows.append(("data", "ok", f"{dm.num_classes} classes; {sizes}{note}"))
-    links = getattr(dm, "skipped_links", [])
+    what = f"{dm.num_classes} numeric target(s)" if dm.labels == "numeric" else f"{dm.num_classes} classes"
+    found.rows.append(("data", "ok", f"{what}; {sizes}{note}"))
+    links = dm.skipped_links
     if links:  # loops and links out of a class folder: fit does not follow them either
         found.rows.append(
             ("folders", "skipped", f"{len(links)} symlinked, not followed (loop or outside the class): {_shown(links)}")
         )
-    skipped = [f for paths in getattr(dm, "unreadable", {}).values() for f in paths]
+    skipped = [f for paths in dm.unreadable.values() for f in paths]
     if skipped:  # within data.max_bad_fraction: fit leaves them out with a warning
         shown = _shown(skipped)
         found.rows.append(
@@ -281,7 +296,7 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
         )
     files = [x for samples in dm.samples.values() for x in samples.inputs if isinstance(x, (str, Path))]
     if dm.modality == "image" and files:
-        _images(files, found, getattr(dm, "max_image_pixels", None))
+        _images(files, found, dm.max_image_pixels)
 
 
 def _shown(items: list[str]) -> str:

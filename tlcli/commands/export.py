@@ -34,17 +34,19 @@ TEXT_INPUTS = ("input_ids", "attention_mask")
 
 
 class Classifier(nn.Module):
-    """backbone + head: inputs -> logits. Text models take (input_ids, attention_mask) as
-    two tensors, so tracing and ONNX see plain tensors instead of a dict."""
+    """backbone + head (+ the task's output layer: regression's de-standardisation): inputs ->
+    logits, or values. Text models take (input_ids, attention_mask) as two tensors, so tracing
+    and ONNX see plain tensors instead of a dict."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, output: nn.Module | None = None):
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.output = output if output is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is not None:
-            return self.head(self.backbone({"input_ids": x, "attention_mask": attention_mask}))
-        return self.head(self.backbone(x))
+            return self.output(self.head(self.backbone({"input_ids": x, "attention_mask": attention_mask})))
+        return self.output(self.head(self.backbone(x)))
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -66,7 +68,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"output={cfg.output} cannot be created ({why}): set output= to a writable folder") from exc
     module, config = restore.load_module(cfg.ckpt)
     merge_adapters(module)
-    model = Classifier(module.backbone, module.head).eval()
+    model = Classifier(module.backbone, module.head, module.task.output_layer()).eval()
     spec = module.backbone.data_config()
     example = example_inputs(spec, image_size(config))
     path = out_dir / FORMATS[cfg.format]
@@ -86,14 +88,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 def classes(module: nn.Module) -> dict[str, Any]:
-    """Class names in logit order, and how logits become scores and predictions."""
-    task = module.task
-    return {
-        "classes": list(module.class_names),
-        "multilabel": task.multilabel,
-        "scores": "sigmoid" if task.multilabel else "softmax",
-        "threshold": task.thresholds if task.multilabel else None,
-    }
+    """The task's outputs: class names in logit order and how logits become scores and
+    predictions, or the regression targets and their scaling."""
+    return module.task.export_info(list(module.class_names))
 
 
 def merge_adapters(module: nn.Module) -> None:

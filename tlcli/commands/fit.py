@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlcli import build, console, lock
 from tlcli.config.validate import validate_all
-from tlcli.errors import ConfigError
+from tlcli.data.protocol import ExampleData
 from tlcli.evaluation import write_test_report
 from tlcli.module import TransferModule
 from tlcli.reporting import files
@@ -57,28 +57,29 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     backbone, datamodule, notes = build.parts(cfg)
     console.print_recipe(notes)
     strategy = instantiate(cfg.finetune)
+    task = instantiate(cfg.task)
+    task.check_data(datamodule.labels)
+    task.build(datamodule.num_classes, datamodule.label_counts())
+    task.fit_targets(datamodule.train_targets())
     distiller = None
     if cfg.distill.teacher is not None:
         distiller = Distiller(
             **cfg.distill,
             class_names=datamodule.class_names,
             data_config=backbone.data_config(),
-            multilabel=datamodule.multilabel,
+            task=task,
         )
-    if getattr(datamodule, "feature_cache", False):  # data modules outside tlcli.data have no cache
+    if isinstance(datamodule, ExampleData) and datamodule.feature_cache:  # a data module of the user's own has none
         datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
     # the "before" number: frozen pretrained features + logistic regression on the same split
     # (and, with head_init=baseline, its regression as the head's starting weights)
     warm = cfg.head_init == "baseline"
-    before = baseline.before_fine_tuning(backbone, datamodule, cfg.seed, head=warm) if cfg.baseline or warm else {}
+    run_baseline = cfg.baseline or warm
+    before = baseline.before_fine_tuning(backbone, datamodule, cfg.seed, task, head=warm) if run_baseline else {}
     before_s = before.pop("baseline/seconds", None)  # wall time: timing.json, not metrics.json
     start_head = before.pop("baseline/head", None)
     if not cfg.baseline:
         before = {}
-    task = instantiate(cfg.task)
-    if task.multilabel != datamodule.multilabel:
-        raise ConfigError(_task_data_mismatch(task.multilabel))
-    task.build(datamodule.num_classes, datamodule.label_counts())
     head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
     if warm:
         notes["head_init"] = _warm_start(head, start_head)
@@ -106,7 +107,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        for name, record in getattr(datamodule, "run_records", dict)().items():  # e.g. k_shot.json
+        records = datamodule.run_records() if isinstance(datamodule, ExampleData) else {}
+        for name, record in records.items():  # e.g. k_shot.json
             files.write_json_atomic(run_dir / name, record)
         files.write_json_atomic(run_dir / "environment.json", environment(cfg.seed))
         console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
@@ -167,7 +169,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 },
             )
         html_report.write_html(run_dir, module, datamodule, metrics, epochs)
-        line = baseline.console_line(metrics)
+        line = baseline.console_line(metrics, task.headline)
         if line:
             console.console.print(line)
         console.console.print(f"run dir: {run_dir}")
@@ -238,9 +240,3 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     if cb is not None and cb.last_model_path:
         return cb.last_model_path
     return None  # no checkpointing configured: test the weights in memory
-
-
-def _task_data_mismatch(task_multilabel: bool) -> str:
-    if task_multilabel:
-        return "task=multilabel needs multi-label data: use data=csv with data.label_columns=[col1,col2,...]"
-    return "the data is multi-label (data.label_columns is set): use task=multilabel"

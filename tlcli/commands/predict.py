@@ -45,7 +45,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     out = output_path(cfg.output)  # before the model loads: a bad output path fails in a second
     module, config = restore.load_module(cfg.ckpt)
     spec = module.backbone.data_config()
-    names, inputs = list_inputs(cfg.input, spec["modality"], cfg.input_column)
+    # by default the columns the model was trained on (data=csv), e.g. a sentence pair's two
+    column = cfg.input_column if cfg.input_column is not None else config.get("data", {}).get("input_column")
+    names, inputs = list_inputs(cfg.input, spec["modality"], column)
     skipped: list[tuple[str, str]] = []
     if spec["modality"] == "image":
         names, inputs, skipped = drop_unreadable(names, inputs, cfg, skipped_path(out))
@@ -53,9 +55,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels)
     dev = device(cfg.accelerator)
     scores = _infer(module.to(dev), loader, dev, len(inputs), cfg.progress_bar)
-    thresholds = module.task.thresholds if module.task.multilabel else None
-    rows = prediction_rows(names, scores, module.class_names, min(cfg.top_k, len(module.class_names)), thresholds)
-    files.write_text_atomic(out, to_jsonl(rows) if out.suffix.lower() == ".jsonl" else to_csv(rows))
+    task = module.task
+    rows = prediction_rows(task, names, scores, module.class_names, min(cfg.top_k, len(module.class_names)))
+    files.write_text_atomic(out, to_jsonl(task, rows) if out.suffix.lower() == ".jsonl" else to_csv(task, rows))
     result: dict[str, Any] = {"output": str(out), "count": len(rows)}
     if skipped:
         files.write_text_atomic(skipped_path(out), to_csv_table(["input", "error"], skipped))
@@ -124,14 +126,21 @@ def output_path(value: str) -> Path:
     return out
 
 
-def list_inputs(value: str, modality: str, column: str | None) -> tuple[list[str], list[str]]:
-    """(names to write, inputs to load): image paths or texts, in a stable order."""
+PAIR_SEP = " ||| "  # joins a sentence pair in predict's "input" column
+
+
+def list_inputs(value: str, modality: str, column: str | list[str] | None) -> tuple[list[str], list[Any]]:
+    """(names to write, inputs to load): image paths, texts or text pairs, in a stable order."""
     from tlcli.data.imagefolder import describe_links, links_warning, list_images
     from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
 
     column = column or ("text" if modality == "text" else "image")
     p = Path(value).expanduser()
-    csv_kind = f"a CSV with a column '{column}'"
+    csv_kind = (
+        f"a CSV with columns {' and '.join(repr(c) for c in column)}"
+        if isinstance(column, list)
+        else f"a CSV with a column '{column}'"
+    )
     kinds = csv_kind if modality == "text" else f"a folder of images, an image file, or {csv_kind}"
     if not p.exists():
         raise DataError(f"input={value} does not exist: pass {kinds}")
@@ -152,23 +161,28 @@ def list_inputs(value: str, modality: str, column: str | None) -> tuple[list[str
     raise DataError(f"input={value} is not a folder, an image ({' '.join(IMAGE_EXTENSIONS)}) or a .csv file")
 
 
-def _csv_inputs(path: Path, column: str, modality: str) -> tuple[list[str], list[str]]:
+def _csv_inputs(path: Path, column: str | list[str], modality: str) -> tuple[list[str], list[Any]]:
+    columns = column if isinstance(column, list) else [column]
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
         reader = csv.DictReader(f)
         header = [h for h in (reader.fieldnames or []) if h is not None]
-        if column not in header:
-            raise DataError(
-                f"input={path}: no column '{column}' (columns: {', '.join(header) or 'none'})."
-                f"{did_you_mean(column, header)} Set input_column= to the one holding the "
-                f"{'texts' if modality == 'text' else 'image paths'}"
-            )
-        records = [(reader.line_num, (r[column] or "").strip()) for r in reader]
+        for c in columns:
+            if c not in header:
+                raise DataError(
+                    f"input={path}: no column '{c}' (columns: {', '.join(header) or 'none'})."
+                    f"{did_you_mean(c, header)} Set input_column= to the one holding the "
+                    f"{'texts' if modality == 'text' else 'image paths'}"
+                )
+        records = [(reader.line_num, tuple((r[c] or "").strip() for c in columns)) for r in reader]
     if not records:
         raise DataError(f"input={path} has no data rows: add one row per {modality}")
-    empty = [line for line, v in records if not v]
+    empty = [line for line, v in records if not all(v)]
     if empty:
-        raise DataError(f"input={path}: empty '{column}' on lines {_listing(empty)}; fill them in or remove the rows")
-    names = [v for _, v in records]
+        shown = " or ".join(f"'{c}'" for c in columns)
+        raise DataError(f"input={path}: empty {shown} on lines {_listing(empty)}; fill them in or remove the rows")
+    if len(columns) == 2:  # a sentence pair: encoded together, named by both texts
+        return [PAIR_SEP.join(v) for _, v in records], [v for _, v in records]
+    names = [v[0] for _, v in records]
     if modality == "text":
         return names, names
     paths = [str(path.parent / v) for v in names]
@@ -221,34 +235,18 @@ def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) ->
     return torch.cat(out).numpy()
 
 
-def prediction_rows(
-    names: list[str], scores: np.ndarray, classes: list[str], top_k: int, thresholds: list[float] | None
-) -> list[dict[str, Any]]:
-    """One dict per input. Single-label: pred = the top class, score its probability.
-    Multi-label (thresholds given): pred = every label at or above its threshold, score the
-    highest label score; top-k ranks labels by score either way."""
-    rows = []
-    for name, s in zip(names, scores.astype(float)):
-        order = np.argsort(-s, kind="stable")[:top_k]
-        top = [(classes[i], float(s[i])) for i in order]
-        if thresholds is None:
-            pred: Any = top[0][0]
-        else:
-            pred = [c for c, v, t in zip(classes, s, thresholds) if v >= t]
-        rows.append({"input": name, "pred": pred, "score": top[0][1], "top": top, "probs": dict(zip(classes, s))})
-    return rows
+def prediction_rows(task, names: list[str], scores: np.ndarray, classes: list[str], top_k: int) -> list[dict[str, Any]]:
+    """One dict per input: {"input": name} and the task's prediction (Task.prediction_row)."""
+    return [{"input": name, **task.prediction_row(s, classes, top_k)} for name, s in zip(names, scores)]
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    k = len(rows[0]["top"])
-    header = ["input", "pred", "score"] + [f"top{i}{sfx}" for i in range(1, k + 1) for sfx in ("", "_score")]
+def to_csv(task, rows: list[dict[str, Any]]) -> str:
+    """One line per input, the columns the task gives (repr-exact floats: the file round-trips)."""
+    cells = [task.csv_cells(r) for r in rows]
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for r in rows:
-        pred = "|".join(r["pred"]) if isinstance(r["pred"], list) else r["pred"]
-        # repr-exact floats: the file round-trips to the computed probabilities
-        writer.writerow([r["input"], pred, repr(r["score"])] + [v for c, p in r["top"] for v in (c, repr(p))])
+    writer = csv.DictWriter(buf, fieldnames=list(cells[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(cells)
     return buf.getvalue()
 
 
@@ -260,11 +258,5 @@ def to_csv_table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
     return buf.getvalue()
 
 
-def to_jsonl(rows: list[dict[str, Any]]) -> str:
-    lines = []
-    for r in rows:
-        record = {k: r[k] for k in ("input", "pred", "score")}
-        record["top"] = [{"class": c, "score": p} for c, p in r["top"]]
-        record["probs"] = {c: float(p) for c, p in r["probs"].items()}
-        lines.append(json.dumps(record))
-    return "\n".join(lines) + "\n"
+def to_jsonl(task, rows: list[dict[str, Any]]) -> str:
+    return "\n".join(json.dumps(task.json_record(r)) for r in rows) + "\n"

@@ -97,7 +97,7 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     # Augmentation off: scores must describe the features of the data, not of random crops.
     datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
     datamodule.setup("fit")
-    if datamodule.multilabel:
+    if datamodule.labels != "class":
         raise ConfigError("rank scores single-label classification data: drop data.label_columns")
     ftr, ytr = extract(backbone, datamodule, "train", cfg)
     fva, yva = extract(backbone, datamodule, "val", cfg)

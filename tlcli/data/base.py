@@ -120,7 +120,8 @@ class IgnoreSeed(Dataset):
 class TransferDataModule(L.LightningDataModule):
     """Shared splitting, datasets and loaders; attributes are ready after setup().
 
-    num_classes, class_names, multilabel: what the head and task are built for.
+    num_classes, class_names, labels: what the head and task are built for; labels is the kind
+    of targets ("class" ids, "multi" 0/1 vectors, "numeric" values; see tlcli.data.protocol).
     test_split: "test", or "val" when the data has no test split.
     k_shot: keep exactly K training examples per class (null or "all": every one), drawn
     after the val split is held out; val and test are untouched.
@@ -186,7 +187,8 @@ class TransferDataModule(L.LightningDataModule):
         self.skipped_links: list[str] = []  # symlinked folders a subclass did not follow ("link -> target")
         self.truncated: dict[str, int] = {}  # split -> texts cut to max_length tokens
         self.class_names: list[str] = []
-        self.multilabel = False
+        self.root: Any = None  # where the data was read from (subclasses set it)
+        self.labels = "class"
         self.test_split = "test"
         self.datasets: dict[str, Dataset] = {}
         self.samples: dict[str, Samples] = {}
@@ -194,7 +196,7 @@ class TransferDataModule(L.LightningDataModule):
     # --- what a subclass provides -------------------------------------------------
     def _load(self) -> dict[str, Samples | None]:
         """{"train": Samples, "val": Samples | None, "test": Samples | None}; sets class_names
-        (and multilabel). Raise DataError listing every problem found."""
+        (and labels, when not "class"). Raise DataError listing every problem found."""
         raise NotImplementedError
 
     # Turns one input into a PIL RGB image. A plain function (not a bound method), so
@@ -308,7 +310,7 @@ class TransferDataModule(L.LightningDataModule):
         )
 
     def _split_off_val(self, train: Samples) -> tuple[Samples, Samples]:
-        if self.multilabel:  # no single class to stratify on: a seeded random split
+        if self.labels != "class":  # no single class to stratify on: a seeded random split
             order = np.random.default_rng(self.seed).permutation(len(train))
             n_val = max(1, round(len(train) * self.val_fraction))
             return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
@@ -329,10 +331,11 @@ class TransferDataModule(L.LightningDataModule):
         return train.subset(rest), train.subset(val)
 
     def _take_k_shot(self, train: Samples) -> Samples:
-        if self.multilabel:
+        if self.labels != "class":
+            kind = "multi-label data" if self.labels == "multi" else "numeric targets"
             raise ConfigError(
                 f"data.k_shot={self.k_shot} needs single-label data (K examples per class); "
-                "for multi-label data set data.k_shot=null"
+                f"for {kind} set data.k_shot=null"
             )
         chosen = train.subset(kshot.select(train.targets, self.class_names, self.k_shot, self.seed))
         log.info("k_shot: %d training examples per class (seed %d)", self.k_shot, self.seed)
@@ -387,12 +390,20 @@ class TransferDataModule(L.LightningDataModule):
         return {"transform": repr(eval_tf), "loader": f"{loader.__module__}.{loader.__qualname__}"}
 
     def label_counts(self) -> list[int]:
-        """Training samples per class (positives per label for multi-label), for class weights."""
+        """Training samples per class (positives per label for multi-label, examples per target
+        for numeric targets), for class weights and finetune=auto."""
         self.setup("fit")
         targets = self.samples["train"].targets
-        if self.multilabel:
+        if self.labels == "multi":
             return [int(v) for v in targets.sum(axis=0)]
+        if self.labels == "numeric":
+            return [len(targets)] * self.num_classes
         return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
+
+    def train_targets(self) -> np.ndarray:
+        """The training split's targets: class ids (N,), 0/1 (N, C) or values (N, K)."""
+        self.setup("fit")
+        return np.asarray(self.samples["train"].targets)
 
     def split_loader(self, split: str, shuffle: bool) -> DataLoader:
         collate = TextCollate(self.data_config["tokenizer"]) if self.modality == "text" else None

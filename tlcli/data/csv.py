@@ -1,4 +1,4 @@
-"""Samples listed in CSV files: image paths or texts, one label column or several 0/1 columns.
+"""Samples listed in CSV files: image paths or texts; a label column, several 0/1 columns, or numbers.
 
 Read with the stdlib csv module: a CSV is small next to its images, and this keeps
 pandas out of the dependencies.
@@ -34,10 +34,16 @@ def _sort_labels(labels: set[str]) -> list[str]:
 class CSVDataModule(TransferDataModule):
     """train_csv (+ optional val_csv, test_csv) with an input column and label column(s).
 
-    input_column: null means "image" for image backbones and "text" for text ones.
+    input_column: null means "image" for image backbones and "text" for text ones; two
+    columns of texts ([sentence1,sentence2]) make sentence pairs, encoded together as the
+    tokenizer encodes pairs (one sequence with a separator).
     label_columns: a list of 0/1 columns makes the data multi-label (label_column is
-    then unused). Relative image paths are resolved against root, or against each
-    CSV's own folder when root is null.
+    then unused).
+    labels: the kind of targets the task reads (conf/data/csv.yaml takes it from the task):
+    "class" (label_column holds class names; label_columns 0/1 columns make it "multi") or
+    "numeric" (label_column, or each of label_columns, holds a number: regression targets).
+    Relative image paths are resolved against root, or against each CSV's own folder when
+    root is null.
     """
 
     modality_hint = "a backbone for the data's modality, or set data.modality"
@@ -47,9 +53,10 @@ class CSVDataModule(TransferDataModule):
         train_csv: str,
         val_csv: str | None = None,
         test_csv: str | None = None,
-        input_column: str | None = None,
+        input_column: str | Sequence[str] | None = None,
         label_column: str = "label",
         label_columns: Sequence[str] | None = None,
+        labels: str = "class",
         root: str | None = None,
         modality: str | None = None,
         val_fraction: float = 0.2,
@@ -86,15 +93,27 @@ class CSVDataModule(TransferDataModule):
                 f"data.label_columns={label_columns} must be a list of 0/1 column names, "
                 "e.g. data.label_columns=[cat,dog], or null for one label column"
             )
+        if labels not in ("class", "multi", "numeric"):
+            raise ConfigError(f"data.labels={labels} must be class, multi or numeric (it follows the task)")
         if modality not in (None, "image", "text"):
             raise ConfigError(f"data.modality={modality} must be image, text or null (the backbone's)")
         self.paths = {"train": train_csv, "val": val_csv, "test": test_csv}
+        if not (input_column is None or isinstance(input_column, str) or len(input_column) in (1, 2)):
+            raise ConfigError(
+                f"data.input_column={list(input_column)} names {len(input_column)} columns: give one column, "
+                "or two text columns for sentence pairs, e.g. data.input_column=[sentence1,sentence2]"
+            )
+        if input_column is not None and not isinstance(input_column, str):
+            input_column = list(input_column) if len(input_column) == 2 else input_column[0]
         self.input_column = input_column
         self.label_column = label_column
         self.label_columns = list(label_columns) if label_columns is not None else None
         self.root = Path(root).expanduser() if root is not None else None
         self.requested_modality = modality
-        self.multilabel = self.label_columns is not None
+        if labels == "numeric":
+            self.labels = "numeric"
+        else:
+            self.labels = "multi" if self.label_columns is not None else "class"
 
     def _load(self) -> dict[str, Samples | None]:
         modality = self.modality
@@ -104,6 +123,11 @@ class CSVDataModule(TransferDataModule):
                 f"inputs: pick a {self.requested_modality} backbone or set data.modality=null"
             )
         column = self.input_column or ("text" if modality == "text" else "image")
+        if isinstance(column, list) and modality != "text":
+            raise ConfigError(
+                f"data.input_column={column} makes sentence pairs, but the backbone expects {modality} "
+                "inputs: pick a text backbone, or name one column of image paths"
+            )
         tables = self._read_all(column)
         problems: list[str] = []
         rows = {s: self._parse(s, t, column, modality, problems) for s, t in tables.items()}
@@ -116,7 +140,7 @@ class CSVDataModule(TransferDataModule):
         index = {c: i for i, c in enumerate(self.class_names)}
         for split, pairs in rows.items():
             inputs = [x for x, _ in pairs]
-            if self.multilabel:
+            if self.labels != "class":  # 0/1 per label, or one value per target
                 targets = np.array([y for _, y in pairs], dtype=np.float32).reshape(-1, self.num_classes)
             else:
                 targets = np.array([index[y] for _, y in pairs], dtype=np.int64)
@@ -126,7 +150,10 @@ class CSVDataModule(TransferDataModule):
 
     def _set_classes(self, rows: dict[str, list[tuple[str, Any]]]) -> list[str]:
         """Class names from the label columns or the training labels; returns the problems."""
-        if self.multilabel:
+        if self.labels == "numeric":  # the targets' names
+            self.class_names = list(self.label_columns or [self.label_column])
+            return []
+        if self.labels == "multi":
             self.class_names = list(self.label_columns)
             positives = np.sum([y for _, y in rows["train"]], axis=0)
             if not positives.all():
@@ -150,11 +177,12 @@ class CSVDataModule(TransferDataModule):
                 )
         return problems
 
-    def _read_all(self, input_column: str) -> dict[str, tuple[Path, list[tuple[int, dict]]]]:
+    def _read_all(self, input_column: str | list[str]) -> dict[str, tuple[Path, list[tuple[int, dict]]]]:
         """{split: (path, [(line number, row)])} for each CSV given; missing files/columns raise."""
-        needed = [(input_column, "input_column")] + (
+        inputs = input_column if isinstance(input_column, list) else [input_column]
+        needed = [(c, "input_column") for c in inputs] + (
             [(c, "label_columns") for c in self.label_columns]
-            if self.multilabel
+            if self.label_columns is not None and self.labels != "class"
             else [(self.label_column, "label_column")]
         )
         problems, tables = [], {}
@@ -188,35 +216,34 @@ class CSVDataModule(TransferDataModule):
         path, records = table
         key = f"data.{SPLIT_KEYS[split]}"
         empty_input, empty_label, bad_multi, missing_files, pairs = [], [], [], [], []
+        bad_numbers: list[str] = []
         base = self.root if self.root is not None else path.parent
         for line, rec in records:
-            x = (rec[column] or "").strip()
-            if not x:
+            if isinstance(column, list):  # a sentence pair
+                x: Any = tuple((rec[c] or "").strip() for c in column)
+            else:
+                x = (rec[column] or "").strip()
+            if not (all(x) if isinstance(x, tuple) else x):
                 empty_input.append(line)
             elif modality == "image":
                 x = str(base / x)
                 if not Path(x).is_file():
                     missing_files.append(x)
-            if self.multilabel:
-                values = [(rec[c] or "").strip() for c in self.label_columns]
-                bad = [
-                    f"line {line} {c}={v!r}" for c, v in zip(self.label_columns, values) if v not in MULTILABEL_VALUES
-                ]
-                bad_multi.extend(bad)
-                y: Any = [MULTILABEL_VALUES.get(v, 0.0) for v in values]
-            else:
-                y = (rec[self.label_column] or "").strip()
-                if not y:
-                    empty_label.append(line)
-            pairs.append((x, y))
+            pairs.append((x, self._label(rec, line, empty_label, bad_multi, bad_numbers)))
         if empty_input:
             problems.append(
-                f"{key}: empty '{column}' on lines {_listing(empty_input)} of {path}; fill them in or remove the rows"
+                f"{key}: empty {_columns(column)} on lines {_listing(empty_input)} of {path}; "
+                "fill them in or remove the rows"
             )
         if empty_label:
             problems.append(
                 f"{key}: empty label in column '{self.label_column}' on lines "
                 f"{_listing(empty_label)} of {path}; fill them in or remove the rows"
+            )
+        if bad_numbers:
+            problems.append(
+                f"{key}: regression targets must be numbers, got {_listing(bad_numbers)} in {path}; "
+                "fix or remove these rows"
             )
         if bad_multi:
             problems.append(f"{key}: data.label_columns values must be 0 or 1, got {_listing(bad_multi)} in {path}")
@@ -227,3 +254,37 @@ class CSVDataModule(TransferDataModule):
                 f"fix the paths (relative paths start at {where}) or set data.root=DIR"
             )
         return pairs
+
+    def _numbers(self, rec: dict, line: int, bad: list[str]) -> list[float]:
+        """The row's numeric targets; each value that is not a finite number goes to `bad`."""
+        values = []
+        for c in self.label_columns or [self.label_column]:
+            raw = (rec[c] or "").strip()
+            try:
+                v = float(raw)
+            except ValueError:
+                v = float("nan")
+            if not np.isfinite(v):
+                bad.append(f"line {line} {c}={raw!r}")
+                v = 0.0
+            values.append(v)
+        return values
+
+    def _label(self, rec: dict, line: int, empty: list[int], bad_multi: list[str], bad_numbers: list[str]) -> Any:
+        """The row's target: a class name, a 0/1 list, or numbers; problems go to the lists."""
+        if self.labels == "numeric":
+            return self._numbers(rec, line, bad_numbers)
+        if self.labels == "multi":
+            values = [(rec[c] or "").strip() for c in self.label_columns]
+            bad_multi.extend(
+                f"line {line} {c}={v!r}" for c, v in zip(self.label_columns, values) if v not in MULTILABEL_VALUES
+            )
+            return [MULTILABEL_VALUES.get(v, 0.0) for v in values]
+        y = (rec[self.label_column] or "").strip()
+        if not y:
+            empty.append(line)
+        return y
+
+
+def _columns(column: str | list[str]) -> str:
+    return " or ".join(f"'{c}'" for c in column) if isinstance(column, list) else f"'{column}'"

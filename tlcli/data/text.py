@@ -46,17 +46,27 @@ class TextDataset(Dataset):
         return {key: v[a:b] for key, v in self.columns.items()}, as_target(self.targets[i])
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[dict[str, list], int]:
-    """Token ids of texts cut to max_length, and how many needed cutting.
+def _tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int):
+    """One text per item, or a pair (text, text) per item: the tokenizer then encodes the two as
+    one sequence the way its model was trained on pairs ([CLS] a [SEP] b [SEP] for BERT, with
+    token_type_ids), truncating the longer of the two first."""
+    if texts and isinstance(texts[0], (tuple, list)):
+        first, second = [t[0] for t in texts], [t[1] for t in texts]
+        return tokenizer(first, second, truncation="longest_first", max_length=max_length)
+    return tokenizer(list(texts), truncation=True, max_length=max_length)
+
+
+def _encode(tokenizer: Any, texts: Sequence[Any], max_length: int) -> tuple[dict[str, list], int]:
+    """Token ids of texts (or text pairs) cut to max_length, and how many needed cutting.
 
     Encoding to max_length + 1 first tells which texts are too long (without tokenizing a
     whole long document); only those are encoded again at max_length, so the special
     tokens a truncating tokenizer keeps (e.g. the final [SEP]) stay in place.
     """
-    enc = dict(tokenizer(list(texts), truncation=True, max_length=max_length + 1))
+    enc = dict(_tokenize(tokenizer, texts, max_length + 1))
     long = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_length]
     if long:
-        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
+        cut = _tokenize(tokenizer, [texts[i] for i in long], max_length)
         for key, values in enc.items():
             for j, i in enumerate(long):
                 values[i] = cut[key][j]

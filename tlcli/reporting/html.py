@@ -74,7 +74,12 @@ def write_html(run_dir, module, datamodule, metrics: dict[str, Any], history: li
 
 def _inputs(module, datamodule, metrics: dict[str, Any], history: list[dict] | None) -> dict[str, Any]:
     config, task = module.config, module.task
-    data = getattr(datamodule, "source", datamodule)  # a feature-cached run keeps the original data here
+    from tlcli.data.protocol import ExampleData
+    from tlcli.training.features import FeatureDataModule
+
+    # a feature-cached run keeps the original data as its source
+    data = datamodule.source if isinstance(datamodule, FeatureDataModule) else datamodule
+    examples = isinstance(data, ExampleData)
     split = metrics["test_split"]
     kw: dict[str, Any] = {
         "title": f"tlcli {'fit' if history is not None else 'test'}: {_short(_at(config, 'backbone', 'name'))}",
@@ -82,17 +87,16 @@ def _inputs(module, datamodule, metrics: dict[str, Any], history: list[dict] | N
         "metrics": metrics,
         "class_names": module.class_names,
         "split": split,
-        "multilabel": task.multilabel,
-        "threshold": task.thresholds if task.multilabel else 0.5,
+        "task": task,
         "history": history,
         "monitor": _at(config, "monitor"),
-        "modality": getattr(data, "modality", "image"),
-        "image_loader": getattr(data, "image_loader", None),
+        "modality": data.modality if examples else "image",
+        "image_loader": data.image_loader if examples else None,
     }
     if module.test_outputs:
         kw["y_true"] = module.test_outputs["y_true"].numpy()
         kw["y_score"] = module.test_outputs["y_score"].numpy()
-        samples = getattr(data, "samples", {}).get(split)
+        samples = data.samples.get(split) if examples else None
         trainer = module._trainer  # DDP gathers the outputs rank by rank: their order is not the data's
         single = trainer is None or trainer.world_size == 1
         if single and samples is not None and len(samples) == len(kw["y_true"]):
@@ -116,8 +120,11 @@ def _short(target: Any) -> str:
 def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
     """Label -> value for the summary table; keys with no value are left out. The model's
     parts come from its run config, the data from the data module (`tlcli test` may swap it)."""
-    weights, root = _at(config, "backbone", "weights"), getattr(data, "root", None)
-    samples = getattr(data, "samples", {})
+    from tlcli.data.protocol import ExampleData
+
+    examples = isinstance(data, ExampleData)
+    weights, root = _at(config, "backbone", "weights"), data.root if examples else None
+    samples = data.samples if examples else {}
     epochs = metrics.get("epochs_trained")
     rows = {
         "backbone": f"{_at(config, 'backbone', 'name')}" + (f" (weights: {weights})" if weights else ""),
@@ -138,26 +145,38 @@ def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- pieces
-KEYS = ("acc", "f1_macro")  # the before/after columns: test/<key> and baseline/test/<key>
+HEADLINE = (("acc", True), ("f1_macro", True))  # classification's before/after columns
+TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE"}
 
 
-def before_after(metrics: dict[str, Any]) -> str:
+def before_after(metrics: dict[str, Any], headline=HEADLINE) -> str:
     """The gain from fine-tuning, as a table: the baseline before, the fine-tuned model after,
-    the difference in points; "" when the run has no baseline/test/acc."""
-    if "baseline/test/acc" not in metrics:
+    the difference (points for fractions, the metric's unit otherwise; positive = better);
+    "" when the run has no baseline for the first headline metric."""
+    keys = [k for k, _ in headline]
+    if not keys or f"baseline/test/{keys[0]}" not in metrics:
         return ""
 
     def cell(key: str) -> str:
         return "–" if metrics.get(key) is None else _fmt(float(metrics[key]))
 
-    rows = [["before: pretrained backbone, " + esc(baseline.METHOD)] + [cell(f"baseline/test/{k}") for k in KEYS]]
-    if "test/acc" in metrics:  # test_after_fit=false leaves nothing to compare with
-        gains = [baseline.gain_points(metrics, k) for k in KEYS]
-        rows.append(["after: fine-tuned"] + [cell(f"test/{k}") for k in KEYS])
-        rows.append(["<b>gain</b>"] + ["–" if g is None else f"<b>{g:+.1f} points</b>" for g in gains])
+    method = str(metrics.get("baseline/method", baseline.METHOD)).split(" (")[0]
+    rows = [["before: pretrained backbone, " + esc(method)] + [cell(f"baseline/test/{k}") for k in keys]]
+    if f"test/{keys[0]}" in metrics:  # test_after_fit=false leaves nothing to compare with
+        gains = [baseline.gain_points(metrics, k, up) for k, up in headline]
+        rows.append(["after: fine-tuned"] + [cell(f"test/{k}") for k in keys])
+        unit = [" points" if k in baseline.POINTS else "" for k in keys]
+        rows.append(
+            ["<b>gain</b>"]
+            + [
+                "–" if g is None else f"<b>{g:+.4g}{u}</b>" if not u else f"<b>{g:+.1f}{u}</b>"
+                for g, u in zip(gains, unit)
+            ]
+        )
     split = esc(metrics.get("test_split", "test"))
     how = f"<p>before: {esc(metrics['baseline/method'])}</p>" if metrics.get("baseline/method") else ""
-    return f"<h2>Before and after fine-tuning ({split} split)</h2>" + _table(["", "accuracy", "macro-F1"], rows) + how
+    header = [""] + [TITLES.get(k, k) for k in keys]
+    return f"<h2>Before and after fine-tuning ({split} split)</h2>" + table(header, rows) + how
 
 
 def png_data_uri(fig_or_image) -> str:
@@ -168,26 +187,6 @@ def png_data_uri(fig_or_image) -> str:
     else:
         fig_or_image.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def confidently_wrong(y_true, y_score, *, multilabel: bool, threshold=0.5) -> list[tuple[int, float]]:
-    """(index, confidence) of every wrong prediction, the most confident first.
-
-    Single-label: wrong = argmax != truth, confidence = the predicted class's probability.
-    Multi-label: wrong = any label on the wrong side of its threshold, confidence = the largest
-    |score - truth| over labels (how sure the model was of its worst mistake). Ties keep data order.
-    """
-    y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
-    pred = files.predict(y_score, multilabel=multilabel, threshold=threshold)
-    if multilabel:
-        wrong = (pred != y_true.astype(int)).any(axis=1)
-        conf = np.abs(y_score - y_true).max(axis=1)
-    else:
-        wrong = pred != y_true
-        conf = y_score[np.arange(len(pred)), pred]
-    idx = np.flatnonzero(wrong)
-    idx = idx[np.argsort(-conf[idx], kind="stable")]
-    return [(int(i), float(conf[i])) for i in idx]
 
 
 def curves_figure(history: list[dict], monitor: str | None, best_epoch: int | None):
@@ -221,7 +220,7 @@ def curves_figure(history: list[dict], monitor: str | None, best_epoch: int | No
     return fig
 
 
-def _table(header: Sequence[str], rows: list[list[str]], numeric: bool = True, classes: list[str] | None = None) -> str:
+def table(header: Sequence[str], rows: list[list[str]], numeric: bool = True, classes: list[str] | None = None) -> str:
     """Cells are HTML already (escaped by the caller); numeric: right-align every column but the first."""
     num = " class=num" if numeric else ""
     head = "".join(f"<th{num if i else ''}>{esc(h)}</th>" for i, h in enumerate(header))
@@ -236,13 +235,6 @@ def _table(header: Sequence[str], rows: list[list[str]], numeric: bool = True, c
 
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else esc(v)
-
-
-def _labels(y, class_names: Sequence[str], multilabel: bool) -> str:
-    if not multilabel:
-        return esc(class_names[int(y)])
-    on = [class_names[i] for i in np.flatnonzero(np.asarray(y) > 0.5)]
-    return esc(", ".join(on)) if on else "<i>none</i>"
 
 
 def _thumbnail(img) -> str:
@@ -261,7 +253,7 @@ def _card(example: tuple[Any, Any] | None, i: int, lines: list[str], modality: s
     else:
         sid, item = example
         if modality == "text":
-            text = str(item)
+            text = " ⟂ ".join(item) if isinstance(item, tuple) else str(item)  # a sentence pair
             text = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "…"
             parts.append(f"<div class=text>{esc(text)}</div>")
         elif image_loader is not None:
@@ -270,18 +262,9 @@ def _card(example: tuple[Any, Any] | None, i: int, lines: list[str], modality: s
     return f"<div class=card>{''.join(parts + lines)}</div>"
 
 
-def _wrong_grid(wrong, y_true, y_score, y_pred, names, multilabel, examples, modality, image_loader) -> str:
-    cards = []
-    for i, conf in wrong:
-        lines = [
-            f"<div class=true>true: {_labels(y_true[i], names, multilabel)}</div>",
-            f"<div class=pred>pred: {_labels(y_pred[i], names, multilabel)}</div>",
-            f"<div>confidence {conf:.3f}</div>",
-        ]
-        if not multilabel:
-            lines.append(f"<div>p(true) {y_score[i, int(y_true[i])]:.3f}</div>")
-        cards.append(_card(None if examples is None else examples[i], i, lines, modality, image_loader))
-    return f"<div class=grid>{''.join(cards)}</div>" if cards else "<p>none: every prediction is right</p>"
+def _wrong_grid(cards, examples, modality, image_loader) -> str:
+    out = [_card(None if examples is None else examples[i], i, lines, modality, image_loader) for i, lines in cards]
+    return f"<div class=grid>{''.join(out)}</div>" if out else "<p>none: every prediction is right</p>"
 
 
 # ---------------------------------------------------------------- the page
@@ -294,8 +277,7 @@ def build_html(
     split: str = "test",
     y_true=None,
     y_score=None,
-    multilabel: bool = False,
-    threshold=0.5,
+    task=None,
     history: list[dict] | None = None,
     monitor: str | None = None,
     examples: Sequence[tuple[Any, Any]] | None = None,
@@ -308,45 +290,28 @@ def build_html(
     out = [f"<h1>{esc(title)}</h1>"]
     if split != "test":
         out.append(f"<p class=note>{esc(files.VAL_NOTE)}</p>")
-    gain = before_after(metrics)  # the headline: what fine-tuning gained
+    gain = before_after(metrics, task.headline if task is not None else HEADLINE)  # what fine-tuning gained
     if gain:
         out.append(gain)
-    out.append("<h2>Run</h2>" + _table(["", ""], [[esc(k), esc(v)] for k, v in summary.items()], numeric=False))
-    out.append("<h2>Metrics</h2>" + _table(["metric", "value"], [[esc(k), _fmt(v)] for k, v in metrics.items()]))
+    out.append("<h2>Run</h2>" + table(["", ""], [[esc(k), esc(v)] for k, v in summary.items()], numeric=False))
+    out.append("<h2>Metrics</h2>" + table(["metric", "value"], [[esc(k), _fmt(v)] for k, v in metrics.items()]))
 
-    if y_true is not None and y_score is not None:
+    outputs = task is not None and y_true is not None and y_score is not None
+    if outputs:
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
-        y_pred = files.predict(y_score, multilabel=multilabel, threshold=threshold)
-        rows = files.per_class_report(y_true, y_score, names, multilabel=multilabel, threshold=threshold)
-        avg = ["avg first" if k == len(names) else ("avg" if k > len(names) else "") for k in range(len(rows))]
-        cells = [
-            [esc(r["class"]), *(f"{r[c]:.4f}" for c in ("precision", "recall", "f1")), str(r["support"])] for r in rows
-        ]
-        acc = files.accuracy(y_true, y_pred)
-        out.append(
-            f"<h2>Per class ({esc(split)} split)</h2>"
-            f"<p>{'exact-match accuracy' if multilabel else 'accuracy'} {acc:.4f} on {len(y_pred)} examples</p>"
-            + _table(files.COLUMNS, cells, classes=avg)
-        )
-        what = (
-            "one 2x2 matrix per label (rows true, columns predicted)" if multilabel else "rows true, columns predicted"
-        )
-        fig = files.confusion_matrix_figure(y_true, y_pred, names, f"Confusion matrix ({split} split)")
-        out.append(
-            f"<h2>Confusion matrix</h2><p>{what}</p><img class=plot alt='confusion matrix' src='{png_data_uri(fig)}'>"
-        )
+        report = task.report(y_true, y_score, names, split)
+        out.extend(task.html_sections(report, y_true, y_score, names, split))
 
     fig = curves_figure(history, monitor, metrics.get("best_val/epoch")) if history else None
     if fig is not None:
         out.append(f"<h2>Training curves</h2><img class=plot alt='training curves' src='{png_data_uri(fig)}'>")
 
-    if y_true is not None and y_score is not None:
-        wrong = confidently_wrong(y_true, y_score, multilabel=multilabel, threshold=threshold)
-        head = f"<h2>Most confidently wrong ({min(n_wrong, len(wrong))} of {len(wrong)} wrong, {esc(split)} split)</h2>"
-        grid = _wrong_grid(
-            wrong[:n_wrong], y_true, y_score, y_pred, names, multilabel, examples, modality, image_loader
-        )
-        out.append(head + grid)
+    if outputs:
+        what, cards = task.wrong_examples(y_true, y_score, names)
+        if what:
+            kind = "wrong" if what.endswith("wrong") else "examples"
+            head = f"<h2>{esc(what)} ({min(n_wrong, len(cards))} of {len(cards)} {kind}, {esc(split)} split)</h2>"
+            out.append(head + _wrong_grid(cards[:n_wrong], examples, modality, image_loader))
 
     return (
         f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"

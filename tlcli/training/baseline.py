@@ -7,8 +7,10 @@ augmentation, no gradient), a standardised logistic regression fit on train with
 stratified k-fold cross-validation, scored on the test split with the same torchmetrics
 definitions as `test/acc` and `test/f1_macro`. Seconds, not a second training run.
 
-It is a convenience: `before_fine_tuning` never raises. Where it does not apply (multi-label
-data, a data module that is not tlcli's) it logs why and returns {}.
+The linear model is the task's (Task.baseline): logistic regression for classification, ridge
+regression for numeric targets. It is a convenience: `before_fine_tuning` never raises. Where it
+does not apply (a task without one, such as multi-label; a data module that is not tlcli's) it
+logs why and returns {}.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tlcli import lock
 from tlcli.data.base import TransferDataModule
 from tlcli.data.text import TextCollate
 from tlcli.reporting import transferability as T
+from tlcli.tasks.base import Task
 from tlcli.training import features, head_init
 from tlcli.training.features import subset_indices
 
@@ -44,9 +47,11 @@ class _Skip(Exception):
     """The baseline does not apply to this run; the message says why (logged at INFO)."""
 
 
-def before_fine_tuning(backbone, datamodule, seed: int, head: bool = False) -> dict[str, Any]:
-    """{"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/C", "baseline/seconds"}
-    (+ "baseline/head": the regression as (W, b) for a linear head, when `head`), or {}.
+def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = False) -> dict[str, Any]:
+    """The task's baseline/* metrics (classification: "baseline/test/acc", "baseline/test/f1_macro",
+    "baseline/method", "baseline/C") and "baseline/seconds" (+ "baseline/head": the logistic
+    regression as (W, b) for a linear head, when `head`), or {}. task: a tlcli.tasks.Task
+    (None: single-label classification).
 
     Call after datamodule.setup("fit") and before training, while the backbone is still the
     pretrained one. The backbone's parameters, train/eval mode of every module, device and the
@@ -59,26 +64,33 @@ def before_fine_tuning(backbone, datamodule, seed: int, head: bool = False) -> d
     start = time.perf_counter()
     try:
         _check_applies(datamodule)
+        if task is None:
+            from tlcli.tasks import Classification
+
+            task = Classification()
+        if type(task).baseline is Task.baseline:
+            raise _Skip(f"{type(task).__name__} has no frozen-features baseline")
         (ftr, ytr), (fte, yte) = _features(backbone, datamodule)
-        result = probe(ftr, ytr, fte, yte, datamodule.num_classes, seed)
-        if head:  # the regression as a linear head's starting weights (tlcli.training.head_init)
+        result = task.baseline(ftr, ytr, fte, yte, datamodule.num_classes, seed)
+        if head and "baseline/C" in result:  # the regression as a linear head's starting weights
             result["baseline/head"] = head_init.logistic_head(ftr, ytr, result["baseline/C"], datamodule.num_classes)
     except _Skip as why:
-        log.info("baseline (%s) skipped: %s", METHOD, why)
+        log.info("baseline skipped: %s", why)
         return {}
     except Exception as exc:  # a convenience must never fail a run
-        log.warning("baseline (%s) not computed (%s: %s); the fit goes on without it", METHOD, type(exc).__name__, exc)
+        log.warning("baseline not computed (%s: %s); the fit goes on without it", type(exc).__name__, exc)
         return {}
     result["baseline/seconds"] = round(time.perf_counter() - start, 2)
-    log.info("baseline (%s): test acc %.4f in %.1f s", METHOD, result["baseline/test/acc"], result["baseline/seconds"])
+    first = next(k for k in result if k.startswith("baseline/test/"))
+    method = str(result["baseline/method"]).split(" (")[0]
+    shown = f"test {first.removeprefix('baseline/test/')} {result[first]:.4f}"
+    log.info("baseline (%s): %s in %.1f s", method, shown, result["baseline/seconds"])
     return result
 
 
 def _check_applies(datamodule) -> None:
     if not isinstance(datamodule, (TransferDataModule, features.FeatureDataModule)):
         raise _Skip(f"{type(datamodule).__name__} is not a tlcli data module: it has no samples to take features of")
-    if datamodule.multilabel:
-        raise _Skip("multi-label data (a single-label linear classifier does not apply)")
 
 
 def _features(backbone, datamodule) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -99,7 +111,7 @@ def _features(backbone, datamodule) -> tuple[tuple[np.ndarray, np.ndarray], ...]
             backbone.to(home)
             for module, training in modes.items():
                 module.training = training
-    return tuple((f.double().numpy(), t.long().numpy()) for f, t in (split["train"], split["test"]))
+    return tuple((f.double().numpy(), t.numpy()) for f, t in (split["train"], split["test"]))
 
 
 class EvalSplits:
@@ -171,22 +183,33 @@ def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float
     return c, f"C={c:.3g} by {folds}-fold CV on {on}"
 
 
-def gain_points(metrics: dict[str, Any], key: str = "acc") -> float | None:
-    """test/<key> minus baseline/test/<key>, in percentage points; None when either is missing."""
+def gain_points(metrics: dict[str, Any], key: str = "acc", higher_is_better: bool = True) -> float | None:
+    """test/<key> minus baseline/test/<key>, in percentage points (classification: accuracy,
+    F1) or in the metric's own unit otherwise; signed so that a gain is positive. None when
+    either is missing."""
     before, after = metrics.get(f"baseline/test/{key}"), metrics.get(f"test/{key}")
     if before is None or after is None:
         return None
-    return round(100.0 * (float(after) - float(before)), 9) + 0.0  # + 0.0: never "-0.0 points"
+    diff = float(after) - float(before)
+    scale = 100.0 if key in POINTS else 1.0
+    return round(scale * (diff if higher_is_better else -diff), 9) + 0.0  # + 0.0: never "-0.0"
 
 
-def console_line(metrics: dict[str, Any]) -> str | None:
+POINTS = ("acc", "f1_macro")  # fractions, whose differences read as percentage points
+
+
+def console_line(metrics: dict[str, Any], headline=(("acc", True),)) -> str | None:
     """'before fine-tuning (frozen features + logistic regression): test acc 0.8500 -> after: 0.9100
-    (+6.0 points)'; None when the run has no baseline."""
-    if "baseline/test/acc" not in metrics:
+    (+6.0 points)' for the first headline metric; None when the run has no baseline."""
+    key, higher = headline[0] if headline else ("acc", True)
+    if f"baseline/test/{key}" not in metrics:
         return None
     split = metrics.get("test_split", "test")
-    line = f"before fine-tuning ({METHOD}): {split} acc {metrics['baseline/test/acc']:.4f}"
-    gain = gain_points(metrics)
+    method = str(metrics.get("baseline/method", METHOD)).split(" (")[0]
+    line = f"before fine-tuning ({method}): {split} {key} {metrics[f'baseline/test/{key}']:.4f}"
+    gain = gain_points(metrics, key, higher)
     if gain is None:  # test_after_fit=false: nothing to compare with
         return line
-    return line + f" -> after: {metrics['test/acc']:.4f} ({gain:+.1f} points)"
+    unit = " points" if key in POINTS else (" better" if gain >= 0 else " worse")
+    shown = f"{gain:+.1f}{unit}" if key in POINTS else f"{abs(gain):.4g}{unit}"
+    return line + f" -> after: {metrics[f'test/{key}']:.4f} ({shown})"

@@ -72,14 +72,14 @@ class Distiller:
         temperature: float,
         class_names: Sequence[str],
         data_config: dict[str, Any],
-        multilabel: bool = False,
+        task=None,
     ):
         problems = []
         if not 0.0 <= float(alpha) <= 1.0:
             problems.append(f"distill.alpha={alpha} must be in [0, 1] (the weight of the teacher's soft labels)")
         if not float(temperature) > 0.0:
             problems.append(f"distill.temperature={temperature} must be > 0 (e.g. 4.0)")
-        if multilabel:
+        if task is not None and not task.single_label:
             problems.append("distill.teacher needs single-label classification (task=cls); set distill.teacher=null")
         if problems:
             raise ConfigError(problems)
@@ -89,8 +89,9 @@ class Distiller:
         else:
             self.teacher, _ = load_module(teacher, key="distill.teacher")
             source = str(teacher)
-        if self.teacher.task.multilabel:
-            raise ConfigError(f"distill.teacher={source} is a multi-label model: distil from a task=cls teacher")
+        if not self.teacher.task.single_label:
+            kind = "multi-label" if self.teacher.task.labels == "multi" else type(self.teacher.task).__name__
+            raise ConfigError(f"distill.teacher={source} is a {kind} model: distil from a task=cls teacher")
         self.teacher.eval().requires_grad_(False)
         self.order = _class_order(list(self.teacher.class_names), list(class_names))
         self.adapt = _input_adapter(self.teacher, data_config)

@@ -113,7 +113,7 @@ class FeatureDataModule(L.LightningDataModule):
     def __init__(self, source, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]):
         super().__init__()
         self.source = source
-        self.class_names, self.multilabel = source.class_names, source.multilabel
+        self.class_names, self.labels = source.class_names, source.labels
         self.test_split, self.samples = source.test_split, source.samples
         self.datasets = {name: TensorDataset(f, t) for name, (f, t) in splits.items()}
 
@@ -136,6 +136,9 @@ class FeatureDataModule(L.LightningDataModule):
 
     def label_counts(self) -> list[int]:
         return self.source.label_counts()
+
+    def train_targets(self):
+        return self.source.train_targets()
 
     def run_records(self) -> dict[str, object]:
         return self.source.run_records()

@@ -1,0 +1,93 @@
+"""The data contract: what a data module must offer tlcli, written once.
+
+`data=...` may name any LightningDataModule (a class of your own, via `_target_`) that is
+built as `Data(**its config, data_config=backbone.data_config())` and meets `DataModule` below:
+the train / val / test loaders yield (inputs, targets) batches, and it names its classes
+(or targets) and the kind of its targets. tlcli checks the contract right after building the
+data module (`check`), and names every missing member.
+
+tlcli's own data modules (tlcli.data.TransferDataModule) also meet `ExampleData`: they know
+their examples (ids, image files or texts), which enables the feature cache, the frozen-features
+baseline, run records (k_shot.json, data_report.json) and example thumbnails in report.html.
+Those features are used when `isinstance(dm, ExampleData)`, and left out otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tlcli.errors import ConfigError
+
+LABEL_KINDS = ("class", "multi", "numeric")
+
+
+@runtime_checkable
+class DataModule(Protocol):
+    """Required of every data module.
+
+    class_names: the classes in logit order (single/multi-label), or the targets' names (numeric).
+    labels: "class" (a class id per example), "multi" (a 0/1 vector) or "numeric" (values).
+    test_split: the split the final report is on ("test", or "val" when there is none).
+    """
+
+    class_names: list[str]
+    labels: str
+    test_split: str
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def setup(self, stage: str | None = None) -> None: ...
+
+    def label_counts(self) -> list[int]:
+        """Training examples per class (positives per label; examples per numeric target)."""
+        ...
+
+    def train_targets(self) -> np.ndarray:
+        """The training split's targets (the task fits its target scaling on them)."""
+        ...
+
+    def train_dataloader(self) -> Any: ...
+
+    def val_dataloader(self) -> Any: ...
+
+    def test_dataloader(self) -> Any: ...
+
+
+@runtime_checkable
+class ExampleData(DataModule, Protocol):
+    """tlcli's own data modules: examples known by split (tlcli.data.base.Samples)."""
+
+    samples: dict[str, Any]
+    datasets: dict[str, Any]
+    feature_cache: bool
+    modality: str
+    root: Any  # the folder the data was read from, or None (shown in report.html)
+
+    def run_records(self) -> dict[str, object]: ...
+
+    def image_loader(self, item: Any) -> Any: ...
+
+
+REQUIRED = ("class_names", "labels", "test_split", "num_classes", "setup", "label_counts", "train_targets")
+REQUIRED += ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+def check(datamodule: Any, key: str = "data") -> None:
+    """ConfigError naming every member of the DataModule contract the object lacks.
+
+    Called after setup (class_names and labels may be filled in by it)."""
+    missing = [name for name in REQUIRED if not hasattr(datamodule, name)]
+    kind = getattr(datamodule, "labels", None)
+    problems = []
+    if missing:
+        problems.append(
+            f"{key}: {type(datamodule).__name__} does not meet tlcli's data contract (tlcli.data.protocol."
+            f"DataModule): it lacks {', '.join(missing)}; add them, or subclass tlcli.data.TransferDataModule"
+        )
+    elif kind not in LABEL_KINDS:
+        problems.append(f"{key}: {type(datamodule).__name__}.labels={kind!r} must be one of {', '.join(LABEL_KINDS)}")
+    if problems:
+        raise ConfigError(problems)

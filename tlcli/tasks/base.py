@@ -1,0 +1,129 @@
+"""The task contract: everything that depends on what is predicted lives in a Task.
+
+A task is an nn.Module (its buffers — class weights, thresholds, target scaling — travel in
+the checkpoint's state_dict) built from `conf/task/<name>.yaml`. The rest of tlcli never asks
+which task it holds; it calls these methods:
+
+- labels: the kind of targets the data must provide — "class" (one class id per example),
+  "multi" (a 0/1 vector per example) or "numeric" (one or more numbers per example);
+  the data module says which kind it holds (tlcli.data.protocol), `check_data` compares them.
+- build(num_outputs, label_counts): fix what depends on the data (weights, thresholds).
+- fit_targets(train_targets): statistics of the training targets (regression's scaling).
+- loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
+- scores(logits): what test and predict keep per example (probabilities, or values).
+- report(y_true, y_score, names, split): the per-class / per-target rows, summary numbers and
+  figure written after testing (reporting.files writes them).
+- html_sections / wrong_examples: the task's part of report.html.
+- prediction_row: one row of `tlcli predict`'s output.
+- export_info / output_layer: what `tlcli export` writes about the outputs, and the layer that
+  turns logits into the exported model's outputs.
+- baseline: the frozen-features "before" number (tlcli.training.baseline), or None.
+- headline: the (metric, higher is better) pairs of the before/after table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torchmetrics
+from torch import nn
+
+from tlcli.errors import ConfigError
+
+LABEL_KINDS = {
+    "class": "single-label class data",
+    "multi": "multi-label data (several 0/1 label columns)",
+    "numeric": "numeric targets",
+}
+
+
+@dataclass
+class Report:
+    """What reporting.files writes after a test: rows (per class / target, then summary rows
+    whose first column is in `summary_rows`), the summary numbers, a figure and its file name."""
+
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    caption: str
+    figure: Any = None
+    figure_name: str = "confusion_matrix.png"
+    summary_rows: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(nn.Module):
+    """Base class: see the module docstring for the contract."""
+
+    labels: ClassVar[str] = "class"
+    # distillation, zero-shot and rank compare class scores: single-label classification only
+    single_label: ClassVar[bool] = False
+    headline: ClassVar[tuple[tuple[str, bool], ...]] = ()
+
+    def __init__(self, labels: str | None = None):
+        super().__init__()
+        if labels is not None and labels != self.labels:
+            raise ConfigError(f"task.labels={labels} is fixed by the task: {type(self).__name__} reads {self.labels}")
+
+    # -- data --
+    def check_data(self, data_labels: str) -> None:
+        """ConfigError when the data holds another kind of targets than this task reads."""
+        if data_labels != self.labels:
+            raise ConfigError(self.mismatch(data_labels))
+
+    def mismatch(self, data_labels: str) -> str:
+        return (
+            f"{self.name_for_user()} needs {LABEL_KINDS[self.labels]} but the data holds "
+            f"{LABEL_KINDS.get(data_labels, data_labels)}: pick the task that matches the data"
+        )
+
+    def name_for_user(self) -> str:
+        return f"task={type(self).__name__}"
+
+    def build(self, num_outputs: int, label_counts: list[int]) -> None:
+        """Fix what depends on the data; called before the weights are loaded."""
+
+    def fit_targets(self, targets: np.ndarray) -> None:
+        """Training-target statistics (called at fit only; restored from the state_dict after)."""
+
+    # -- training --
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metrics(self, num_outputs: int) -> torchmetrics.MetricCollection:
+        raise NotImplementedError
+
+    def metric_inputs(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- outputs --
+    def report(self, y_true: np.ndarray, y_score: np.ndarray, names: list[str], split: str) -> Report:
+        raise NotImplementedError
+
+    def html_sections(self, report: Report, y_true, y_score, names: list[str], split: str) -> list[str]:
+        """HTML blocks (escaped) for report.html, after the metrics table."""
+        return []
+
+    def wrong_examples(self, y_true, y_score, names: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
+        """(section title, [(test index, HTML lines)]), worst first, for the examples grid."""
+        return "", []
+
+    def prediction_row(self, scores: np.ndarray, names: list[str], top_k: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def export_info(self, names: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def output_layer(self) -> nn.Module:
+        """logits -> the exported model's outputs (identity: the exported model gives logits)."""
+        return nn.Identity()
+
+    def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int) -> dict[str, Any] | None:
+        """baseline/* metrics of a linear model on frozen features, or None when none applies."""
+        return None
