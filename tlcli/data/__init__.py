@@ -4,8 +4,9 @@ Transforms and tokenization come from the backbone's data_config, passed in by c
 """
 
 from tlcli.data.base import TransferDataModule
+from tlcli.data.conll import CoNLLDataModule
 from tlcli.data.csv import CSVDataModule
 from tlcli.data.embedded import DigitsDataModule
 from tlcli.data.imagefolder import ImageFolderDataModule
 
-__all__ = ["CSVDataModule", "DigitsDataModule", "ImageFolderDataModule", "TransferDataModule"]
+__all__ = ["CoNLLDataModule", "CSVDataModule", "DigitsDataModule", "ImageFolderDataModule", "TransferDataModule"]

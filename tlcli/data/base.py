@@ -332,7 +332,7 @@ class TransferDataModule(L.LightningDataModule):
 
     def _take_k_shot(self, train: Samples) -> Samples:
         if self.labels != "class":
-            kind = "multi-label data" if self.labels == "multi" else "numeric targets"
+            kind = {"multi": "multi-label data", "numeric": "numeric targets", "tags": "tagged sentences"}[self.labels]
             raise ConfigError(
                 f"data.k_shot={self.k_shot} needs single-label data (K examples per class); "
                 f"for {kind} set data.k_shot=null"
@@ -389,15 +389,17 @@ class TransferDataModule(L.LightningDataModule):
         loader = type(self).image_loader  # the function, not the partial carrying the pixel limit
         return {"transform": repr(eval_tf), "loader": f"{loader.__module__}.{loader.__qualname__}"}
 
-    def label_counts(self) -> list[int]:
-        """Training samples per class (positives per label for multi-label, examples per target
-        for numeric targets), for class weights and finetune=auto."""
+    def label_counts(self, split: str = "train") -> list[int]:
+        """Samples of a split per class (positives per label for multi-label, examples per target
+        for numeric targets, words per tag for tagged sentences), for class weights and finetune=auto."""
         self.setup("fit")
-        targets = self.samples["train"].targets
+        targets = self.samples[split].targets
         if self.labels == "multi":
             return [int(v) for v in targets.sum(axis=0)]
         if self.labels == "numeric":
             return [len(targets)] * self.num_classes
+        if self.labels == "tags":  # an int array of tag ids per sentence
+            targets = np.concatenate([np.zeros(0, np.int64), *targets])
         return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
 
     def train_targets(self) -> np.ndarray:

@@ -93,6 +93,11 @@ class CSVDataModule(TransferDataModule):
                 f"data.label_columns={label_columns} must be a list of 0/1 column names, "
                 "e.g. data.label_columns=[cat,dog], or null for one label column"
             )
+        if labels == "tags":
+            raise ConfigError(
+                "data=csv holds a label per row, but the task reads a tag per word (data.labels=tags): "
+                "use data=conll with data.train_file=FILE (a token and its tag per line)"
+            )
         if labels not in ("class", "multi", "numeric"):
             raise ConfigError(f"data.labels={labels} must be class, multi or numeric (it follows the task)")
         if modality not in (None, "image", "text"):

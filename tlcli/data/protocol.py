@@ -20,7 +20,7 @@ import numpy as np
 
 from tlcli.errors import ConfigError
 
-LABEL_KINDS = ("class", "multi", "numeric")
+LABEL_KINDS = ("class", "multi", "numeric", "tags")
 
 
 @runtime_checkable
@@ -28,7 +28,9 @@ class DataModule(Protocol):
     """Required of every data module.
 
     class_names: the classes in logit order (single/multi-label), or the targets' names (numeric).
-    labels: "class" (a class id per example), "multi" (a 0/1 vector) or "numeric" (values).
+    labels: "class" (a class id per example), "multi" (a 0/1 vector), "numeric" (values) or
+    "tags" (a tag id per word of a sentence: the inputs are lists of words, and the loaders
+    yield a target per sub-token, IGNORE_INDEX (-100) where there is none; tlcli.data.text).
     test_split: the split the final report is on ("test", or "val" when there is none).
     """
 
