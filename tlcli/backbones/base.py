@@ -12,11 +12,24 @@ class Backbone(nn.Module):
 
     forward(x) -> (batch, num_features) pooled features, where x is an image tensor
     (B, 3, H, W) for modality "image" or a dict of token tensors (input_ids,
-    attention_mask, ...) for modality "text".
+    attention_mask, ...) for modality "text"; after token_features(), (batch, tokens,
+    num_features): one feature vector per token, for tasks that predict per token.
     """
 
     modality: str = "image"
     num_features: int
+
+    def token_features(self) -> None:
+        """Switch forward to one feature vector per token (B, T, num_features), unpooled.
+
+        Asked for by a task that predicts per token (tlcli.tasks.Task.attach); backbones without
+        tokens cannot give it."""
+        from tlcli.errors import ConfigError
+
+        raise ConfigError(
+            f"{type(self).__name__} gives one feature vector per example, but the task predicts per token: "
+            "use a Hugging Face text backbone, e.g. backbone=minilm_offline or backbone=hf backbone.name=ORG/NAME"
+        )
 
     def layer_groups(self) -> list[tuple[str, list[str]]]:
         """Parameter names grouped by depth, input side first: [(group_name, [param names])].

@@ -1,4 +1,4 @@
-"""Any Hugging Face transformer encoder as a pooled-feature text backbone."""
+"""Any Hugging Face transformer encoder as a text backbone: pooled features, or one per token."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ class HFBackbone(Backbone):
 
     weights: "hub" (download `name`, cached), "none" (random init from the config),
     "pkg:NAME" (a model directory shipped in a pip package) or a local model directory.
-    pooling: "cls" (first token) or "mean" (average over non-padding tokens).
+    pooling: "cls" (first token) or "mean" (average over non-padding tokens); token_features()
+    (asked for by task=token_cls) turns pooling off: forward returns the last hidden state
+    (B, T, hidden_size), one vector per sub-token, and the head is applied to each.
     """
 
     modality = "text"
@@ -59,10 +61,15 @@ class HFBackbone(Backbone):
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in x.items() if k in self._input_names}
         hidden = self.model(**inputs).last_hidden_state
+        if self.pooling == "tokens":
+            return hidden
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = x["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def token_features(self) -> None:
+        self.pooling = "tokens"
 
     def data_config(self) -> dict[str, Any]:
         return {
