@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from tlcli.data.text import IGNORE_INDEX, cat_padded, pad_to
 from tlcli.errors import ConfigError, DivergedError
 from tlcli.finetune.base import FinetuneStrategy
 from tlcli.training.distill import Distiller
@@ -123,7 +124,8 @@ class TransferModule(L.LightningModule):
         self.log("test/loss", self.task.loss(logits, y), batch_size=len(y), sync_dist=True)
         self.test_metrics.update(self.task.metric_inputs(logits), y)
         self.log_dict(self.test_metrics)
-        self._test_buffers.append((y.detach().cpu(), self.task.scores(logits).detach().float().cpu()))
+        scores, kept = self.task.per_example(self.task.scores(logits).detach(), y.detach())
+        self._test_buffers.append((kept.cpu(), scores.float().cpu()))
 
     def on_test_epoch_start(self) -> None:
         self._test_buffers = []
@@ -131,12 +133,18 @@ class TransferModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         if not self._test_buffers:
             return
-        y = torch.cat([b[0] for b in self._test_buffers])
-        scores = torch.cat([b[1] for b in self._test_buffers])
+        # per-token outputs differ in width from batch to batch: padded (targets with IGNORE_INDEX)
+        y = cat_padded([b[0] for b in self._test_buffers], IGNORE_INDEX)
+        scores = cat_padded([b[1] for b in self._test_buffers], 0.0)
         if self.trainer.world_size > 1:  # every rank holds a shard: gather them all
-            y = self.all_gather(y.to(self.device)).flatten(0, 1).cpu()
-            scores = self.all_gather(scores.to(self.device)).flatten(0, 1).cpu()
+            y, scores = self._gather(y, IGNORE_INDEX), self._gather(scores, 0.0)
         self.test_outputs = {"y_true": y, "y_score": scores}
+
+    def _gather(self, t: torch.Tensor, fill: float) -> torch.Tensor:
+        """Every rank's rows; a width per position (dim 1) padded to the widest rank's first."""
+        if t.ndim >= 2:
+            t = pad_to(t, int(self.all_gather(torch.tensor(t.shape[1], device=self.device)).max()), fill)
+        return self.all_gather(t.to(self.device)).flatten(0, 1).cpu()
 
     # -- optimizer: all groups built once; freezing is an LR factor per group --
     def optimizer_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -81,7 +81,8 @@ def load_module(path: str | Path, key: str = "ckpt"):
     backbone = trust.build(backbone_cfg)
     class_names = list(saved["class_names"])
     task = trust.build(config["task"])
-    task.build(len(class_names), list(saved["label_counts"]))
+    task.build(len(class_names), list(saved["label_counts"]), names=class_names)
+    task.attach(backbone)
     head = trust.build(config["head"])(in_features=backbone.num_features, num_classes=len(class_names))
     module = TransferModule(
         backbone=backbone,

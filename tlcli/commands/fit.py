@@ -59,8 +59,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     strategy = instantiate(cfg.finetune)
     task = instantiate(cfg.task)
     task.check_data(datamodule.labels)
-    task.build(datamodule.num_classes, datamodule.label_counts())
+    task.build(datamodule.num_classes, datamodule.label_counts(), names=datamodule.class_names)
     task.fit_targets(datamodule.train_targets())
+    task.attach(backbone)  # e.g. per-token features for token classification
     distiller = None
     if cfg.distill.teacher is not None:
         distiller = Distiller(
@@ -70,7 +71,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             task=task,
         )
     if isinstance(datamodule, ExampleData) and datamodule.feature_cache:  # a data module of the user's own has none
-        datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
+        datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller, task)
     # the "before" number: frozen pretrained features + logistic regression on the same split
     # (and, with head_init=baseline, its regression as the head's starting weights)
     warm = cfg.head_init == "baseline"

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from tlcli import console, restore
+from tlcli.data.text import cat_padded
 from tlcli.errors import ConfigError, DataError, did_you_mean
 from tlcli.evaluation import MAX_SHOWN, _listing, device, require
 from tlcli.reporting import files
@@ -47,15 +48,20 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     spec = module.backbone.data_config()
     # by default the columns the model was trained on (data=csv), e.g. a sentence pair's two
     column = cfg.input_column if cfg.input_column is not None else config.get("data", {}).get("input_column")
-    names, inputs = list_inputs(cfg.input, spec["modality"], column)
-    skipped: list[tuple[str, str]] = []
-    if spec["modality"] == "image":
-        names, inputs, skipped = drop_unreadable(names, inputs, cfg, skipped_path(out))
-    workers = resolve_num_workers(cfg.num_workers)
-    loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels)
-    dev = device(cfg.accelerator)
-    scores = _infer(module.to(dev), loader, dev, len(inputs), cfg.progress_bar)
     task = module.task
+    workers = resolve_num_workers(cfg.num_workers)
+    skipped: list[tuple[str, str]] = []
+    own = task.predict_data(cfg.input, column, spec)  # a task that reads its own inputs (tagging: sentences)
+    if own is not None:
+        names, dataset = own
+        loader = _text_loader(dataset, spec, cfg.batch_size, workers)
+    else:
+        names, inputs = list_inputs(cfg.input, spec["modality"], column)
+        if spec["modality"] == "image":
+            names, inputs, skipped = drop_unreadable(names, inputs, cfg, skipped_path(out))
+        loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels)
+    dev = device(cfg.accelerator)
+    scores = _infer(module.to(dev), loader, dev, len(names), cfg.progress_bar)
     rows = prediction_rows(task, names, scores, module.class_names, min(cfg.top_k, len(module.class_names)))
     files.write_text_atomic(out, to_jsonl(task, rows) if out.suffix.lower() == ".jsonl" else to_csv(task, rows))
     result: dict[str, Any] = {"output": str(out), "count": len(rows)}
@@ -218,6 +224,14 @@ def _loader(
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
 
 
+def _text_loader(dataset, spec: dict[str, Any], batch_size: int, workers: int):
+    from torch.utils.data import DataLoader
+
+    from tlcli.data.text import TextCollate
+
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=TextCollate(spec["tokenizer"]))
+
+
 def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) -> np.ndarray:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -228,11 +242,12 @@ def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) ->
         torch.inference_mode(),
     ):
         task = progress.add_task("predict", total=total)
-        for x, _ in loader:
+        for x, y in loader:
             x = {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
-            out.append(module.task.scores(module(x)).float().cpu())
+            scores, _ = module.task.per_example(module.task.scores(module(x)), y.to(dev))
+            out.append(scores.float().cpu())
             progress.advance(task, len(out[-1]))
-    return torch.cat(out).numpy()
+    return cat_padded(out, 0.0).numpy()  # per-token rows: padded with zeros to the longest input
 
 
 def prediction_rows(task, names: list[str], scores: np.ndarray, classes: list[str], top_k: int) -> list[dict[str, Any]]:

@@ -5,16 +5,25 @@ the checkpoint's state_dict) built from `conf/task/<name>.yaml`. The rest of tlc
 which task it holds; it calls these methods:
 
 - labels: the kind of targets the data must provide — "class" (one class id per example),
-  "multi" (a 0/1 vector per example) or "numeric" (one or more numbers per example);
-  the data module says which kind it holds (tlcli.data.protocol), `check_data` compares them.
-- build(num_outputs, label_counts): fix what depends on the data (weights, thresholds).
+  "multi" (a 0/1 vector per example), "numeric" (one or more numbers per example) or "tags"
+  (a tag per word of a sentence); the data module says which kind it holds
+  (tlcli.data.protocol), `check_data` compares them.
+- build(num_outputs, label_counts, names): fix what depends on the data (weights, thresholds,
+  the tag names).
+- attach(backbone): ask the backbone for the features the task reads (token classification:
+  one per token, Backbone.token_features); called once both are built, before any forward.
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
 - loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
 - scores(logits): what test and predict keep per example (probabilities, or values).
+- per_example(out, y): a batch's outputs (scores or features) and targets as test, predict and
+  the frozen-features baseline keep them; unchanged unless the task predicts per token (then
+  the positions that carry a target, left-aligned, padded with -100 targets).
 - report(y_true, y_score, names, split): the per-class / per-target rows, summary numbers and
   figure written after testing (reporting.files writes them).
 - html_sections / wrong_examples: the task's part of report.html.
-- prediction_row: one row of `tlcli predict`'s output.
+- prediction_row, csv_cells, json_record: one row of `tlcli predict`'s output, as CSV cells and
+  as a JSON record; predict_data: how predict reads and encodes its input when the task reads
+  its own (tagging: sentences of words), None for predict's own (images, a CSV column of texts).
 - export_info / output_layer: what `tlcli export` writes about the outputs, and the layer that
   turns logits into the exported model's outputs.
 - baseline: the frozen-features "before" number (tlcli.training.baseline), or None.
@@ -37,6 +46,7 @@ LABEL_KINDS = {
     "class": "single-label class data",
     "multi": "multi-label data (several 0/1 label columns)",
     "numeric": "numeric targets",
+    "tags": "tagged sentences (a tag per word; data=conll)",
 }
 
 
@@ -83,8 +93,12 @@ class Task(nn.Module):
     def name_for_user(self) -> str:
         return f"task={type(self).__name__}"
 
-    def build(self, num_outputs: int, label_counts: list[int]) -> None:
-        """Fix what depends on the data; called before the weights are loaded."""
+    def build(self, num_outputs: int, label_counts: list[int], names: list[str] | None = None) -> None:
+        """Fix what depends on the data (names: the classes, targets or tags in output order);
+        called before the weights are loaded."""
+
+    def attach(self, backbone: nn.Module) -> None:
+        """Ask the backbone for the features this task reads; ConfigError when it cannot give them."""
 
     def fit_targets(self, targets: np.ndarray) -> None:
         """Training-target statistics (called at fit only; restored from the state_dict after)."""
@@ -102,6 +116,10 @@ class Task(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def per_example(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out, y) of a batch as kept per example by test, predict and feature extraction."""
+        return out, y
+
     # -- outputs --
     def report(self, y_true: np.ndarray, y_score: np.ndarray, names: list[str], split: str) -> Report:
         raise NotImplementedError
@@ -110,12 +128,20 @@ class Task(nn.Module):
         """HTML blocks (escaped) for report.html, after the metrics table."""
         return []
 
-    def wrong_examples(self, y_true, y_score, names: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
-        """(section title, [(test index, HTML lines)]), worst first, for the examples grid."""
+    def wrong_examples(
+        self, y_true, y_score, names: list[str], inputs: list[Any] | None = None
+    ) -> tuple[str, list[tuple[int, list[str]]]]:
+        """(section title, [(test index, HTML lines)]), worst first, for the examples grid.
+        inputs: the test inputs in output order (texts, word lists, paths), when known."""
         return "", []
 
     def prediction_row(self, scores: np.ndarray, names: list[str], top_k: int) -> dict[str, Any]:
         raise NotImplementedError
+
+    def predict_data(self, value: str, column: Any, spec: dict[str, Any]) -> tuple[list[Any], Any] | None:
+        """(names of the inputs, a dataset of (inputs, placeholder targets)) read from `value`, or
+        None: predict reads images or a CSV column of texts itself."""
+        return None
 
     def export_info(self, names: list[str]) -> dict[str, Any]:
         raise NotImplementedError

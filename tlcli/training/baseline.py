@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from tlcli import lock
 from tlcli.data.base import TransferDataModule
-from tlcli.data.text import TextCollate
+from tlcli.data.text import IGNORE_INDEX, TextCollate
 from tlcli.reporting import transferability as T
 from tlcli.tasks.base import Task
 from tlcli.training import features, head_init
@@ -70,10 +70,11 @@ def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = 
             task = Classification()
         if type(task).baseline is Task.baseline:
             raise _Skip(f"{type(task).__name__} has no frozen-features baseline")
-        (ftr, ytr), (fte, yte) = _features(backbone, datamodule)
+        (ftr, ytr), (fte, yte) = _features(backbone, datamodule, task)
         result = task.baseline(ftr, ytr, fte, yte, datamodule.num_classes, seed)
         if head and "baseline/C" in result:  # the regression as a linear head's starting weights
-            result["baseline/head"] = head_init.logistic_head(ftr, ytr, result["baseline/C"], datamodule.num_classes)
+            x, y = _rows(ftr, ytr)
+            result["baseline/head"] = head_init.logistic_head(x, y, result["baseline/C"], datamodule.num_classes)
     except _Skip as why:
         log.info("baseline skipped: %s", why)
         return {}
@@ -93,8 +94,18 @@ def _check_applies(datamodule) -> None:
         raise _Skip(f"{type(datamodule).__name__} is not a tlcli data module: it has no samples to take features of")
 
 
-def _features(backbone, datamodule) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split))."""
+def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per target: per-token features (N, W, D) become the (M, D) rows whose label is
+    not IGNORE_INDEX (the words); pooled features (N, D) stay as they are."""
+    if features.ndim != 3:
+        return features, labels
+    keep = labels != IGNORE_INDEX
+    return features[keep], labels[keep]
+
+
+def _features(backbone, datamodule, task=None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split));
+    per-token tasks: (N, W, D) and (N, W), as Task.per_example keeps them."""
     if isinstance(datamodule, features.FeatureDataModule):
         # The cache holds eval-mode features without augmentation (features.cached insists on it).
         sets = datamodule.datasets
@@ -106,7 +117,7 @@ def _features(backbone, datamodule) -> tuple[tuple[np.ndarray, np.ndarray], ...]
         modes, home = {m: m.training for m in backbone.modules()}, features._device_of(backbone)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            split = features.compute(backbone, EvalSplits(datamodule), device)
+            split = features.compute(backbone, EvalSplits(datamodule), device, task)
         finally:
             backbone.to(home)
             for module, training in modes.items():
@@ -195,7 +206,7 @@ def gain_points(metrics: dict[str, Any], key: str = "acc", higher_is_better: boo
     return round(scale * (diff if higher_is_better else -diff), 9) + 0.0  # + 0.0: never "-0.0"
 
 
-POINTS = ("acc", "f1_macro")  # fractions, whose differences read as percentage points
+POINTS = ("acc", "f1_macro", "f1", "precision", "recall")  # fractions: differences read as percentage points
 
 
 def console_line(metrics: dict[str, Any], headline=(("acc", True),)) -> str | None:

@@ -28,17 +28,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlcli.backbones.base import Backbone
+from tlcli.data.text import IGNORE_INDEX, cat_padded
 from tlcli.errors import ConfigError
 from tlcli.finetune.linear_probe import LinearProbe
+from tlcli.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the file layout or the key recipe changes
 
 
-def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[FeatureDataModule, CachedBackbone]:
+def cached(
+    backbone: Backbone, datamodule, strategy, distiller=None, task=None
+) -> tuple[FeatureDataModule, CachedBackbone]:
     """(datamodule of cached features, backbone to build the TransferModule with).
 
+    task: what is kept of each batch (Task.per_example: per-token tasks keep a row per word).
     Every reason the cache cannot apply is reported at once, as a ConfigError.
     """
     problems = []
@@ -64,12 +69,13 @@ def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[Fe
         )
     if problems:
         raise ConfigError(problems)
-    cache = FeatureCache(datamodule.feature_cache_dir)
+    cache = FeatureCache(datamodule.feature_cache_dir, task=task)
     return cache.datamodule(backbone, datamodule), CachedBackbone(backbone)
 
 
 class CachedBackbone(Backbone):
-    """The real backbone, except that a (B, num_features) feature tensor passes straight through.
+    """The real backbone, except that a feature tensor passes straight through: (B, num_features),
+    or (B, W, num_features) for per-token features.
 
     The wrapped backbone's modules, parameters and buffers are registered here under their
     own names, so the state_dict matches the real backbone's key for key: a checkpoint from
@@ -90,7 +96,13 @@ class CachedBackbone(Backbone):
         object.__setattr__(self, "_source", backbone)
 
     def is_features(self, x: Any) -> bool:
-        return isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] == self.num_features
+        # images are (B, 3, H, W) and texts dicts of token ids: neither is taken for features
+        return (
+            isinstance(x, torch.Tensor)
+            and x.ndim in (2, 3)
+            and x.shape[-1] == self.num_features
+            and x.is_floating_point()
+        )
 
     def forward(self, x: Any) -> torch.Tensor:
         if self.is_features(x):
@@ -160,9 +172,10 @@ class FeatureDataModule(L.LightningDataModule):
 class FeatureCache:
     """Backbone features per split, stored as `<cache_dir>/<key>.pt` (read weights-only)."""
 
-    def __init__(self, cache_dir: str | os.PathLike, device: str | torch.device | None = None):
+    def __init__(self, cache_dir: str | os.PathLike, device: str | torch.device | None = None, task=None):
         self.dir = Path(cache_dir).expanduser()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.task = task
 
     def datamodule(self, backbone: Backbone, datamodule) -> FeatureDataModule:
         return FeatureDataModule(datamodule, self.features(backbone, datamodule))
@@ -170,7 +183,7 @@ class FeatureCache:
     def features(self, backbone: Backbone, datamodule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{split: (features float32 (N, D), targets)}, from the cache or computed and stored."""
         datamodule.setup("fit")
-        key = cache_key(backbone, datamodule)
+        key = cache_key(backbone, datamodule, self.task)
         path = self.dir / f"{key}.pt"
         if path.is_file():
             try:
@@ -180,7 +193,7 @@ class FeatureCache:
             except Exception as exc:  # a partial or foreign file: recompute rather than fail the run
                 log.warning("feature cache %s unreadable (%s): recomputing", path, exc)
         start = time.perf_counter()
-        splits = compute(backbone, datamodule, self.device)
+        splits = compute(backbone, datamodule, self.device, self.task)
         log.info("computed features of %s in %.1f s", ", ".join(splits), time.perf_counter() - start)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -197,8 +210,13 @@ class FeatureCache:
 
 
 @torch.no_grad()  # not inference_mode: the head's backward must be allowed to save these tensors
-def compute(backbone: nn.Module, datamodule, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Eval-mode features of every split, in sample order, as float32 on the CPU."""
+def compute(
+    backbone: nn.Module, datamodule, device: torch.device, task=None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Eval-mode features of every split, in sample order, as float32 on the CPU.
+
+    task: each batch is kept as Task.per_example keeps it (per-token features: a row per word,
+    padded to the longest sentence of the split, targets IGNORE_INDEX there); None keeps all."""
     was_training, home = backbone.training, _device_of(backbone)
     backbone.eval().to(device)
     out = {}
@@ -208,9 +226,11 @@ def compute(backbone: nn.Module, datamodule, device: torch.device) -> dict[str, 
         for split in datamodule.samples:
             feats, targets = [], []
             for x, y in datamodule.split_loader(split, shuffle=False):
-                feats.append(backbone(move_data_to_device(x, device)).float().cpu())
+                f = backbone(move_data_to_device(x, device)).float().cpu()
+                f, y = task.per_example(f, y) if task is not None else (f, y)
+                feats.append(f)
                 targets.append(y)
-            out[split] = (torch.cat(feats), torch.cat(targets))
+            out[split] = (cat_padded(feats, 0.0), cat_padded(targets, IGNORE_INDEX))
     backbone.to(home).train(was_training)
     return out
 
@@ -219,7 +239,7 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters(), torch.zeros(0)).device
 
 
-def cache_key(backbone: nn.Module, datamodule) -> str:
+def cache_key(backbone: nn.Module, datamodule, task=None) -> str:
     """A hash of everything that decides the cached features."""
     h = hashlib.sha256()
     settings = {k: v for k, v in vars(backbone).items() if isinstance(v, (str, int, float, bool)) and k != "training"}
@@ -228,6 +248,8 @@ def cache_key(backbone: nn.Module, datamodule) -> str:
         "backbone": {"class": f"{type(backbone).__module__}.{type(backbone).__qualname__}", **settings},
         "data": {"class": type(datamodule).__qualname__, "input": datamodule.input_spec(), "k_shot": datamodule.k_shot},
     }
+    if task is not None and type(task).per_example is not Task.per_example:  # what it keeps of each batch
+        spec["kept"] = f"{type(task).__module__}.{type(task).__qualname__}.per_example"
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     for name, t in sorted(backbone.state_dict().items()):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
