@@ -20,7 +20,12 @@ from tlcli.errors import WeightsError
 ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     "backbone": ("tlcli.backbones.timm.TimmBackbone", "tlcli.backbones.hf.HFBackbone"),
     "head": ("tlcli.heads.LinearHead", "tlcli.heads.MLPHead"),
-    "task": ("tlcli.tasks.Classification", "tlcli.tasks.MultiLabel", "tlcli.tasks.Regression"),
+    "task": (
+        "tlcli.tasks.Classification",
+        "tlcli.tasks.MultiLabel",
+        "tlcli.tasks.Regression",
+        "tlcli.tasks.TokenClassification",
+    ),
     "finetune": (
         "tlcli.finetune.full.Full",
         "tlcli.finetune.linear_probe.LinearProbe",
@@ -68,7 +73,7 @@ def _objects() -> dict[str, Any]:
 
     objects = [
         timm.TimmBackbone, hf.HFBackbone, heads.LinearHead, heads.MLPHead, tasks.Classification, tasks.MultiLabel,
-        tasks.Regression,
+        tasks.Regression, tasks.TokenClassification,
         full.Full, linear_probe.LinearProbe, freeze_unfreeze.FreezeUnfreeze, gradual_unfreeze.GradualUnfreeze,
         llrd.LayerDecay, lp_ft.LPFT, partial.Partial, l2sp.L2SP, bitfit.BitFit, lora.LoRA,
         torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, schedules.WarmupCosine,

@@ -1,0 +1,158 @@
+"""task=token_cls end to end on a generated CoNLL set with MiniLM (offline): fit, test, predict, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.conftest import compose_fit
+from tlcli.commands import export as export_verb
+from tlcli.commands import predict as predict_verb
+from tlcli.commands import test as test_verb
+from tlcli.commands.fit import fit
+from tlcli.errors import ConfigError
+
+QUIET = ["callbacks.progress_bar=null", "data.num_workers=0"]
+VERB = ["progress_bar=false"]  # test / predict
+PEOPLE = ["Alice", "Bob", "Carol", "David", "Emma", "Frank"]
+CITIES = ["Paris", "London", "Berlin", "Madrid", "Rome", "Vienna"]
+FILLER = ["we", "met", "today", "and", "then", "went", "to", "see", "the", "old", "market", "with", "friends"]
+
+
+def write_conll(path: Path, n: int, seed: int) -> Path:
+    """The obvious pattern: a first name + "Smith" is a person (B-PER I-PER), a capital a place (B-LOC)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        for _ in range(rng.randint(3, 7)):
+            r = rng.random()
+            if r < 0.2:
+                lines += [f"{rng.choice(PEOPLE)}\tB-PER", "Smith\tI-PER"]
+            elif r < 0.35:
+                lines.append(f"{rng.choice(CITIES)}\tB-LOC")
+            else:
+                lines.append(f"{rng.choice(FILLER)}\tO")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def overrides(tmp: Path, *extra: str) -> list[str]:
+    return [
+        "backbone=minilm_offline",
+        "task=token_cls",
+        "data=conll",
+        f"data.train_file={tmp / 'train.conll'}",
+        f"data.test_file={tmp / 'test.conll'}",
+        "data.batch_size=16",
+        *QUIET,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("token_cls")
+    write_conll(tmp / "train.conll", 60, 0)
+    write_conll(tmp / "test.conll", 20, 1)
+    cfg = compose_fit(overrides(tmp, "finetune=full", "optimizer.lr=2e-4", "trainer.max_epochs=4"), tmp / "run")
+    return tmp, fit(cfg)
+
+
+def test_fit_learns_the_tags_and_reports_per_entity_type(trained):
+    tmp, metrics = trained
+    run = tmp / "run"
+    assert metrics["test/f1"] > 0.9 and metrics["test/acc"] > 0.95
+    assert {"test/precision", "test/recall", "test/loss"} <= set(metrics) and "test/f1_macro" not in metrics
+    # the "before" number: a linear tagger on the frozen per-word features, scored the same way
+    assert metrics["baseline/method"].startswith("frozen features + linear tagger (C=")
+    assert {"baseline/test/f1", "baseline/test/acc", "baseline/test/precision", "baseline/test/recall"} <= set(metrics)
+    report = json.loads((run / "per_class.json").read_text())
+    assert report["task"] == "TokenClassification" and report["columns"][0] == "entity"
+    assert [r["entity"] for r in report["rows"]] == ["LOC", "PER", "micro avg", "macro avg", "weighted avg"]
+    assert report["tags"] == ["O", "B-LOC", "B-PER", "I-PER"] and report["mode"] == "strict"
+    assert report["summary"]["f1"] == pytest.approx(metrics["test/f1"], abs=1e-6)
+    assert report["rows"][2]["support"] == report["rows"][0]["support"] + report["rows"][1]["support"] > 10
+    assert (run / "per_class.csv").read_text().startswith("entity,precision,recall,f1,support\nLOC,")
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (run / "report.html").read_text()
+    assert "Per entity type (test split)" in page and "Tag confusion matrix" in page
+    assert "<th class=num>F1</th>" in page  # before/after table in the task's own metric
+
+
+def test_tlcli_test_reproduces_fit_metrics(trained, tmp_path):
+    tmp, metrics = trained
+    got = test_verb.test(compose_fit([f"ckpt={tmp / 'run'}", *VERB], tmp_path, config_name="test"))
+    for key in ("test/f1", "test/precision", "test/recall", "test/acc"):
+        assert got[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_predict_writes_tags_and_entities_from_csv_and_conll(trained, tmp_path):
+    tmp, _ = trained
+    sentences = tmp_path / "in.csv"
+    sentences.write_text("text\nAlice Smith went to Paris today\nwe met Frank Smith\n")
+    out = tmp_path / "preds.jsonl"
+    predict_verb.predict(compose_fit([f"ckpt={tmp / 'run'}", f"input={sentences}", f"output={out}", "num_workers=0",
+                                      *VERB], tmp_path, config_name="predict"))  # fmt: skip
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert first["tokens"] == ["Alice", "Smith", "went", "to", "Paris", "today"]
+    assert first["tags"] == ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+    assert first["entities"] == [
+        {"type": "PER", "start": 0, "end": 2, "text": "Alice Smith"},
+        {"type": "LOC", "start": 4, "end": 5, "text": "Paris"},
+    ]
+    assert second["entities"] == [{"type": "PER", "start": 2, "end": 4, "text": "Frank Smith"}]
+    table = tmp_path / "preds.csv"
+    predict_verb.predict(compose_fit([f"ckpt={tmp / 'run'}", f"input={tmp / 'test.conll'}", f"output={table}",
+                                      "num_workers=0", *VERB], tmp_path, config_name="predict"))  # fmt: skip
+    rows = list(csv.DictReader(table.open()))
+    assert list(rows[0]) == ["input", "tags", "entities"] and len(rows) == 20
+    assert all(len(r["input"].split()) == len(r["tags"].split()) for r in rows)
+
+
+def test_export_gives_per_token_logits_and_the_tag_names(trained, tmp_path):
+    from tlcli.restore import load_module
+
+    tmp, _ = trained
+    export_verb.export(compose_fit([f"ckpt={tmp / 'run'}", "format=torchscript", f"output={tmp_path}"], tmp_path,
+                                   config_name="export"))  # fmt: skip
+    module, _ = load_module(tmp / "run")
+    enc = module.backbone.data_config()["tokenizer"](["Bob Smith in Rome", "hi"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = module({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        got = torch.jit.load(str(tmp_path / "model.pt"))(enc["input_ids"], enc["attention_mask"])
+    assert got.shape == (2, enc["input_ids"].shape[1], 4)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    info = json.loads((tmp_path / "classes.json").read_text())
+    assert info["tags"] == ["O", "B-LOC", "B-PER", "I-PER"] and info["scheme"] == "IOB2"
+
+
+def test_a_linear_probe_trains_on_cached_per_word_features(trained, tmp_path):
+    tmp, _ = trained
+    cfg = compose_fit(overrides(tmp, "finetune=linear_probe", "trainer.max_epochs=2", "baseline=false"), tmp_path)
+    metrics = fit(cfg)
+    # its recipe: features computed once (a row per word), the head started from the linear tagger
+    assert metrics["head_init"] == "baseline logistic regression"
+    assert metrics["params/trainable"] == 4 * 384 + 4 and metrics["test/f1"] > 0.9
+    assert list((tmp_path / "features").glob("*.pt"))
+
+
+def test_token_cls_on_csv_data_says_which_data_it_needs(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\na b,x\nc d,y\ne f,x\ng h,y\n")
+    data = ["data=csv", f"data.train_csv={tmp_path / 'train.csv'}"]
+    cfg = compose_fit(["backbone=minilm_offline", "task=token_cls", *data, *QUIET], tmp_path / "run")
+    with pytest.raises(Exception, match="data=csv holds a label per row, but the task reads a tag per word"):
+        fit(cfg)
+    task = instantiate(cfg.task)  # a data module of the user's own with other targets: the task says what it needs
+    with pytest.raises(ConfigError) as exc:
+        task.check_data("class")
+    assert exc.value.problems == [
+        "task=token_cls needs tagged sentences: use data=conll with data.train_file=FILE "
+        "(a token and its tag per line, a blank line between sentences)"
+    ]
