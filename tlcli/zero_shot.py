@@ -148,6 +148,7 @@ def baseline(cfg) -> dict[str, Any]:
     from tlcli import console
     from tlcli.reporting import files
     from tlcli.reporting import transferability as T
+    from tlcli.tasks import Classification
     from tlcli.training.features import extract
 
     problems = []
@@ -198,7 +199,9 @@ def baseline(cfg) -> dict[str, Any]:
             raise ConfigError(f"the train split has no example of {names}: the linear probe needs every class")
         scores = T.linear_probe(ftr, ytr, c=opts.probe_c, max_iter=opts.probe_max_iter)(fte)
     log.info("zero_shot: %s", method)
-    summary = files.write_report(run_dir, y_true, scores, datamodule.class_names, split=split, console=console.console)
+    task = Classification()
+    report = task.report(y_true, scores, datamodule.class_names, split)
+    summary = files.write_report(run_dir, report, task=type(task).__name__, split=split, console=console.console)
     n = datamodule.num_classes
     pred, target = torch.as_tensor(np.asarray(scores).argmax(axis=1)), torch.as_tensor(np.asarray(y_true))
     metrics = {
