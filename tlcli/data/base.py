@@ -22,6 +22,7 @@ from tlcli.data import kshot
 from tlcli.data.text import TextCollate, TextDataset, as_target
 from tlcli.data.transforms import Transform, find_unreadable, image_transforms, load_rgb, pixel_limit
 from tlcli.errors import ConfigError, DataError
+from tlcli.training import distributed
 from tlcli.training.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
@@ -422,13 +423,13 @@ class TransferDataModule(L.LightningDataModule):
         lengths = None
         if self.bucket_by_length and isinstance(dataset, TextDataset):
             lengths = np.diff(dataset.offsets)
-        sampler = (
-            EpochSeededSampler(len(dataset), self.seed, *self.train_start, lengths=lengths, batch_size=self.batch_size)
-            if shuffle
-            else None
-        )
         if shuffle:
+            sampler = EpochSeededSampler(
+                len(dataset), self.seed, *self.train_start, lengths=lengths, batch_size=self.batch_size
+            )
             dataset = SeededDataset(dataset) if random_items else IgnoreSeed(dataset)
+        else:  # several processes: each evaluates its own examples, none twice (tlcli.training.distributed)
+            sampler = distributed.eval_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

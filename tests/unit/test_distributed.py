@@ -1,0 +1,87 @@
+"""Several processes, each example once: samplers, gather order and metric sync, in one process.
+
+Each rank is simulated by patching `distributed.world()`; the multi-process runs themselves are in
+tests/e2e/test_ddp.py (slow).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchmetrics
+from torch.utils.data import DistributedSampler
+
+from tlcli.errors import DataError
+from tlcli.module import MeanLoss
+from tlcli.training import distributed
+
+
+def as_rank(monkeypatch, world: int, rank: int) -> None:
+    monkeypatch.setattr(distributed, "world", lambda: (world, rank))
+
+
+@pytest.mark.parametrize(("n", "world"), [(9, 2), (10, 3), (7, 4), (12, 2)])
+def test_evaluation_shards_hold_every_example_once(monkeypatch, n, world):
+    shards = []
+    for rank in range(world):
+        as_rank(monkeypatch, world, rank)
+        shards.append(list(distributed.eval_sampler(range(n))))
+    assert sorted(i for s in shards for i in s) == list(range(n))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    # the outputs of each rank, gathered, come back in data order: 1-d labels and 2-d scores alike
+    assert distributed.interleave([torch.tensor(s) for s in shards]).tolist() == list(range(n))
+    scores = distributed.interleave([torch.tensor(s, dtype=torch.float).repeat(3, 1).T for s in shards])
+    assert scores[:, 2].tolist() == list(range(n))
+    # what Lightning's own evaluation sampler does: pad with repeats until the split divides evenly
+    padded = [i for r in range(world) for i in DistributedSampler(range(n), world, r, shuffle=False)]
+    assert len(padded) == -(-n // world) * world
+
+
+def test_one_process_keeps_the_plain_loader_and_too_small_a_split_is_refused(monkeypatch):
+    assert distributed.eval_sampler(range(5)) is None  # no process group
+    as_rank(monkeypatch, 4, 0)
+    with pytest.raises(DataError, match="has 3 examples but the run has 4 processes"):
+        distributed.eval_sampler(range(3))
+    with pytest.raises(ValueError, match="not a strided split"):
+        distributed.interleave([torch.arange(3), torch.arange(1)])
+
+
+def test_metrics_summed_over_shards_equal_one_process():
+    """What torchmetrics' sync does (sum each state over ranks), against one process on the same
+    logits: accuracy, macro-F1 and the mean loss of an odd-sized split with 2 and 3 processes."""
+    g = torch.Generator().manual_seed(0)
+    n, classes = 11, 3
+    logits, y = torch.randn(n, classes, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+    def evaluate(indices: list[int], batch: int = 4):
+        acc = torchmetrics.Accuracy(task="multiclass", num_classes=classes)
+        f1 = torchmetrics.F1Score(task="multiclass", num_classes=classes, average="macro")
+        loss = MeanLoss()
+        for k in range(0, len(indices), batch):
+            i = indices[k : k + batch]
+            acc.update(logits[i], y[i])
+            f1.update(logits[i], y[i])
+            loss.update(torch.nn.functional.cross_entropy(logits[i], y[i]), len(i))
+        return acc, f1, loss
+
+    single = [m.compute() for m in evaluate(list(range(n)))]
+    for world in (2, 3):
+        ranks = [evaluate(list(range(r, n, world))) for r in range(world)]
+        for other in ranks[1:]:
+            for mine, theirs in zip(ranks[0], other):
+                mine.merge_state(theirs)
+        acc, f1, loss = (m.compute() for m in ranks[0])
+        assert acc == single[0] and f1 == single[1]  # counts: exact
+        assert loss.item() == pytest.approx(single[2].item(), abs=1e-6)  # float sums in another order
+    # a repeated example (Lightning's padding) changes the numbers: the bug this guards against
+    padded = [m.compute() for m in evaluate([*range(n), 0])]
+    assert padded[2] != single[2]
+
+
+def test_mean_loss_weights_batches_by_size_and_keeps_nan():
+    loss = MeanLoss()
+    loss.update(torch.tensor(1.0), 3)
+    loss.update(torch.tensor(3.0), 1)
+    assert loss.compute().item() == 1.5  # (3 * 1 + 1 * 3) / 4, not the mean of batch means (2.0)
+    loss.update(torch.tensor(float("nan")), 2)
+    assert torch.isnan(loss.compute())  # a diverged evaluation must show
