@@ -11,9 +11,11 @@ import torch
 import torchmetrics
 from torch.utils.data import DistributedSampler
 
+from tests.conftest import make_imagefolder
 from tlcli.errors import DataError
 from tlcli.module import MeanLoss
 from tlcli.training import distributed
+from tlcli.training.seeding import EpochSeededSampler
 
 
 def as_rank(monkeypatch, world: int, rank: int) -> None:
@@ -85,3 +87,41 @@ def test_mean_loss_weights_batches_by_size_and_keeps_nan():
     assert loss.compute().item() == 1.5  # (3 * 1 + 1 * 3) / 4, not the mean of batch means (2.0)
     loss.update(torch.tensor(float("nan")), 2)
     assert torch.isnan(loss.compute())  # a diverged evaluation must show
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_training_shards_split_one_seeded_order_and_resume_mid_epoch(world):
+    n, seed, epoch = 10, 7, 3
+    one = [i for i, _ in EpochSeededSampler(n, seed, epoch)]
+    shards = [[i for i, _ in EpochSeededSampler(n, seed, epoch, num_replicas=world, rank=r)] for r in range(world)]
+    per_rank = -(-n // world)
+    assert all(len(s) == per_rank for s in shards)  # as many steps on every rank
+    padded = (one * 2)[: per_rank * world]
+    assert distributed.interleave([torch.tensor(s) for s in shards]).tolist() == padded
+    # resumed after 2 samples per rank (skip counts the whole order): each rank continues its own share
+    done = 2 * world
+    for r in range(world):
+        resumed = [i for i, _ in EpochSeededSampler(n, seed, epoch, skip=done, num_replicas=world, rank=r)]
+        assert resumed == shards[r][2:]
+
+
+def test_datamodule_loaders_shard_under_a_process_group(monkeypatch, tmp_path):
+    from tlcli.backbones.timm import TimmBackbone
+    from tlcli.data import ImageFolderDataModule
+
+    root = make_imagefolder(tmp_path / "images", {"train": 5, "val": 3, "test": 3})  # 15, 9, 9
+    backbone = TimmBackbone("test_resnet", weights="none")
+    dm = ImageFolderDataModule(
+        str(root), data_config=backbone.data_config(), batch_size=4, num_workers=0, augment=False, image_size=32
+    )
+    dm.setup("fit")
+    seen, trained = [], []
+    for rank in range(2):
+        as_rank(monkeypatch, 2, rank)
+        test = dm.test_dataloader()
+        seen += [int(y) for _, ys in test for y in ys]
+        train = dm.train_dataloader()
+        assert len(train.sampler) == 8 and len(train) == 2  # 15 examples: 8 per rank, padded once
+        trained += [i for i, _ in train.sampler]
+    assert sorted(seen) == sorted(int(t) for t in dm.samples["test"].targets)  # 9 labels, none twice
+    assert sorted(set(trained)) == list(range(15)) and len(trained) == 16
