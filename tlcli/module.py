@@ -74,6 +74,8 @@ class TransferModule(L.LightningModule):
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._resume_rng: dict[str, Any] | None = None
         self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._predict_buffers: list[torch.Tensor] = []
+        self.predict_scores: torch.Tensor | None = None
         strategy.setup(self)
         if channels_last not in (True, False, "auto"):
             raise ConfigError(f"channels_last={channels_last} must be auto, true or false")
@@ -165,6 +167,17 @@ class TransferModule(L.LightningModule):
         y = distributed.gather_in_order(self, torch.cat([b[0] for b in self._test_buffers]))
         scores = distributed.gather_in_order(self, torch.cat([b[1] for b in self._test_buffers]))
         self.test_outputs = {"y_true": y, "y_score": scores}
+
+    # -- predict (`tlcli predict` on several devices): scores in input order, on every rank --
+    def predict_step(self, batch, batch_idx, dataloader_idx=0) -> None:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self._predict_buffers.append(self.task.scores(self(x)).detach().float().cpu())
+
+    def on_predict_epoch_start(self) -> None:
+        self._predict_buffers = []
+
+    def on_predict_epoch_end(self) -> None:
+        self.predict_scores = distributed.gather_in_order(self, torch.cat(self._predict_buffers))
 
     # -- optimizer: all groups built once; freezing is an LR factor per group --
     def optimizer_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -125,3 +125,14 @@ def test_datamodule_loaders_shard_under_a_process_group(monkeypatch, tmp_path):
         trained += [i for i, _ in train.sampler]
     assert sorted(seen) == sorted(int(t) for t in dm.samples["test"].targets)  # 9 labels, none twice
     assert sorted(set(trained)) == list(range(15)) and len(trained) == 16
+
+
+@pytest.mark.parametrize("verb", ["test", "predict"])
+def test_test_and_predict_check_their_devices(verb, capsys):
+    from tlcli.cli import main
+
+    extra = ["input=x"] if verb == "predict" else []
+    assert main([verb, "ckpt=nowhere.ckpt", *extra, "devices=0", "num_nodes=two"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "devices=0 must be a positive integer, e.g. devices=2" in err
+    assert "num_nodes=two must be a positive integer, e.g. num_nodes=1" in err
