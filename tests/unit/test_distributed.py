@@ -1,4 +1,4 @@
-"""Several processes, each example once: samplers, gather order and metric sync, in one process.
+"""Several processes, each example once: samplers, gather order, metric sync and launchers, in one process.
 
 Each rank is simulated by patching `distributed.world()`; the multi-process runs themselves are in
 tests/e2e/test_ddp.py (slow).
@@ -12,7 +12,7 @@ import torchmetrics
 from torch.utils.data import DistributedSampler
 
 from tests.conftest import make_imagefolder
-from tlcli.errors import DataError
+from tlcli.errors import ConfigError, DataError
 from tlcli.module import MeanLoss
 from tlcli.training import distributed
 from tlcli.training.seeding import EpochSeededSampler
@@ -136,3 +136,39 @@ def test_test_and_predict_check_their_devices(verb, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "devices=0 must be a positive integer, e.g. devices=2" in err
     assert "num_nodes=two must be a positive integer, e.g. num_nodes=1" in err
+
+
+def test_launcher_environment_says_who_is_rank_zero(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed.launched_rank_zero() and distributed.launched_world_size() == 1
+    monkeypatch.setenv("SLURM_PROCID", "0")  # a batch script, or task 0 of srun
+    assert distributed.launched_rank_zero()
+    monkeypatch.setenv("SLURM_PROCID", "3")  # srun task 3: LOCAL_RANK/RANK are not set yet
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")
+    assert not distributed.launched_rank_zero() and distributed.launched_world_size() == 8
+    monkeypatch.delenv("SLURM_PROCID")
+    monkeypatch.setenv("NODE_RANK", "1")  # Lightning's launcher, local rank 0 of the second node
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not distributed.launched_rank_zero()
+    monkeypatch.setenv("NODE_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun
+    assert distributed.launched_rank_zero() and distributed.launched_world_size() == 2
+
+
+def test_torchrun_ranks_must_share_a_run_dir(monkeypatch, tmp_path, capsys):
+    from tlcli.cli import _other_rank, main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["fit", "trainer=ddp"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "this process is one of 2 started by torchrun or srun: give them all the same run dir" in err
+    distributed.require_shared_run_dir([f"hydra.run.dir={tmp_path}"], multirun=False)
+    # rank 1 writes neither .hydra/ nor the log of rank 0
+    assert _other_rank("fit", ["a=1"]) == ["a=1", "hydra.output_subdir=null", "hydra.job.name=fit_rank1"]
+    with pytest.raises(ConfigError):
+        distributed.require_shared_run_dir(["a=1"], multirun=False)
+    monkeypatch.setenv("RANK", "0")
+    assert _other_rank("fit", ["a=1"]) == ["a=1"]

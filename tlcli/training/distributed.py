@@ -8,14 +8,18 @@ Lightning's UnrepeatedDistributedSampler instead (rank r takes examples r, r + W
 over the shards (the loss's too: tlcli.module.MeanLoss), and `gather_in_order` puts the
 per-rank outputs back in data order. The result is the single-process result, up to the order in
 which floats are summed.
+
+The launcher helpers read only the environment (no torch import): they are asked before
+any process group exists, e.g. by the CLI and the run-dir lock.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
-from tlcli.errors import DataError
+from tlcli.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +29,38 @@ log = logging.getLogger(__name__)
 _warned: set[str] = set()  # stages already warned about (once per process)
 
 
+# --------------------------------------------------------------- before any process group
+def launched_rank_zero() -> bool:
+    """Whether this process is global rank 0 as its launcher set it: torchrun (RANK), srun
+    (SLURM_PROCID), Lightning's DDP launcher (NODE_RANK, LOCAL_RANK). A process started on
+    its own has none of them and is rank 0."""
+    ranks = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+    return all(os.environ.get(k, "0") in ("", "0") for k in ranks)
+
+
+def launched_world_size() -> int:
+    """How many processes an outside launcher started together: torchrun's WORLD_SIZE, or the
+    tasks of an srun step (SLURM_STEP_NUM_TASKS); 1 for a process started on its own."""
+    for key in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def require_shared_run_dir(args: list[str], multirun: bool) -> None:
+    """torchrun and srun start every rank on its own: each would pick its own dated run dir
+    (the time differs), so such a launch must name the one they share."""
+    if multirun or launched_world_size() == 1:
+        return
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        raise ConfigError(
+            f"this process is one of {launched_world_size()} started by torchrun or srun: give them all the "
+            "same run dir, e.g. hydra.run.dir=outputs/runs/NAME (under SLURM: outputs/slurm/$SLURM_JOB_ID)"
+        )
+
+
+# --------------------------------------------------------------- inside a process group
 def world() -> tuple[int, int]:
     """(number of processes, this one's rank) of the running process group; (1, 0) without one."""
     import torch.distributed as dist
