@@ -1,10 +1,13 @@
-"""Several processes, each example once: samplers, gather order, metric sync and launchers, in one process.
+"""Several processes, each example once: samplers, gather order, metric sync and signals, in one process.
 
 Each rank is simulated by patching `distributed.world()`; the multi-process runs themselves are in
 tests/e2e/test_ddp.py (slow).
 """
 
 from __future__ import annotations
+
+import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from tests.conftest import make_imagefolder
 from tlcli.errors import ConfigError, DataError
 from tlcli.module import MeanLoss
 from tlcli.training import distributed
+from tlcli.training.callbacks import Preemption
 from tlcli.training.seeding import EpochSeededSampler
 
 
@@ -172,3 +176,47 @@ def test_torchrun_ranks_must_share_a_run_dir(monkeypatch, tmp_path, capsys):
         distributed.require_shared_run_dir(["a=1"], multirun=False)
     monkeypatch.setenv("RANK", "0")
     assert _other_rank("fit", ["a=1"]) == ["a=1"]
+
+
+class FakeTrainer(SimpleNamespace):
+    def __init__(self, world_size: int):
+        super().__init__(
+            world_size=world_size,
+            strategy=SimpleNamespace(root_device=torch.device("cpu")),
+            _signal_connector=SimpleNamespace(received_sigterm=False),
+        )
+
+
+@pytest.mark.parametrize(("here", "elsewhere", "stops"), [(0, 0, None), (0, 2, "SIGTERM"), (1, 0, "SIGINT")])
+def test_ddp_ranks_agree_on_a_signal_before_they_stop(monkeypatch, here, elsewhere, stops):
+    """A signal noted by any rank stops every rank after the same batch; none acts on its own."""
+    import torch.distributed as dist
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    trainer, cb = FakeTrainer(world_size=2), Preemption("unused")
+    try:
+        cb.on_train_start(trainer, None)
+        if here:  # this rank's handler only notes the signal
+            sig = signal.SIGTERM if here == 2 else signal.SIGINT
+            signal.getsignal(sig)(sig, None)
+            assert not trainer._signal_connector.received_sigterm
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
+
+    def all_reduce(t, op):  # the other rank's note, combined as MAX
+        t.copy_(torch.maximum(t, torch.tensor([elsewhere])))
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    cb.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer._signal_connector.received_sigterm is (stops is not None)
+    assert cb.together is (stops is not None)
+    if stops:  # validation that follows the batch runs to its end, then Lightning stops
+        cb.on_validation_start(trainer, None)
+        assert not trainer._signal_connector.received_sigterm
+        cb.on_validation_end(trainer, None)
+        assert trainer._signal_connector.received_sigterm
+        trainer.sanity_checking, trainer.validating, trainer.save_checkpoint = False, False, lambda path: None
+        cb.on_exception(trainer, None, SIGTERMException())
+        assert cb.signal == stops and cb.saved == "unused/last.ckpt"
