@@ -220,3 +220,21 @@ def test_ddp_ranks_agree_on_a_signal_before_they_stop(monkeypatch, here, elsewhe
         trainer.sanity_checking, trainer.validating, trainer.save_checkpoint = False, False, lambda path: None
         cb.on_exception(trainer, None, SIGTERMException())
         assert cb.signal == stops and cb.saved == "unused/last.ckpt"
+
+
+def test_a_foreign_data_module_with_the_padding_sampler_is_warned_about(monkeypatch, caplog):
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DataLoader
+
+    monkeypatch.setattr(distributed, "_warned", set())
+    trainer = SimpleNamespace(world_size=2, sanity_checking=False, is_global_zero=True)
+    ours = DataLoader(range(9), sampler=UnrepeatedDistributedSampler(range(9), 2, 0, shuffle=False))
+    distributed.warn_if_padded(trainer, [ours], "test")
+    assert not caplog.records
+    padded = DataLoader(range(9), sampler=DistributedSampler(range(9), 2, 0, shuffle=False))
+    distributed.warn_if_padded(trainer, padded, "test")
+    distributed.warn_if_padded(trainer, padded, "test")  # once per stage
+    assert [r.getMessage() for r in caplog.records] == [
+        "test on 2 processes with a DistributedSampler: it repeats examples to give every process as many, so "
+        "the metrics count those twice; serve the loader with tlcli.training.distributed.eval_sampler"
+    ]
