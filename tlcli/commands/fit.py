@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -122,14 +123,23 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if preemption.signal is None:
             raise
         code = 143 if preemption.signal == "SIGTERM" else 130
-        console.err_console.print(
-            f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-            + (
-                f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
-                if preemption.saved
-                else "before the first epoch was complete: nothing to resume, run the same command again"
+        # stopping already: the SIGTERM a launcher sends the ranks still exiting (torchrun, as soon as
+        # one rank has left) must not cut the message or turn the exit code into -15
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if trainer.is_global_zero:  # one line per run, not one per DDP process
+            console.err_console.print(
+                f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}; "
+                + (
+                    f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
+                    if preemption.saved
+                    else "before the first epoch was complete: nothing to resume, run the same command again"
+                )
             )
-        )
+        if preemption.together:  # DDP ranks that stopped at the same batch also leave together
+            import torch.distributed as dist
+
+            dist.barrier()
         raise SystemExit(code) from None
     time_fit_end = time.perf_counter()  # train + validation of this process's epochs
     metrics: dict[str, Any] = {

@@ -54,7 +54,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     workers = resolve_num_workers(cfg.num_workers)
     loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels)
     dev = device(cfg.accelerator)
-    scores = _infer(module.to(dev), loader, dev, len(inputs), cfg.progress_bar)
+    if cfg.devices > 1 or cfg.num_nodes > 1:
+        scores = _infer_ddp(module, loader, dev, cfg)
+        if scores is None:  # ranks other than 0: rank 0 holds every score and writes the output
+            return {"output": str(out), "count": 0}
+    else:
+        scores = _infer(module.to(dev), loader, dev, len(inputs), cfg.progress_bar)
     task = module.task
     rows = prediction_rows(task, names, scores, module.class_names, min(cfg.top_k, len(module.class_names)))
     files.write_text_atomic(out, to_jsonl(task, rows) if out.suffix.lower() == ".jsonl" else to_csv(task, rows))
@@ -233,6 +238,24 @@ def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) ->
             out.append(module.task.scores(module(x)).float().cpu())
             progress.advance(task, len(out[-1]))
     return torch.cat(out).numpy()
+
+
+def _infer_ddp(module, loader, dev: torch.device, cfg: DictConfig) -> np.ndarray | None:
+    """One process per device (DDP): each predicts its share of the inputs, none twice (Lightning's
+    unrepeated sampler); rank 0 gets every score, in input order. None on the other ranks."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator="gpu" if dev.type == "cuda" else "cpu",
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+    )
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    return module.predict_scores.numpy() if trainer.is_global_zero else None
 
 
 def prediction_rows(task, names: list[str], scores: np.ndarray, classes: list[str], top_k: int) -> list[dict[str, Any]]:

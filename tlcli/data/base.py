@@ -22,6 +22,7 @@ from tlcli.data import kshot
 from tlcli.data.text import TextCollate, TextDataset, as_target
 from tlcli.data.transforms import Transform, find_unreadable, image_transforms, load_rgb, pixel_limit
 from tlcli.errors import ConfigError, DataError
+from tlcli.training import distributed
 from tlcli.training.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
@@ -422,19 +423,27 @@ class TransferDataModule(L.LightningDataModule):
         lengths = None
         if self.bucket_by_length and isinstance(dataset, TextDataset):
             lengths = np.diff(dataset.offsets)
-        sampler = (
-            EpochSeededSampler(len(dataset), self.seed, *self.train_start, lengths=lengths, batch_size=self.batch_size)
-            if shuffle
-            else None
-        )
-        if shuffle:
+        if shuffle:  # several processes (DDP): each takes its share of the one order
+            size, rank = distributed.world()
+            sampler = EpochSeededSampler(
+                len(dataset),
+                self.seed,
+                *self.train_start,
+                lengths=lengths,
+                batch_size=self.batch_size,
+                num_replicas=size,
+                rank=rank,
+            )
             dataset = SeededDataset(dataset) if random_items else IgnoreSeed(dataset)
+        else:  # several processes: each evaluates its own examples, none twice (tlcli.training.distributed)
+            sampler = distributed.eval_sampler(dataset)
+        per_process = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             # a lone last sample breaks BatchNorm in train mode; drop only that case
-            drop_last=shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1,
+            drop_last=shuffle and per_process % self.batch_size == 1 and per_process > 1,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -97,9 +97,8 @@ def _inputs(module, datamodule, metrics: dict[str, Any], history: list[dict] | N
         kw["y_true"] = module.test_outputs["y_true"].numpy()
         kw["y_score"] = module.test_outputs["y_score"].numpy()
         samples = data.samples.get(split) if examples else None
-        trainer = module._trainer  # DDP gathers the outputs rank by rank: their order is not the data's
-        single = trainer is None or trainer.world_size == 1
-        if single and samples is not None and len(samples) == len(kw["y_true"]):
+        # the outputs are in data order, also when several processes each tested a shard (gather_in_order)
+        if samples is not None and len(samples) == len(kw["y_true"]):
             kw["examples"] = list(zip(samples.id_list(), samples.inputs))
     return kw
 

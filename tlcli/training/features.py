@@ -30,10 +30,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from tlcli.backbones.base import Backbone
 from tlcli.errors import ConfigError
 from tlcli.finetune.linear_probe import LinearProbe
+from tlcli.training import distributed
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the file layout or the key recipe changes
+# DDP under torchrun / srun: how long the other ranks wait for rank 0's features, and how often they look
+RANK_ZERO_WAIT_S = 4 * 3600
+POLL_S = 0.5
 
 
 def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[FeatureDataModule, CachedBackbone]:
@@ -179,6 +183,10 @@ class FeatureCache:
                 return {s: (v["features"], v["targets"]) for s, v in stored["splits"].items()}
             except Exception as exc:  # a partial or foreign file: recompute rather than fail the run
                 log.warning("feature cache %s unreadable (%s): recomputing", path, exc)
+        if not distributed.launched_rank_zero():
+            # torchrun / srun start every rank at once: rank 0 computes each example's features once
+            # (Lightning's own launcher starts the other ranks only after it has), the others read its file
+            return self._from_rank_zero(path)
         start = time.perf_counter()
         splits = compute(backbone, datamodule, self.device)
         log.info("computed features of %s in %.1f s", ", ".join(splits), time.perf_counter() - start)
@@ -194,6 +202,19 @@ class FeatureCache:
         )
         os.replace(tmp, path)  # atomic: a concurrent sweep job never reads half a file
         return splits
+
+    def _from_rank_zero(self, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        log.info("feature cache: waiting for rank 0 to write %s", path)
+        deadline = time.monotonic() + RANK_ZERO_WAIT_S
+        while not path.is_file():  # written by an atomic rename: once there, it is whole
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"feature cache: rank 0 wrote no {path} in {RANK_ZERO_WAIT_S} s; every process must see "
+                    "data.feature_cache_dir: put it on a file system all nodes share, or set data.feature_cache=false"
+                )
+            time.sleep(POLL_S)
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return {s: (v["features"], v["targets"]) for s, v in stored["splits"].items()}
 
 
 @torch.no_grad()  # not inference_mode: the head's backward must be allowed to save these tensors
