@@ -29,6 +29,11 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "tlcli.commands.export:export",
         "export a checkpoint as safetensors, torchscript or onnx + preprocess",
     ),
+    "serve": (
+        "hydra",
+        "tlcli.commands.serve:serve",
+        "serve a checkpoint over HTTP: POST /predict, GET /health, GET /metadata",
+    ),
     "ls": (
         "plain",
         "tlcli.commands.ls:ls",
