@@ -156,14 +156,11 @@ class Predictor:
 
 
 def run_metrics(ckpt: Path) -> dict[str, Any] | None:
-    """metrics.json of the run the checkpoint belongs to (RUN_DIR/checkpoints/best.ckpt), or None."""
+    """metrics.json of the run the checkpoint belongs to, or None."""
     import json
 
-    for folder in (ckpt.parent, ckpt.parent.parent):
-        path = folder / "metrics.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-    return None
+    path = restore.run_dir(ckpt) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _plain(value: Any) -> Any:
