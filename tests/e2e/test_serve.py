@@ -7,6 +7,7 @@ bad requests get a 4xx with a message saying what to send, and the server answer
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, compose_fit, make_imagefolder
+from tests.conftest import TINY, compose_fit, make_imagefolder, make_tiny_bert
 from tlcli.cli import main
 from tlcli.commands import predict as predict_verb
 from tlcli.commands.fit import fit
@@ -221,3 +222,63 @@ def test_a_missing_extra_or_a_taken_port_stops_before_the_model_loads(trained, m
         assert exit_code([*args, f"hydra.run.dir={runs / 's3'}"]) == 2
         err = " ".join(capsys.readouterr().err.split())
         assert f"port={port} on host=127.0.0.1 cannot be used (Address already in use)" in err
+
+
+@pytest.fixture(scope="module")
+def text_regression_server(tmp_path_factory):
+    """(base URL, run dir) of a tiny BERT regression checkpoint served by the app in a thread of this process."""
+    import threading
+
+    import uvicorn
+
+    from tlcli.serving.app import Settings, create_app
+    from tlcli.serving.predictor import Predictor
+
+    tmp = tmp_path_factory.mktemp("serve_text")
+    rows = [
+        [f"a {w} film", float(k)] for k, w in enumerate(["awful", "dull", "fine", "good", "great"]) for _ in range(4)
+    ]
+    with open(tmp / "reviews.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text", "stars"], *rows])
+    overrides = ["backbone=hf", "backbone.name=tiny-bert", f"backbone.weights={make_tiny_bert(tmp / 'bert')}"]
+    overrides += ["task=regression", "data=csv", f"data.train_csv={tmp / 'reviews.csv'}", "data.label_column=stars"]
+    overrides += ["data.num_workers=0", "trainer.max_epochs=1", "callbacks.progress_bar=null", "baseline=false"]
+    fit(compose_fit(overrides, tmp / "run"))
+    app = create_app(Predictor(str(tmp / "run")), Settings(ckpt=str(tmp / "run")))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the in-process server did not start"
+        time.sleep(0.1)
+    yield url, tmp / "run"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_text_regression_rows_are_predicts_rows(text_regression_server, tmp_path):
+    url, run = text_regression_server
+    texts = ["a great film", "an awful, dull film that goes on and on"]
+    with open(tmp_path / "new.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text"], *[[t] for t in texts]])
+    overrides = [f"ckpt={run}", f"input={tmp_path / 'new.csv'}", f"output={tmp_path / 'p.jsonl'}", "progress_bar=false"]
+    predict_verb.predict(compose_fit([*overrides, "num_workers=0"], tmp_path, config_name="predict"))
+    expected = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    status, answer = call(url + "/predict", *as_json({"instances": [texts[0], {"text": texts[1]}]}))
+    assert status == 200, answer
+    got = answer["predictions"]
+    assert [r["input"] for r in got] == texts and [set(r) for r in got] == [{"input", "pred", "values"}] * 2
+    for row, want in zip(got, expected):
+        assert row["pred"] == pytest.approx(want["pred"], abs=ATOL)
+        assert row["values"]["stars"] == pytest.approx(want["values"]["stars"], abs=ATOL)
+    status, meta = call(url + "/metadata")
+    assert meta["task"] == "Regression" and meta["targets"] == ["stars"] and meta["input"]["modality"] == "text"
+    status, answer = call(url + "/predict", *as_json({"image": base64.b64encode(b"x").decode()}))
+    assert status == 400 and answer["error"] == 'image: this model reads text; send JSON {"text": "..."}'
+    status, answer = call(url + "/predict", *multipart([("file", "a.txt", b"a great film")]))
+    assert status == 400 and "this model reads text, not uploads" in answer["error"]
+    status, answer = call(url + "/predict", *as_json({"text": "   "}))
+    assert status == 400 and answer["error"] == 'the JSON body: "text" is empty'

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY, compose_fit, make_imagefolder
+from tests.conftest import TINY, compose_fit, make_imagefolder, make_tiny_bert
 from tlcli.commands import push as push_verb
 from tlcli.commands.fit import fit
 from tlcli.errors import ConfigError
@@ -139,23 +139,8 @@ def test_with_a_token_the_written_files_are_uploaded(image_run, tmp_path, monkey
 @pytest.fixture(scope="module")
 def text_regression_run(tmp_path_factory):
     """A 2-layer, 32-wide BERT (cls pooling) fitted to a numeric target: the transformers layout."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from tlcli.backbones import weights as W
-
     tmp = tmp_path_factory.mktemp("push_text")
-    tokenizer = AutoTokenizer.from_pretrained(W.minilm_dir())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(tmp / "bert")
-    tokenizer.save_pretrained(tmp / "bert")
+    make_tiny_bert(tmp / "bert")
     words = ["great", "fine", "dull", "awful", "lovely", "bad", "superb", "poor"]
     rows = [[f"a {w} film, {i} stars", i % 5 + 0.5 * k] for k, w in enumerate(words) for i in range(3)]
     with open(tmp / "reviews.csv", "w", newline="") as f:
