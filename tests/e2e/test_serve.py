@@ -7,6 +7,7 @@ bad requests get a 4xx with a message saying what to send, and the server answer
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import json
 import os
@@ -73,15 +74,19 @@ def trained(tmp_path_factory):
     return tmp / "run", root
 
 
-@pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    """The base URL of `tlcli serve` running the trained checkpoint in its own process."""
+@contextlib.contextmanager
+def serving(ckpt: Path, folder: Path, *overrides: str):
+    """The base URL of a `tlcli serve` process on a free port, up once /health answers; stopped after."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "tlcli.cli", "serve", f"ckpt={trained[0]}", f"port={port}"]
-    cmd += ["max_bytes=50000", "max_instances=16", f"hydra.run.dir={log.parent / 'run'}"]
+    log = folder / "server.log"
+    cmd = [sys.executable, "-m", "tlcli.cli", "serve", f"ckpt={ckpt}", f"port={port}", *overrides]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [*cmd, f"hydra.run.dir={folder / 'run'}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     try:
@@ -99,7 +104,14 @@ def server(trained, tmp_path_factory):
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    """The base URL of `tlcli serve` running the trained checkpoint in its own process."""
+    with serving(trained[0], tmp_path_factory.mktemp("server"), "max_bytes=50000", "max_instances=16") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +294,25 @@ def test_text_regression_rows_are_predicts_rows(text_regression_server, tmp_path
     assert status == 400 and "this model reads text, not uploads" in answer["error"]
     status, answer = call(url + "/predict", *as_json({"text": "   "}))
     assert status == 400 and answer["error"] == 'the JSON body: "text" is empty'
+
+
+@pytest.mark.slow
+def test_two_workers_answer_alike_without_nagle_delays(trained, predicted, tmp_path):
+    """workers=2: uvicorn's own listener would leave TCP_NODELAY off (Kludex/uvicorn#3149), and each
+    keep-alive request after the first would wait ~40 ms for a delayed ACK; tlcli binds its own."""
+    import http.client
+
+    with serving(trained[0], tmp_path, "workers=2", "access_log=false") as url:
+        path = sorted(predicted)[0]
+        status, answer = call(url + "/predict", *multipart([("file", "x.png", Path(path).read_bytes())]))
+        assert status == 200
+        same_row(answer["predictions"][0], predicted[path])
+        conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+        seconds = []
+        for _ in range(21):
+            start = time.perf_counter()
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            seconds.append(time.perf_counter() - start)
+        conn.close()
+        assert sorted(seconds)[10] < 0.025, f"median keep-alive /health took {sorted(seconds)[10] * 1000:.0f} ms"
