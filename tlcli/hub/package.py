@@ -137,16 +137,7 @@ def write_timm(module, config: dict[str, Any], out_dir: Path, repo: str) -> Layo
     }
     model_config = {"label_names": names, "tlcli": outputs_info(module)}
     save_for_hf(model, str(out_dir), model_config=model_config, safe_serialization=True, data_config=data_config)
-    usage = f"""```python
-import timm, torch
-from PIL import Image
-
-model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()
-transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
-with torch.no_grad():
-    out = model(transform(Image.open("photo.jpg").convert("RGB"))[None])
-labels = model.pretrained_cfg["label_names"]
-```"""
+    usage = _timm_usage(repo)
     notes = [
         f"One timm model: `{_arch(backbone)}` with `num_classes={len(names)}`, whose classifier is tlcli's "
         "linear head; its outputs equal the tlcli checkpoint's (checked when the folder was written).",
@@ -156,6 +147,19 @@ labels = model.pretrained_cfg["label_names"]
     ]
     notes += _output_notes(module)
     return Layout("timm", "timm", ["model.safetensors", "config.json"], usage, notes)
+
+
+def _timm_usage(repo: str) -> str:
+    return f"""```python
+import timm, torch
+from PIL import Image
+
+model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+with torch.no_grad():
+    out = model(transform(Image.open("photo.jpg").convert("RGB"))[None])
+labels = model.pretrained_cfg["label_names"]
+```"""
 
 
 def write_transformers(module, config: dict[str, Any], out_dir: Path, repo: str) -> Layout:
@@ -189,29 +193,7 @@ def write_transformers(module, config: dict[str, Any], out_dir: Path, repo: str)
     backbone.tokenizer.save_pretrained(str(out_dir))
     save_file({"weight": weight.contiguous(), "bias": bias.contiguous()}, str(out_dir / "head.safetensors"))
     tokenizer_files = sorted(p.name for p in out_dir.iterdir() if p.name.startswith(("tokenizer", "vocab", "special")))
-    pooled = (
-        "hidden[:, 0]  # cls pooling: the first token"
-        if backbone.pooling == "cls"
-        else "(hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens"
-    )
-    texts = 'tokenizer(["first text"], ["second text"], ' if pair else 'tokenizer(["a text to classify"], '
-    usage = f"""```python
-import torch
-from huggingface_hub import hf_hub_download
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo}")
-encoder = AutoModel.from_pretrained("{repo}").eval()
-head = load_file(hf_hub_download("{repo}", "head.safetensors"))
-batch = {texts}padding=True, truncation=True, max_length={hf_config.tlcli["max_length"]}, return_tensors="pt")
-with torch.no_grad():
-    hidden = encoder(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = {pooled}
-    out = pooled @ head["weight"].T + head["bias"]
-labels = encoder.config.id2label
-```"""
+    usage = _transformers_usage(repo, backbone.pooling, pair, hf_config.tlcli["max_length"])
     notes = [
         f"The encoder ({type(encoder).__name__}) loads with `AutoModel`; tlcli's head is "
         f"{backbone.pooling} pooling of the last hidden states and one linear layer (head.safetensors), "
@@ -228,6 +210,32 @@ labels = encoder.config.id2label
     notes += _output_notes(module)
     files = ["model.safetensors", "config.json", "head.safetensors", *tokenizer_files]
     return Layout("transformers", "transformers", files, usage, notes)
+
+
+def _transformers_usage(repo: str, pooling: str, pair: bool, max_length: int) -> str:
+    pooled = (
+        "hidden[:, 0]  # cls pooling: the first token"
+        if pooling == "cls"
+        else "(hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens"
+    )
+    texts = 'tokenizer(["first text"], ["second text"], ' if pair else 'tokenizer(["a text to classify"], '
+    return f"""```python
+import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+encoder = AutoModel.from_pretrained("{repo}").eval()
+head = load_file(hf_hub_download("{repo}", "head.safetensors"))
+batch = {texts}padding=True, truncation=True, max_length={max_length}, return_tensors="pt")
+with torch.no_grad():
+    hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = {pooled}
+    out = pooled @ head["weight"].T + head["bias"]
+labels = encoder.config.id2label
+```"""
 
 
 def write_tlcli(module, config: dict[str, Any], out_dir: Path, repo: str, why: str) -> Layout:
