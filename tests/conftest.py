@@ -115,3 +115,26 @@ def _restore_logging():
         lg.handlers[:] = handlers
         lg.setLevel(level)
         lg.propagate = propagate
+
+
+def make_tiny_bert(path: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with MiniLM's tokenizer, saved like a hub download
+    (use it with backbone=hf backbone.name=tiny-bert backbone.weights=PATH)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tlcli.backbones import weights as W
+
+    tokenizer = AutoTokenizer.from_pretrained(W.minilm_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -29,6 +29,16 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "tlcli.commands.export:export",
         "export a checkpoint as safetensors, torchscript or onnx + preprocess",
     ),
+    "serve": (
+        "hydra",
+        "tlcli.commands.serve:serve",
+        "serve a checkpoint over HTTP: POST /predict, GET /health, GET /metadata",
+    ),
+    "push": (
+        "hydra",
+        "tlcli.commands.push:push",
+        "package a run for the Hugging Face Hub (weights, config.json, model card) and upload it",
+    ),
     "ls": (
         "plain",
         "tlcli.commands.ls:ls",

@@ -204,9 +204,16 @@ def _loader(
     inputs: list[str], spec: dict[str, Any], config: dict[str, Any], batch_size: int, workers: int, max_pixels=None
 ):
     """Batches of model inputs, prepared exactly like fit's eval split."""
-    import functools
-
     from torch.utils.data import DataLoader
+
+    dataset, collate = eval_dataset(inputs, spec, config, max_pixels)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+
+
+def eval_dataset(inputs: list[Any], spec: dict[str, Any], config: dict[str, Any], max_pixels=None):
+    """(dataset of (input, dummy target) items, collate or None): fit's eval-split preparation of
+    image paths or file objects, texts or text pairs (`tlcli serve` prepares its requests here too)."""
+    import functools
 
     from tlcli.data.base import ImageDataset, Samples
     from tlcli.data.text import TextCollate, TextDataset
@@ -220,7 +227,7 @@ def _loader(
         _, eval_tf = image_transforms(spec, augment=False, image_size=config["data"].get("image_size"))
         loader = functools.partial(load_rgb, max_pixels=max_pixels, key="max_image_pixels")  # workers get the limit
         dataset, collate = ImageDataset(samples, eval_tf, loader), None
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    return dataset, collate
 
 
 def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) -> np.ndarray:
