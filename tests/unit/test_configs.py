@@ -43,7 +43,11 @@ def test_option_list_is_found_recursively():
 def test_every_option_has_a_description_and_composes(group, option, tmp_path, imagefolder):
     path = conf_dir() / group / f"{option}.yaml"
     assert description(path), f"{path} needs a one-line '# description' first comment"
-    required = {"imagefolder": [f"data.root={imagefolder}"], "csv": ["data.train_csv=train.csv"]}
+    required = {
+        "imagefolder": [f"data.root={imagefolder}"],
+        "csv": ["data.train_csv=train.csv"],
+        "hf": ["data.path=ds"],
+    }  # noqa: E501
     overrides = [f"{group}={option}"] + (required.get(option, []) if group == "data" else [])
     cfg = compose_fit(overrides, tmp_path)
     if group in ("experiment", "debug"):  # global packages: they override keys across groups
@@ -81,8 +85,8 @@ def _instantiate_one(group: str, node, tmp_path: Path):
             "std": (0.5, 0.5, 0.5),
             "crop_pct": 1.0,
         }
-        if node._target_.endswith("CSVDataModule"):
-            return  # needs a CSV file: covered by tests/unit/test_data.py
+        if node._target_.endswith(("CSVDataModule", "HFDataModule")):
+            return  # needs a CSV file / a dataset: tests/unit/test_data.py, tests/integration/test_hf_data.py
         dm = instantiate(node, data_config=dc, num_workers=0)
         dm.setup("fit")
         assert dm.num_classes >= 2

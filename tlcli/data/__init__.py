@@ -6,6 +6,7 @@ Transforms and tokenization come from the backbone's data_config, passed in by c
 from tlcli.data.base import TransferDataModule
 from tlcli.data.csv import CSVDataModule
 from tlcli.data.embedded import DigitsDataModule
+from tlcli.data.hf import HFDataModule
 from tlcli.data.imagefolder import ImageFolderDataModule
 
-__all__ = ["CSVDataModule", "DigitsDataModule", "ImageFolderDataModule", "TransferDataModule"]
+__all__ = ["CSVDataModule", "DigitsDataModule", "HFDataModule", "ImageFolderDataModule", "TransferDataModule"]
