@@ -119,7 +119,8 @@ def _weights(node, found: Findings) -> dict[str, Any] | None:
 def _extra(node) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in ("_target_", "name", "weights")}
+    own = ("_target_", "name", "weights", "features", "recipe")  # TimmBackbone's own: not timm.create_model's
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in own}
 
 
 def _timm_model(name: str, kwargs: dict[str, Any]):

@@ -57,6 +57,11 @@ def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[Fe
             "data.feature_cache=true needs data.augment=false: random crops and flips give new features every "
             "epoch; set data.augment=false or data.feature_cache=false"
         )
+    if getattr(backbone, "features", "pooled") != "pooled":
+        problems.append(
+            "data.feature_cache=true caches pooled features, but backbone.features=pyramid gives feature maps "
+            "(too large to keep for a whole split): set data.feature_cache=false"
+        )
     if distiller is not None:
         problems.append(
             "data.feature_cache=true cannot be combined with distill.teacher: the teacher needs the inputs "
