@@ -35,7 +35,12 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     ),
     "optimizer": ("torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD"),
     "scheduler": ("tlcli.schedules.WarmupCosine",),
-    "data": ("tlcli.data.ImageFolderDataModule", "tlcli.data.CSVDataModule", "tlcli.data.DigitsDataModule"),
+    "data": (
+        "tlcli.data.ImageFolderDataModule",
+        "tlcli.data.CSVDataModule",
+        "tlcli.data.DigitsDataModule",
+        "tlcli.data.SegFolderDataModule",
+    ),
 }
 # Hydra keys a saved part may carry: _partial_ (optimizers, heads) only
 ALLOWED_SPECIAL_KEYS = ("_target_", "_partial_")
@@ -67,7 +72,7 @@ def _objects() -> dict[str, Any]:
         full.Full, linear_probe.LinearProbe, freeze_unfreeze.FreezeUnfreeze, gradual_unfreeze.GradualUnfreeze,
         llrd.LayerDecay, lp_ft.LPFT, partial.Partial, l2sp.L2SP, bitfit.BitFit, lora.LoRA,
         torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, schedules.WarmupCosine,
-        data.ImageFolderDataModule, data.CSVDataModule, data.DigitsDataModule,
+        data.ImageFolderDataModule, data.CSVDataModule, data.DigitsDataModule, data.SegFolderDataModule,
     ]  # fmt: skip
     names = [n for group in ALLOWED_TARGETS.values() for n in group]
     return dict(zip(names, objects, strict=True))

@@ -7,5 +7,6 @@ from tlcli.data.base import TransferDataModule
 from tlcli.data.csv import CSVDataModule
 from tlcli.data.embedded import DigitsDataModule
 from tlcli.data.imagefolder import ImageFolderDataModule
+from tlcli.data.segfolder import SegFolderDataModule
 
-__all__ = ["CSVDataModule", "DigitsDataModule", "ImageFolderDataModule", "TransferDataModule"]
+__all__ = ["CSVDataModule", "DigitsDataModule", "ImageFolderDataModule", "SegFolderDataModule", "TransferDataModule"]
