@@ -123,7 +123,7 @@ class TransferModule(L.LightningModule):
         self.log("test/loss", self.task.loss(logits, y), batch_size=len(y), sync_dist=True)
         self.test_metrics.update(self.task.metric_inputs(logits), y)
         self.log_dict(self.test_metrics)
-        self._test_buffers.append((y.detach().cpu(), self.task.scores(logits).detach().float().cpu()))
+        self._test_buffers.append(self.task.kept(logits, y))
 
     def on_test_epoch_start(self) -> None:
         self._test_buffers = []

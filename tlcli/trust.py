@@ -138,6 +138,12 @@ def build(node: dict[str, Any], **extra: Any) -> Any:
     target = _objects()[node["_target_"]]
     kwargs = {k: v for k, v in node.items() if not str(k).startswith("_")}
     kwargs.update(extra)
+def target(node: dict[str, Any]) -> Any:
+    """The object an (already checked) node's _target_ names, uncalled: e.g. the data class whose
+    eval transform predict uses."""
+    return _objects()[node["_target_"]]
+
+
     if node.get("_partial_"):
         return functools.partial(target, **kwargs)
     return target(**kwargs)

@@ -300,7 +300,13 @@ def build_html(
     if outputs:
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
         report = task.report(y_true, y_score, names, split)
-        out.extend(task.html_sections(report, y_true, y_score, names, split))
+        example = None
+        if examples is not None and image_loader is not None and modality == "image":
+
+            def example(i: int):  # (name, PIL image) of test example i, for tasks that draw the images
+                return examples[i][0], image_loader(examples[i][1])
+
+        out.extend(task.html_sections(report, y_true, y_score, names, split, example))
 
     fig = curves_figure(history, monitor, metrics.get("best_val/epoch")) if history else None
     if fig is not None:

@@ -202,8 +202,13 @@ class FeatureCache:
 
 
 @torch.no_grad()  # not inference_mode: the head's backward must be allowed to save these tensors
-def compute(backbone: nn.Module, datamodule, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Eval-mode features of every split, in sample order, as float32 on the CPU."""
+def compute(
+    backbone: nn.Module, datamodule, device: torch.device, keep=None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Eval-mode features of every split, in sample order, as float32 on the CPU.
+
+    keep(output, targets) -> (features, targets): what to keep of each batch (the baseline's
+    Task.baseline_inputs: a feature map rather than a pyramid); None keeps both as they are."""
     was_training, home = backbone.training, _device_of(backbone)
     backbone.eval().to(device)
     out = {}
@@ -213,7 +218,9 @@ def compute(backbone: nn.Module, datamodule, device: torch.device) -> dict[str, 
         for split in datamodule.samples:
             feats, targets = [], []
             for x, y in datamodule.split_loader(split, shuffle=False):
-                feats.append(backbone(move_data_to_device(x, device)).float().cpu())
+                f = backbone(move_data_to_device(x, device))
+                f, y = keep(f, y) if keep is not None else (f, y)
+                feats.append(f.float().cpu())
                 targets.append(y)
             out[split] = (torch.cat(feats), torch.cat(targets))
     backbone.to(home).train(was_training)
