@@ -146,7 +146,8 @@ def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- pieces
 HEADLINE = (("acc", True), ("f1_macro", True))  # classification's before/after columns
-TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE"}
+TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE", "miou": "mIoU"}
+TITLES["pixel_acc"] = "pixel accuracy"
 
 
 def before_after(metrics: dict[str, Any], headline=HEADLINE) -> str:

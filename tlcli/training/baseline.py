@@ -197,7 +197,7 @@ def gain_points(metrics: dict[str, Any], key: str = "acc", higher_is_better: boo
     return round(scale * (diff if higher_is_better else -diff), 9) + 0.0  # + 0.0: never "-0.0"
 
 
-POINTS = ("acc", "f1_macro")  # fractions, whose differences read as percentage points
+POINTS = ("acc", "f1_macro", "miou", "pixel_acc")  # fractions, whose differences read as percentage points
 
 
 def console_line(metrics: dict[str, Any], headline=(("acc", True),)) -> str | None:
