@@ -52,6 +52,48 @@ def imagefolder(tmp_path: Path) -> Path:
     return make_imagefolder(tmp_path / "images")
 
 
+SEG_CLASSES = ("ground", "sky", "sun")
+SEG_LEVELS = (30, 130, 230)  # grey level of each class in make_segfolder's images
+
+
+def make_segfolder(
+    root: Path,
+    splits: dict[str, int] | None = None,
+    classes: tuple[str, ...] = SEG_CLASSES,
+    size: tuple[int, int] = (40, 32),
+    seed: int = 0,
+    ignore: int = 255,
+) -> Path:
+    """root/classes.txt + root/<split>/images/<i>.png and masks/<i>.png: 8x8 blocks of a random class,
+    drawn in that class's grey level (plus noise), so a pixel's class is its own brightness; the
+    top two rows are `ignore` in the masks."""
+    from PIL import Image
+
+    splits = splits or {"train": 12, "test": 4}
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    w, h = size
+    for split, n in splits.items():
+        for d in ("images", "masks"):
+            (root / split / d).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            blocks = rng.integers(0, len(classes), size=(-(-h // 8), -(-w // 8)))
+            mask = np.kron(blocks, np.ones((8, 8), dtype=np.int64))[:h, :w].astype(np.uint8)
+            level = np.array(SEG_LEVELS)[mask % len(SEG_LEVELS)]
+            arr = np.clip(level[..., None] + rng.integers(-15, 16, size=(h, w, 3)), 0, 255).astype(np.uint8)
+            mask[:2] = ignore
+            Image.fromarray(arr).save(root / split / "images" / f"{i:03d}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def segfolder(tmp_path: Path) -> Path:
+    """A small generated segmentation folder: train and test splits, 3 classes, ignore index 255."""
+    return make_segfolder(tmp_path / "seg")
+
+
 def compose_fit(overrides: list[str], run_dir: Path, config_name: str = "fit"):
     """Compose conf/<config_name>.yaml like `tlcli fit` would, with the hydra node registered
     (so ${hydra:runtime.output_dir} resolves to run_dir) and then dropped from the job config."""

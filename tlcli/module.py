@@ -151,7 +151,7 @@ class TransferModule(L.LightningModule):
         self.log("test/loss", self.test_loss)
         self.test_metrics.update(self.task.metric_inputs(logits), y)
         self.log_dict(self.test_metrics)
-        self._test_buffers.append((y.detach().cpu(), self.task.scores(logits).detach().float().cpu()))
+        self._test_buffers.append(self.task.kept(logits, y))
 
     def on_validation_epoch_start(self) -> None:
         distributed.warn_if_padded(self.trainer, self.trainer.val_dataloaders, "validation")

@@ -19,8 +19,13 @@ from tlcli.errors import WeightsError
 # config group -> the targets tlcli itself writes into that group (conf/<group>/*.yaml)
 ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     "backbone": ("tlcli.backbones.timm.TimmBackbone", "tlcli.backbones.hf.HFBackbone"),
-    "head": ("tlcli.heads.LinearHead", "tlcli.heads.MLPHead"),
-    "task": ("tlcli.tasks.Classification", "tlcli.tasks.MultiLabel", "tlcli.tasks.Regression"),
+    "head": ("tlcli.heads.LinearHead", "tlcli.heads.MLPHead", "tlcli.heads.FPNHead"),
+    "task": (
+        "tlcli.tasks.Classification",
+        "tlcli.tasks.MultiLabel",
+        "tlcli.tasks.Regression",
+        "tlcli.tasks.Segmentation",
+    ),
     "finetune": (
         "tlcli.finetune.full.Full",
         "tlcli.finetune.linear_probe.LinearProbe",
@@ -40,6 +45,7 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
         "tlcli.data.CSVDataModule",
         "tlcli.data.DigitsDataModule",
         "tlcli.data.HFDataModule",
+        "tlcli.data.SegFolderDataModule",
     ),
 }
 # Hydra keys a saved part may carry: _partial_ (optimizers, heads) only
@@ -67,12 +73,13 @@ def _objects() -> dict[str, Any]:
     )
 
     objects = [
-        timm.TimmBackbone, hf.HFBackbone, heads.LinearHead, heads.MLPHead, tasks.Classification, tasks.MultiLabel,
-        tasks.Regression,
+        timm.TimmBackbone, hf.HFBackbone, heads.LinearHead, heads.MLPHead, heads.FPNHead, tasks.Classification,
+        tasks.MultiLabel, tasks.Regression, tasks.Segmentation,
         full.Full, linear_probe.LinearProbe, freeze_unfreeze.FreezeUnfreeze, gradual_unfreeze.GradualUnfreeze,
         llrd.LayerDecay, lp_ft.LPFT, partial.Partial, l2sp.L2SP, bitfit.BitFit, lora.LoRA,
         torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, schedules.WarmupCosine,
         data.ImageFolderDataModule, data.CSVDataModule, data.DigitsDataModule, data.HFDataModule,
+        data.SegFolderDataModule,
     ]  # fmt: skip
     names = [n for group in ALLOWED_TARGETS.values() for n in group]
     return dict(zip(names, objects, strict=True))
@@ -131,6 +138,12 @@ def require_trusted(config: dict[str, Any], groups: tuple[str, ...], source: str
         raise WeightsError(
             [f"{source}: refused, a checkpoint is rebuilt only from tlcli's own parts: {p}" for p in found]
         )
+
+
+def target(node: dict[str, Any]) -> Any:
+    """The object an (already checked) node's _target_ names, uncalled: e.g. the data class whose
+    eval transform predict uses."""
+    return _objects()[node["_target_"]]
 
 
 def build(node: dict[str, Any], **extra: Any) -> Any:

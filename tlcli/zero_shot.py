@@ -71,7 +71,10 @@ def predict_scores(
         )
     datamodule.setup("test")
     if datamodule.labels != "class":
-        raise ConfigError("zero-shot classification supports single-label data: drop data.label_columns")
+        raise ConfigError(
+            "zero-shot classification supports single-label data (data=imagefolder, or data=csv with one label "
+            f"column): this data holds {datamodule.labels} targets"
+        )
     names = list(class_names) if class_names is not None else list(datamodule.class_names)
     if len(names) != datamodule.num_classes:
         raise ConfigError(
@@ -177,7 +180,10 @@ def baseline(cfg) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
     datamodule.setup("test")
     if datamodule.labels != "class":
-        raise ConfigError("finetune=zero_shot supports single-label data: drop data.label_columns")
+        raise ConfigError(
+            "finetune=zero_shot supports single-label data (data=imagefolder, or data=csv with one label column): "
+            f"this data holds {datamodule.labels} targets"
+        )
     split = datamodule.test_split
     if getattr(backbone, "modality", None) == "text":
         method = f"label-name similarity (template '{opts.template}')"

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
+
+FEATURES = ("pooled", "pyramid")
+
+
+class FeatureMaps(NamedTuple):
+    """A backbone's feature pyramid: maps (B, C_i, H_i, W_i), finest first, and the input's (H, W)
+    (a dense head upsamples its output to it)."""
+
+    maps: list[torch.Tensor]
+    size: tuple[int, int]
 
 
 class Backbone(nn.Module):
@@ -12,11 +23,13 @@ class Backbone(nn.Module):
 
     forward(x) -> (batch, num_features) pooled features, where x is an image tensor
     (B, 3, H, W) for modality "image" or a dict of token tensors (input_ids,
-    attention_mask, ...) for modality "text".
+    attention_mask, ...) for modality "text". An image backbone built with
+    features="pyramid" returns FeatureMaps instead, and num_features is then the tuple of
+    the maps' channel counts (finest first): what a dense head (tlcli.heads.FPNHead) is built for.
     """
 
     modality: str = "image"
-    num_features: int
+    num_features: int | tuple[int, ...]
 
     def layer_groups(self) -> list[tuple[str, list[str]]]:
         """Parameter names grouped by depth, input side first: [(group_name, [param names])].

@@ -26,6 +26,8 @@ class HFBackbone(Backbone):
     weights: "hub" (download `name`, cached), "none" (random init from the config),
     "pkg:NAME" (a model directory shipped in a pip package) or a local model directory.
     pooling: "cls" (first token) or "mean" (average over non-padding tokens).
+    features: "pooled" only (a text encoder has no feature pyramid; the key is accepted so that
+    task=segmentation, which asks for pyramid, gets a clear error rather than an unknown key).
     """
 
     modality = "text"
@@ -37,10 +39,16 @@ class HFBackbone(Backbone):
         pooling: str = "cls",
         max_length: int = 128,
         trust_remote_code: bool = False,
+        features: str = "pooled",
         recipe: dict | None = None,
     ):
         # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.config.recipes)
         super().__init__()
+        if features != "pooled":
+            raise ConfigError(
+                f"backbone.features={features}: backbone={name} is a text encoder and gives pooled features "
+                "only; feature maps (task=segmentation) need an image backbone, e.g. backbone=lite0_offline"
+            )
         if pooling not in POOLINGS:
             raise ConfigError(f"backbone.pooling={pooling} is not supported: use one of {', '.join(POOLINGS)}")
         self.name, self.weights, self.pooling, self.max_length = name, str(weights), pooling, max_length

@@ -18,8 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-
 from tlcli.errors import EXIT_OK, ConfigError, DataError, TlcliError, WeightsError, find_tlcli_error
 
 MAX_SHOWN = 10  # unreadable images listed one per line; the rest are counted
@@ -119,7 +117,8 @@ def _weights(node, found: Findings) -> dict[str, Any] | None:
 def _extra(node) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in ("_target_", "name", "weights")}
+    own = ("_target_", "name", "weights", "features", "recipe")  # TimmBackbone's own: not timm.create_model's
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in own}
 
 
 def _timm_model(name: str, kwargs: dict[str, Any]):
@@ -268,13 +267,8 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
     if not isinstance(dm, TransferDataModule):  # a data module of the user's own: no examples to count
         found.rows.append(("data", "ok", f"{type(dm).__name__}: {dm.num_classes} outputs; its examples are its own"))
         return
-    for split, samples in dm.samples.items():
-        targets = np.asarray(samples.targets)
-        if targets.ndim == 2:  # 0/1 per label (positives), or values per target (examples)
-            per_class = (targets != 0).sum(axis=0) if dm.labels == "multi" else [len(targets)] * dm.num_classes
-        else:
-            per_class = [int((targets == c).sum()) for c in range(dm.num_classes)]
-        found.counts[split] = dict(zip(dm.class_names, (int(n) for n in per_class)))
+    for split in dm.samples:  # examples per class (positives per label, images holding the class for masks)
+        found.counts[split] = dict(zip(dm.class_names, dm.split_counts(split)))
     sizes = ", ".join(f"{s} {len(v)}" for s, v in dm.samples.items())
     note = "" if dm.test_split == "test" else "; no test split (the test report will use val)"
     what = f"{dm.num_classes} numeric target(s)" if dm.labels == "numeric" else f"{dm.num_classes} classes"

@@ -195,7 +195,8 @@ def _warm_start(head, weights) -> str:
     if weights is not None and head_init.load(head, weights):
         log.info("head_init=baseline: the head starts from the frozen-features logistic regression")
         return "baseline logistic regression"
-    why = "no baseline was computed" if weights is None else "the head is not a single linear layer"
+    linear = head_init.linear_layer(head) is not None
+    why = "the head is not a single linear layer" if not linear else "no baseline was computed"
     log.warning("head_init=baseline: %s; the head starts from random weights", why)
     return f"random ({why})"
 

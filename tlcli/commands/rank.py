@@ -103,7 +103,10 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
     datamodule.setup("fit")
     if datamodule.labels != "class":
-        raise ConfigError("rank scores single-label classification data: drop data.label_columns")
+        raise ConfigError(
+            "rank scores single-label classification data (data=imagefolder, or data=csv with one label column): "
+            f"this data holds {datamodule.labels} targets"
+        )
     ftr, ytr = extract(backbone, datamodule, "train", cfg)
     fva, yva = extract(backbone, datamodule, "val", cfg)
     row = {

@@ -8,5 +8,13 @@ from tlcli.data.csv import CSVDataModule
 from tlcli.data.embedded import DigitsDataModule
 from tlcli.data.hf import HFDataModule
 from tlcli.data.imagefolder import ImageFolderDataModule
+from tlcli.data.segfolder import SegFolderDataModule
 
-__all__ = ["CSVDataModule", "DigitsDataModule", "HFDataModule", "ImageFolderDataModule", "TransferDataModule"]
+__all__ = [
+    "CSVDataModule",
+    "DigitsDataModule",
+    "HFDataModule",
+    "ImageFolderDataModule",
+    "SegFolderDataModule",
+    "TransferDataModule",
+]

@@ -394,12 +394,34 @@ class TransferDataModule(L.LightningDataModule):
         """Training samples per class (positives per label for multi-label, examples per target
         for numeric targets), for class weights and finetune=auto."""
         self.setup("fit")
-        targets = self.samples["train"].targets
+        return self.split_counts("train")
+
+    def split_counts(self, split: str) -> list[int]:
+        """Examples per class of one split (as label_counts counts them), for `tlcli check`."""
+        targets = np.asarray(self.samples[split].targets)
         if self.labels == "multi":
-            return [int(v) for v in targets.sum(axis=0)]
+            return [int(v) for v in (targets != 0).sum(axis=0)]
         if self.labels == "numeric":
             return [len(targets)] * self.num_classes
         return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
+
+    # How predict and export prepare one image the way this data's evaluation does (a classmethod:
+    # they know the data class from the checkpoint's config, and build no data module).
+    @classmethod
+    def eval_image_transform(cls, data_config: dict[str, Any], image_size: int | None) -> Transform:
+        """PIL RGB image -> the model's input tensor."""
+        return image_transforms(data_config, augment=False, image_size=image_size)[1]
+
+    @classmethod
+    def eval_geometry(cls, data_config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
+        """{"resize", "crop_pct"} of eval_image_transform, for export's preprocess.json: resize is
+        the shorter side (an int) or the exact (height, width); then a center crop to the input size."""
+        import math
+
+        _, h, w = data_config["input_size"] if image_size is None else (3, image_size, image_size)
+        crop_pct = float(data_config["crop_pct"])
+        resize = [math.floor(h / crop_pct), math.floor(w / crop_pct)] if h != w else math.floor(h / crop_pct)
+        return {"crop_pct": crop_pct, "resize": resize}
 
     def train_targets(self) -> np.ndarray:
         """The training split's targets: class ids (N,), 0/1 (N, C) or values (N, K)."""

@@ -20,7 +20,11 @@ import numpy as np
 
 from tlcli.errors import ConfigError
 
-LABEL_KINDS = ("class", "multi", "numeric")
+LABEL_KINDS = ("class", "multi", "numeric", "mask")
+# "mask" targets: an int64 (H, W) class-id map per example, the same size as the image tensor;
+# pixels to leave out of the loss and the metrics hold IGNORE_INDEX (whatever value the files use
+# for them, e.g. data.ignore_index of data=segfolder, the data module maps it to this one).
+IGNORE_INDEX = -1
 
 
 @runtime_checkable
@@ -28,7 +32,8 @@ class DataModule(Protocol):
     """Required of every data module.
 
     class_names: the classes in logit order (single/multi-label), or the targets' names (numeric).
-    labels: "class" (a class id per example), "multi" (a 0/1 vector) or "numeric" (values).
+    labels: "class" (a class id per example), "multi" (a 0/1 vector), "numeric" (values) or
+    "mask" (a class id per pixel, IGNORE_INDEX where there is none).
     test_split: the split the final report is on ("test", or "val" when there is none).
     """
 
@@ -42,7 +47,8 @@ class DataModule(Protocol):
     def setup(self, stage: str | None = None) -> None: ...
 
     def label_counts(self) -> list[int]:
-        """Training examples per class (positives per label; examples per numeric target)."""
+        """Training examples per class (positives per label; examples per numeric target;
+        training images in which the class appears, for masks)."""
         ...
 
     def train_targets(self) -> np.ndarray:

@@ -145,7 +145,8 @@ def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- pieces
 HEADLINE = (("acc", True), ("f1_macro", True))  # classification's before/after columns
-TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE"}
+TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE", "miou": "mIoU"}
+TITLES["pixel_acc"] = "pixel accuracy"
 
 
 def before_after(metrics: dict[str, Any], headline=HEADLINE) -> str:
@@ -299,7 +300,13 @@ def build_html(
     if outputs:
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
         report = task.report(y_true, y_score, names, split)
-        out.extend(task.html_sections(report, y_true, y_score, names, split))
+        example = None
+        if examples is not None and image_loader is not None and modality == "image":
+
+            def example(i: int):  # (name, PIL image) of test example i, for tasks that draw the images
+                return examples[i][0], image_loader(examples[i][1])
+
+        out.extend(task.html_sections(report, y_true, y_score, names, split, example))
 
     fig = curves_figure(history, monitor, metrics.get("best_val/epoch")) if history else None
     if fig is not None:

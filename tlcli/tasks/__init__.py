@@ -7,5 +7,6 @@ whose _target_ names it (plus its line in tlcli.trust's allowlist, which a test 
 from tlcli.tasks.base import Report, Task
 from tlcli.tasks.classification import Classification, MultiLabel
 from tlcli.tasks.regression import Regression
+from tlcli.tasks.segmentation import Segmentation
 
-__all__ = ["Classification", "MultiLabel", "Regression", "Report", "Task"]
+__all__ = ["Classification", "MultiLabel", "Regression", "Report", "Segmentation", "Task"]

@@ -5,25 +5,33 @@ the checkpoint's state_dict) built from `conf/task/<name>.yaml`. The rest of tlc
 which task it holds; it calls these methods:
 
 - labels: the kind of targets the data must provide — "class" (one class id per example),
-  "multi" (a 0/1 vector per example) or "numeric" (one or more numbers per example);
-  the data module says which kind it holds (tlcli.data.protocol), `check_data` compares them.
+  "multi" (a 0/1 vector per example), "numeric" (one or more numbers per example) or "mask"
+  (a class id per pixel); the data module says which kind it holds (tlcli.data.protocol),
+  `check_data` compares them.
 - build(num_outputs, label_counts): fix what depends on the data (weights, thresholds).
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
 - loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
-- scores(logits): what test and predict keep per example (probabilities, or values).
+- scores(logits): what predict turns into its rows per example (probabilities, or values).
+- kept(logits, y): what test keeps of each batch for the report (default: y and the scores;
+  segmentation keeps the predicted class map, not a probability per pixel and class).
 - report(y_true, y_score, names, split): the per-class / per-target rows, summary numbers and
-  figure written after testing (reporting.files writes them).
-- html_sections / wrong_examples: the task's part of report.html.
-- prediction_row: one row of `tlcli predict`'s output.
+  figure written after testing (reporting.files writes them); y_score is what `kept` gave.
+- html_sections / wrong_examples: the task's part of report.html (html_sections may draw the
+  test images: `example(i)` gives test example i's name and PIL image when the data has images).
+- prediction_row: one row of `tlcli predict`'s output; `item` names the input's file and the
+  output file, for a task that writes a file per input (segmentation's mask PNGs).
 - export_info / output_layer: what `tlcli export` writes about the outputs, and the layer that
   turns logits into the exported model's outputs.
-- baseline: the frozen-features "before" number (tlcli.training.baseline), or None.
+- baseline_inputs / baseline: what the baseline keeps of each batch of frozen backbone outputs
+  (default: the pooled features as they are), and the frozen-features "before" number
+  (tlcli.training.baseline), or None.
 - headline: the (metric, higher is better) pairs of the before/after table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,7 +45,18 @@ LABEL_KINDS = {
     "class": "single-label class data",
     "multi": "multi-label data (several 0/1 label columns)",
     "numeric": "numeric targets",
+    "mask": "segmentation masks (a class id per pixel)",
 }
+
+
+@dataclass
+class PredictItem:
+    """One input of `tlcli predict`: its source (a file path, or a text), a name unique among the
+    inputs (a relative path without suffix, for files written per input) and the predictions file."""
+
+    source: Any
+    name: str
+    output: Path
 
 
 @dataclass
@@ -102,19 +121,26 @@ class Task(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets, scores) of a test batch, on the CPU, for the report."""
+        return y.detach().cpu(), self.scores(logits).detach().float().cpu()
+
     # -- outputs --
     def report(self, y_true: np.ndarray, y_score: np.ndarray, names: list[str], split: str) -> Report:
         raise NotImplementedError
 
-    def html_sections(self, report: Report, y_true, y_score, names: list[str], split: str) -> list[str]:
-        """HTML blocks (escaped) for report.html, after the metrics table."""
+    def html_sections(self, report: Report, y_true, y_score, names: list[str], split: str, example=None) -> list[str]:
+        """HTML blocks (escaped) for report.html, after the metrics table. example: None, or
+        example(i) -> (name, PIL RGB image) of test example i, when the data has images."""
         return []
 
     def wrong_examples(self, y_true, y_score, names: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
         """(section title, [(test index, HTML lines)]), worst first, for the examples grid."""
         return "", []
 
-    def prediction_row(self, scores: np.ndarray, names: list[str], top_k: int) -> dict[str, Any]:
+    def prediction_row(
+        self, scores: np.ndarray, names: list[str], top_k: int, item: PredictItem | None = None
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     def export_info(self, names: list[str]) -> dict[str, Any]:
@@ -123,6 +149,10 @@ class Task(nn.Module):
     def output_layer(self) -> nn.Module:
         """logits -> the exported model's outputs (identity: the exported model gives logits)."""
         return nn.Identity()
+
+    def baseline_inputs(self, output: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, targets) the baseline keeps of one batch: the frozen backbone's output and y."""
+        return output, y
 
     def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int) -> dict[str, Any] | None:
         """baseline/* metrics of a linear model on frozen features, or None when none applies."""

@@ -229,7 +229,7 @@ class _Classes(Task):
             extra={"multilabel": self.multilabel, "threshold": self.threshold_value() if self.multilabel else None},
         )
 
-    def html_sections(self, report: Report, y_true, y_score, names, split: str) -> list[str]:
+    def html_sections(self, report: Report, y_true, y_score, names, split: str, example=None) -> list[str]:
         from tlcli.reporting.html import png_data_uri, table
 
         n = len(names)
@@ -265,7 +265,7 @@ class _Classes(Task):
             cards.append((i, lines))
         return "Most confidently wrong", cards
 
-    def prediction_row(self, scores, names, top_k: int) -> dict[str, Any]:
+    def prediction_row(self, scores, names, top_k: int, item=None) -> dict[str, Any]:
         """pred: the top class (multi-label: every label at or above its threshold); score: the
         highest score; top: the top_k (class, score) pairs; probs: every class's score."""
         s = np.asarray(scores, dtype=float)

@@ -150,7 +150,7 @@ class Regression(Task):
             summary_rows=("mean",),
         )
 
-    def html_sections(self, report: Report, y_true, y_score, names, split: str) -> list[str]:
+    def html_sections(self, report: Report, y_true, y_score, names, split: str, example=None) -> list[str]:
         from tlcli.reporting.html import png_data_uri, table
 
         cells = [[html.escape(r["target"])] + [_fmt(r[c]) for c in COLUMNS[1:]] for r in report.rows]
@@ -179,7 +179,7 @@ class Regression(Task):
             cards.append((int(i), lines))
         return "Largest errors", cards
 
-    def prediction_row(self, scores, names, top_k: int) -> dict[str, Any]:
+    def prediction_row(self, scores, names, top_k: int, item=None) -> dict[str, Any]:
         values = {str(n): float(v) for n, v in zip(names, np.asarray(scores, dtype=float).reshape(-1))}
         pred = next(iter(values.values())) if len(values) == 1 else values
         return {"pred": pred, "values": values}

@@ -70,7 +70,7 @@ def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = 
             task = Classification()
         if type(task).baseline is Task.baseline:
             raise _Skip(f"{type(task).__name__} has no frozen-features baseline")
-        (ftr, ytr), (fte, yte) = _features(backbone, datamodule)
+        (ftr, ytr), (fte, yte) = _features(backbone, datamodule, task)
         result = task.baseline(ftr, ytr, fte, yte, datamodule.num_classes, seed)
         if head and "baseline/C" in result:  # the regression as a linear head's starting weights
             result["baseline/head"] = head_init.logistic_head(ftr, ytr, result["baseline/C"], datamodule.num_classes)
@@ -93,8 +93,9 @@ def _check_applies(datamodule) -> None:
         raise _Skip(f"{type(datamodule).__name__} is not a tlcli data module: it has no samples to take features of")
 
 
-def _features(backbone, datamodule) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split))."""
+def _features(backbone, datamodule, task=None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split)); what
+    is kept of each batch is the task's (Task.baseline_inputs)."""
     if isinstance(datamodule, features.FeatureDataModule):
         # The cache holds eval-mode features without augmentation (features.cached insists on it).
         sets = datamodule.datasets
@@ -106,7 +107,8 @@ def _features(backbone, datamodule) -> tuple[tuple[np.ndarray, np.ndarray], ...]
         modes, home = {m: m.training for m in backbone.modules()}, features._device_of(backbone)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            split = features.compute(backbone, EvalSplits(datamodule), device)
+            keep = task.baseline_inputs if task is not None else None
+            split = features.compute(backbone, EvalSplits(datamodule), device, keep)
         finally:
             backbone.to(home)
             for module, training in modes.items():
@@ -195,7 +197,7 @@ def gain_points(metrics: dict[str, Any], key: str = "acc", higher_is_better: boo
     return round(scale * (diff if higher_is_better else -diff), 9) + 0.0  # + 0.0: never "-0.0"
 
 
-POINTS = ("acc", "f1_macro")  # fractions, whose differences read as percentage points
+POINTS = ("acc", "f1_macro", "miou", "pixel_acc")  # fractions, whose differences read as percentage points
 
 
 def console_line(metrics: dict[str, Any], headline=(("acc", True),)) -> str | None:

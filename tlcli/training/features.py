@@ -61,6 +61,11 @@ def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[Fe
             "data.feature_cache=true needs data.augment=false: random crops and flips give new features every "
             "epoch; set data.augment=false or data.feature_cache=false"
         )
+    if getattr(backbone, "features", "pooled") != "pooled":
+        problems.append(
+            "data.feature_cache=true caches pooled features, but backbone.features=pyramid gives feature maps "
+            "(too large to keep for a whole split): set data.feature_cache=false"
+        )
     if distiller is not None:
         problems.append(
             "data.feature_cache=true cannot be combined with distill.teacher: the teacher needs the inputs "
@@ -218,8 +223,13 @@ class FeatureCache:
 
 
 @torch.no_grad()  # not inference_mode: the head's backward must be allowed to save these tensors
-def compute(backbone: nn.Module, datamodule, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Eval-mode features of every split, in sample order, as float32 on the CPU."""
+def compute(
+    backbone: nn.Module, datamodule, device: torch.device, keep=None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Eval-mode features of every split, in sample order, as float32 on the CPU.
+
+    keep(output, targets) -> (features, targets): what to keep of each batch (the baseline's
+    Task.baseline_inputs: a feature map rather than a pyramid); None keeps both as they are."""
     was_training, home = backbone.training, _device_of(backbone)
     backbone.eval().to(device)
     out = {}
@@ -229,7 +239,9 @@ def compute(backbone: nn.Module, datamodule, device: torch.device) -> dict[str, 
         for split in datamodule.samples:
             feats, targets = [], []
             for x, y in datamodule.split_loader(split, shuffle=False):
-                feats.append(backbone(move_data_to_device(x, device)).float().cpu())
+                f = backbone(move_data_to_device(x, device))
+                f, y = keep(f, y) if keep is not None else (f, y)
+                feats.append(f.float().cpu())
                 targets.append(y)
             out[split] = (torch.cat(feats), torch.cat(targets))
     backbone.to(home).train(was_training)
