@@ -189,6 +189,13 @@ def png_data_uri(fig_or_image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def jpeg_data_uri(img, quality: int = 85) -> str:
+    """A PIL image as a data:image/jpeg;base64 URI (photos: far smaller than as PNG)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def curves_figure(history: list[dict], monitor: str | None, best_epoch: int | None):
     """Loss, val metrics and LR per group against epoch; None with nothing to draw."""
     from matplotlib.figure import Figure

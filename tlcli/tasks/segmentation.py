@@ -76,9 +76,6 @@ class Segmentation(Task):
             "(DIR/classes.txt, DIR/train/images/, DIR/train/masks/)"
         )
 
-    def build(self, num_outputs: int, label_counts: list[int]) -> None:
-        self.num_classes = num_outputs
-
     # -- training --
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # a sum over labelled pixels / their count: a batch with none gives 0, not NaN (mean over nothing)
@@ -228,12 +225,12 @@ def write_mask(pred: np.ndarray, path: Path, relative_to: Path) -> str:
     atomically; its path relative to `relative_to`, with / separators."""
     from PIL import Image
 
-    from tlcli.reporting.files import _atomic_open
+    from tlcli.reporting.files import write_bytes_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(pred.astype(np.uint8 if pred.max(initial=0) < 256 else np.uint16))
-    with _atomic_open(path, "wb") as f:
-        img.save(f, format="PNG")
+    buf = io.BytesIO()
+    Image.fromarray(pred.astype(np.uint8 if pred.max(initial=0) < 256 else np.uint16)).save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
     try:
         return path.relative_to(relative_to).as_posix()
     except ValueError:
@@ -298,17 +295,11 @@ def overlay(img, mask: np.ndarray, colours: np.ndarray):
     return Image.fromarray(out.round().astype(np.uint8))
 
 
-def jpeg_data_uri(img, quality: int = 85) -> str:
-    import base64
-
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def worst_section(y_true: np.ndarray, y_pred: np.ndarray, names, split: str, example) -> str:
     """The N_WORST test images by per-image mIoU: image, truth and prediction side by side."""
     from PIL import Image
+
+    from tlcli.reporting.html import jpeg_data_uri
 
     k = len(names)
     scores = per_image_miou(y_true, y_pred, k)
