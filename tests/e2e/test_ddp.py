@@ -42,7 +42,7 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def tested(run_dir: Path) -> dict:
+def single_process_test(run_dir: Path) -> dict:
     return {k: v for k, v in read_json(run_dir / "metrics.json").items() if k.startswith("test/")}
 
 
@@ -72,21 +72,21 @@ def ddp_run(tmp_path_factory):
 def test_ddp_fit_tests_each_example_once_as_one_process_does(ddp_run):
     root, _, run_dir = ddp_run
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    ddp = tested(run_dir)
+    ddp = single_process_test(run_dir)
     assert 0.0 < ddp["test/acc"] < 1.0  # some right, some wrong: a repeated example would show
     per_class = read_json(run_dir / "per_class.json")
     assert [r["support"] for r in per_class["rows"][:3]] == [3, 3, 3]  # 9, not 10
 
     single = root / "single"
     tlcli("test", f"ckpt={ckpt}", "accelerator=cpu", "progress_bar=false", f"hydra.run.dir={single}")
-    assert_same_metrics(ddp, tested(single))
+    assert_same_metrics(ddp, single_process_test(single))
     assert per_class == read_json(single / "per_class.json")
     # report.html: DDP gathers the outputs back in data order, so its wrong examples are named too
     assert wrong_examples(run_dir) == wrong_examples(single) and wrong_examples(single)
 
     two = root / "test-ddp"  # `tlcli test` itself on 2 processes
     tlcli("test", f"ckpt={ckpt}", "accelerator=cpu", "devices=2", "progress_bar=false", f"hydra.run.dir={two}")
-    assert_same_metrics(tested(two), tested(single))
+    assert_same_metrics(single_process_test(two), single_process_test(single))
     assert read_json(two / "per_class.json") == per_class
 
 

@@ -99,7 +99,8 @@ def _arch(backbone) -> str:
 
 def _model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     """The extra timm.create_model arguments the backbone was built with (img_size, drop_path_rate, ...)."""
-    return {k: v for k, v in config["backbone"].items() if k not in ("_target_", "name", "weights", "recipe")}
+    tlcli_only = ("_target_", "name", "weights", "recipe", "features")  # TimmBackbone's own, not timm's
+    return {k: v for k, v in config["backbone"].items() if k not in tlcli_only}
 
 
 def write_timm(module, config: dict[str, Any], out_dir: Path, repo: str) -> Layout | None:
