@@ -46,6 +46,17 @@ def make_imagefolder(
     return root
 
 
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV file with a header row and one line per row (the csv module's quoting)."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture
 def imagefolder(tmp_path: Path) -> Path:
     """A small generated ImageFolder with train/val/test splits and 3 classes."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_fit
+from tests.conftest import compose_fit, write_csv
 from tlcli.backbones.hf import HFBackbone
 from tlcli.commands import predict as predict_verb
 from tlcli.commands.fit import fit
@@ -17,14 +17,6 @@ from tlcli.errors import ConfigError, DataError
 QUIET = ["callbacks.progress_bar=null", "data.num_workers=0"]
 SAME = [("a cat sits on the mat", "a cat is sitting on a mat"), ("the market fell today", "stocks dropped today")]
 OTHER = [("a cat sits on the mat", "stocks dropped today"), ("the market fell today", "a cat is sitting on a mat")]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")

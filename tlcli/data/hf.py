@@ -23,6 +23,7 @@ import numpy as np
 
 from tlcli.data.base import Samples, TransferDataModule
 from tlcli.data.base import listing as _listing
+from tlcli.data.csv import input_columns, label_kind, sort_labels
 from tlcli.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -111,25 +112,13 @@ class HFDataModule(TransferDataModule):
         )
         if importlib.util.find_spec("datasets") is None:
             raise ConfigError("data=hf needs the datasets package, which is not installed: pip install 'tlcli[hf]'")
-        if labels not in ("class", "multi", "numeric"):
-            raise ConfigError(f"data.labels={labels} must be class, multi or numeric (it follows the task)")
-        if input_column is not None and not isinstance(input_column, str):
-            input_column = list(input_column)
-            if len(input_column) not in (1, 2):
-                raise ConfigError(
-                    f"data.input_column={input_column} names {len(input_column)} columns: give one column, "
-                    "or two text columns for sentence pairs"
-                )
-            input_column = input_column if len(input_column) == 2 else input_column[0]
+        kind = label_kind(labels, label_columns)
         self.path, self.name, self.data_files, self.revision = path, name, data_files, revision
         self.split_names = {"train": split_train, "val": split_val, "test": split_test}
-        self.input_column, self.label_column = input_column, label_column
+        self.input_column, self.label_column = input_columns(input_column), label_column
         self.label_columns = list(label_columns) if label_columns is not None else None
         self.root = path
-        if labels == "numeric":
-            self.labels = "numeric"
-        else:
-            self.labels = "multi" if self.label_columns is not None else "class"
+        self.labels = kind
 
     # -- reading --
     def _open(self) -> dict[str, Any]:
@@ -243,14 +232,14 @@ class HFDataModule(TransferDataModule):
             self.class_names = [str(n) for n in names]
             self._ids = True
         else:
-            self.class_names = sorted({str(y) for y in raw["train"]})
+            self.class_names = sort_labels({str(y) for y in raw["train"]})  # as data=csv orders them
             self._ids = False
         if len(self.class_names) < 2:
             raise DataError(
                 f"data: label column '{self.label_column}' has fewer than 2 classes; classification needs 2"
             )
         if not self._ids:
-            unseen = sorted({str(y) for s, ys in raw.items() if s != "train" for y in ys} - set(self.class_names))
+            unseen = sort_labels({str(y) for s, ys in raw.items() if s != "train" for y in ys} - set(self.class_names))
             if unseen:
                 raise DataError(f"data: labels not in the train split: {_listing(unseen)}; add training rows for them")
 
