@@ -46,10 +46,63 @@ def make_imagefolder(
     return root
 
 
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV file with a header row and one line per row (the csv module's quoting)."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture
 def imagefolder(tmp_path: Path) -> Path:
     """A small generated ImageFolder with train/val/test splits and 3 classes."""
     return make_imagefolder(tmp_path / "images")
+
+
+SEG_CLASSES = ("ground", "sky", "sun")
+SEG_LEVELS = (30, 130, 230)  # grey level of each class in make_segfolder's images
+
+
+def make_segfolder(
+    root: Path,
+    splits: dict[str, int] | None = None,
+    classes: tuple[str, ...] = SEG_CLASSES,
+    size: tuple[int, int] = (40, 32),
+    seed: int = 0,
+    ignore: int = 255,
+) -> Path:
+    """root/classes.txt + root/<split>/images/<i>.png and masks/<i>.png: 8x8 blocks of a random class,
+    drawn in that class's grey level (plus noise), so a pixel's class is its own brightness; the
+    top two rows are `ignore` in the masks."""
+    from PIL import Image
+
+    splits = splits or {"train": 12, "test": 4}
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    w, h = size
+    for split, n in splits.items():
+        for d in ("images", "masks"):
+            (root / split / d).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            blocks = rng.integers(0, len(classes), size=(-(-h // 8), -(-w // 8)))
+            mask = np.kron(blocks, np.ones((8, 8), dtype=np.int64))[:h, :w].astype(np.uint8)
+            level = np.array(SEG_LEVELS)[mask % len(SEG_LEVELS)]
+            arr = np.clip(level[..., None] + rng.integers(-15, 16, size=(h, w, 3)), 0, 255).astype(np.uint8)
+            mask[:2] = ignore
+            Image.fromarray(arr).save(root / split / "images" / f"{i:03d}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def segfolder(tmp_path: Path) -> Path:
+    """A small generated segmentation folder: train and test splits, 3 classes, ignore index 255."""
+    return make_segfolder(tmp_path / "seg")
 
 
 def compose_fit(overrides: list[str], run_dir: Path, config_name: str = "fit"):
@@ -115,3 +168,26 @@ def _restore_logging():
         lg.handlers[:] = handlers
         lg.setLevel(level)
         lg.propagate = propagate
+
+
+def make_tiny_bert(path: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with MiniLM's tokenizer, saved like a hub download
+    (use it with backbone=hf backbone.name=tiny-bert backbone.weights=PATH)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tlcli.backbones import weights as W
+
+    tokenizer = AutoTokenizer.from_pretrained(W.minilm_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -66,7 +66,10 @@ def _cache_only_without_inputs(cfg: DictConfig, explicit: set[str], sources: dic
     if "feature_cache" not in data or not data.feature_cache or "data.feature_cache" in explicit:
         return
     why = "data.augment=true" if data.get("augment") else "distill.teacher" if cfg.distill.teacher else None
+    if OmegaConf.select(cfg, "backbone.features", default="pooled") == "pyramid":
+        why = "backbone.features=pyramid (feature maps, too large to cache)"
     if why:
         with open_dict(cfg):
             data.feature_cache = False
-        sources["data.feature_cache"] = {"value": False, "source": f"off: {why} needs the inputs"}
+        needs = "" if why.startswith("backbone.") else " needs the inputs"
+        sources["data.feature_cache"] = {"value": False, "source": f"off: {why}{needs}"}

@@ -29,6 +29,16 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "tlcli.commands.export:export",
         "export a checkpoint as safetensors, torchscript or onnx + preprocess",
     ),
+    "serve": (
+        "hydra",
+        "tlcli.commands.serve:serve",
+        "serve a checkpoint over HTTP: POST /predict, GET /health, GET /metadata",
+    ),
+    "push": (
+        "hydra",
+        "tlcli.commands.push:push",
+        "package a run for the Hugging Face Hub (weights, config.json, model card) and upload it",
+    ),
     "ls": (
         "plain",
         "tlcli.commands.ls:ls",
@@ -124,6 +134,7 @@ def _overrides(args: list[str]) -> list[str]:
 def _hydra_verb(verb: str, args: list[str]) -> int:
     from tlcli.config.compose import _backbone_rewrite, compose_checked
     from tlcli.errors import TlcliError
+    from tlcli.training import distributed
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     passthrough = any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in args)
@@ -137,6 +148,8 @@ def _hydra_verb(verb: str, args: list[str]) -> int:
             plugins.check(verb, _overrides(args))
         if not passthrough:
             _check_writable(args, multirun)
+            distributed.require_shared_run_dir(args, multirun)
+            args = _other_rank(verb, args)
         if not multirun and not passthrough:
             # preflight: a typo in an override gets a clear message and exit 2 before anything starts
             cfg = compose_checked(verb, _overrides(args))
@@ -213,6 +226,17 @@ def _lock_run_dir(args: list[str]):
         return None
     lock.acquire(given[-1])
     return given[-1]
+
+
+def _other_rank(verb: str, args: list[str]) -> list[str]:
+    """A rank other than 0 started by torchrun or srun shares rank 0's run dir: only rank 0 writes
+    .hydra/ and <verb>.log there (what Lightning's own launcher asks of the ranks it starts)."""
+    from tlcli.training.distributed import launched_rank_zero
+
+    if launched_rank_zero() or any(a.startswith("hydra.output_subdir=") for a in args):
+        return args
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "N"
+    return [*args, "hydra.output_subdir=null", f"hydra.job.name={verb}_rank{rank}"]
 
 
 def _only_cfg_job(args: list[str]) -> bool:

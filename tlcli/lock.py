@@ -30,9 +30,11 @@ def _holder(run_dir: Path) -> str:
 
 
 def launched_rank_zero() -> bool:
-    """Whether this process is rank 0 as its launcher set it (torchrun, Lightning's DDP launcher, SLURM
-    set LOCAL_RANK/RANK for the others); read from the environment, so nothing heavy is imported."""
-    return (os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0") == "0"
+    """Whether this process is global rank 0 as its launcher (torchrun, srun, Lightning's DDP
+    launcher) set it; read from the environment, so nothing heavy is imported."""
+    from tlcli.training.distributed import launched_rank_zero
+
+    return launched_rank_zero()
 
 
 def acquire(run_dir: str | Path, key: str = "hydra.run.dir") -> bool:

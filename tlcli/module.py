@@ -9,15 +9,38 @@ from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics
 from torch import nn
 
-from tlcli.data.text import IGNORE_INDEX, cat_padded, pad_to
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError, DivergedError
 from tlcli.finetune.base import FinetuneStrategy
+from tlcli.training import distributed
 from tlcli.training.distill import Distiller
 from tlcli.training.seeding import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
+
+
+class MeanLoss(torchmetrics.Metric):
+    """A split's loss: batch means weighted by batch size, as Lightning averages a logged loss, but
+    kept as (sum, count) states that several processes add exactly. (Lightning's sync_dist averages
+    the integer count over processes and truncates it when shards differ in size; torchmetrics'
+    MeanMetric drops either the weights or the NaNs.)"""
+
+    full_state_update = False  # update() needs no earlier state: states merge by summing
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor, n: int) -> None:
+        self.total += loss.detach().float() * n
+        self.count += n
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 class TransferModule(L.LightningModule):
@@ -48,9 +71,12 @@ class TransferModule(L.LightningModule):
         num_classes = len(self.class_names)
         self.val_metrics = task.metrics(num_classes).clone(prefix="val/")
         self.test_metrics = task.metrics(num_classes).clone(prefix="test/")
+        self.val_loss, self.test_loss = MeanLoss(), MeanLoss()
         self.test_outputs: dict[str, torch.Tensor] = {}
         self._resume_rng: dict[str, Any] | None = None
         self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._predict_buffers: list[torch.Tensor] = []
+        self.predict_scores: torch.Tensor | None = None
         strategy.setup(self)
         if channels_last not in (True, False, "auto"):
             raise ConfigError(f"channels_last={channels_last} must be auto, true or false")
@@ -114,37 +140,50 @@ class TransferModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("val/loss", self.task.loss(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.val_loss.update(self.task.loss(logits, y), len(y))
+        self.log("val/loss", self.val_loss, prog_bar=True)
         self.val_metrics.update(self.task.metric_inputs(logits), y)
         self.log_dict(self.val_metrics, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("test/loss", self.task.loss(logits, y), batch_size=len(y), sync_dist=True)
+        self.test_loss.update(self.task.loss(logits, y), len(y))
+        self.log("test/loss", self.test_loss)
         self.test_metrics.update(self.task.metric_inputs(logits), y)
         self.log_dict(self.test_metrics)
-        scores, kept = self.task.per_example(self.task.scores(logits).detach(), y.detach())
-        self._test_buffers.append((kept.cpu(), scores.float().cpu()))
+        self._test_buffers.append(self.task.kept(logits, y))
+
+    def on_validation_epoch_start(self) -> None:
+        distributed.warn_if_padded(self.trainer, self.trainer.val_dataloaders, "validation")
 
     def on_test_epoch_start(self) -> None:
         self._test_buffers = []
+        distributed.warn_if_padded(self.trainer, self.trainer.test_dataloaders, "test")
 
     def on_test_epoch_end(self) -> None:
         if not self._test_buffers:
             return
-        # per-token outputs differ in width from batch to batch: padded (targets with IGNORE_INDEX)
-        y = cat_padded([b[0] for b in self._test_buffers], IGNORE_INDEX)
-        scores = cat_padded([b[1] for b in self._test_buffers], 0.0)
-        if self.trainer.world_size > 1:  # every rank holds a shard: gather them all
-            y, scores = self._gather(y, IGNORE_INDEX), self._gather(scores, 0.0)
+        # several processes: each holds a shard of the split; every rank gets all of it, in data order.
+        # Rows with a position per token differ in width from batch to batch: padded to the widest.
+        y = distributed.gather_in_order(
+            self, distributed.cat_padded([b[0] for b in self._test_buffers], IGNORE_INDEX), IGNORE_INDEX
+        )
+        scores = distributed.gather_in_order(self, distributed.cat_padded([b[1] for b in self._test_buffers]))
         self.test_outputs = {"y_true": y, "y_score": scores}
 
-    def _gather(self, t: torch.Tensor, fill: float) -> torch.Tensor:
-        """Every rank's rows; a width per position (dim 1) padded to the widest rank's first."""
-        if t.ndim >= 2:
-            t = pad_to(t, int(self.all_gather(torch.tensor(t.shape[1], device=self.device)).max()), fill)
-        return self.all_gather(t.to(self.device)).flatten(0, 1).cpu()
+    # -- predict (`tlcli predict` on several devices): scores in input order, on every rank --
+    def predict_step(self, batch, batch_idx, dataloader_idx=0) -> None:
+        x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
+        logits = self(x)
+        scores = self.task.scores(logits) if y is None else self.task.predict_scores(logits, y)
+        self._predict_buffers.append(scores.detach().float().cpu())
+
+    def on_predict_epoch_start(self) -> None:
+        self._predict_buffers = []
+
+    def on_predict_epoch_end(self) -> None:
+        self.predict_scores = distributed.gather_in_order(self, distributed.cat_padded(self._predict_buffers))
 
     # -- optimizer: all groups built once; freezing is an LR factor per group --
     def optimizer_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -41,6 +41,12 @@ def resolve(path: str | Path, key: str = "ckpt") -> Path:
     return p
 
 
+def run_dir(ckpt: Path) -> Path:
+    """The folder of the run a checkpoint belongs to (metrics.json, per_class.json): RUN_DIR for
+    RUN_DIR/checkpoints/best.ckpt, else the checkpoint's own folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
 def read_raw(path: Path, key: str = "ckpt") -> dict[str, Any]:
     """torch.load with weights_only=True; empty, truncated or pickled files become a WeightsError."""
     if not path.is_file():
@@ -82,7 +88,6 @@ def load_module(path: str | Path, key: str = "ckpt"):
     class_names = list(saved["class_names"])
     task = trust.build(config["task"])
     task.build(len(class_names), list(saved["label_counts"]), names=class_names)
-    task.attach(backbone)
     head = trust.build(config["head"])(in_features=backbone.num_features, num_classes=len(class_names))
     module = TransferModule(
         backbone=backbone,

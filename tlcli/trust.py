@@ -19,11 +19,12 @@ from tlcli.errors import WeightsError
 # config group -> the targets tlcli itself writes into that group (conf/<group>/*.yaml)
 ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     "backbone": ("tlcli.backbones.timm.TimmBackbone", "tlcli.backbones.hf.HFBackbone"),
-    "head": ("tlcli.heads.LinearHead", "tlcli.heads.MLPHead"),
+    "head": ("tlcli.heads.LinearHead", "tlcli.heads.MLPHead", "tlcli.heads.FPNHead"),
     "task": (
         "tlcli.tasks.Classification",
         "tlcli.tasks.MultiLabel",
         "tlcli.tasks.Regression",
+        "tlcli.tasks.Segmentation",
         "tlcli.tasks.TokenClassification",
     ),
     "finetune": (
@@ -44,6 +45,8 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
         "tlcli.data.ImageFolderDataModule",
         "tlcli.data.CSVDataModule",
         "tlcli.data.DigitsDataModule",
+        "tlcli.data.HFDataModule",
+        "tlcli.data.SegFolderDataModule",
         "tlcli.data.CoNLLDataModule",
     ),
 }
@@ -72,12 +75,13 @@ def _objects() -> dict[str, Any]:
     )
 
     objects = [
-        timm.TimmBackbone, hf.HFBackbone, heads.LinearHead, heads.MLPHead, tasks.Classification, tasks.MultiLabel,
-        tasks.Regression, tasks.TokenClassification,
+        timm.TimmBackbone, hf.HFBackbone, heads.LinearHead, heads.MLPHead, heads.FPNHead, tasks.Classification,
+        tasks.MultiLabel, tasks.Regression, tasks.Segmentation, tasks.TokenClassification,
         full.Full, linear_probe.LinearProbe, freeze_unfreeze.FreezeUnfreeze, gradual_unfreeze.GradualUnfreeze,
         llrd.LayerDecay, lp_ft.LPFT, partial.Partial, l2sp.L2SP, bitfit.BitFit, lora.LoRA,
         torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, schedules.WarmupCosine,
-        data.ImageFolderDataModule, data.CSVDataModule, data.DigitsDataModule, data.CoNLLDataModule,
+        data.ImageFolderDataModule, data.CSVDataModule, data.DigitsDataModule, data.HFDataModule,
+        data.SegFolderDataModule, data.CoNLLDataModule,
     ]  # fmt: skip
     names = [n for group in ALLOWED_TARGETS.values() for n in group]
     return dict(zip(names, objects, strict=True))
@@ -136,6 +140,12 @@ def require_trusted(config: dict[str, Any], groups: tuple[str, ...], source: str
         raise WeightsError(
             [f"{source}: refused, a checkpoint is rebuilt only from tlcli's own parts: {p}" for p in found]
         )
+
+
+def target(node: dict[str, Any]) -> Any:
+    """The object an (already checked) node's _target_ names, uncalled: e.g. the data class whose
+    eval transform predict uses."""
+    return _objects()[node["_target_"]]
 
 
 def build(node: dict[str, Any], **extra: Any) -> Any:

@@ -71,7 +71,10 @@ def predict_scores(
         )
     datamodule.setup("test")
     if datamodule.labels != "class":
-        raise ConfigError("zero-shot classification supports single-label data: drop data.label_columns")
+        raise ConfigError(
+            "zero-shot classification supports single-label data (data=imagefolder, or data=csv with one label "
+            f"column): this data holds {datamodule.labels} targets"
+        )
     names = list(class_names) if class_names is not None else list(datamodule.class_names)
     if len(names) != datamodule.num_classes:
         raise ConfigError(
@@ -148,6 +151,7 @@ def baseline(cfg) -> dict[str, Any]:
     from tlcli import console
     from tlcli.reporting import files
     from tlcli.reporting import transferability as T
+    from tlcli.tasks import Classification
     from tlcli.training.features import extract
 
     problems = []
@@ -176,7 +180,10 @@ def baseline(cfg) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
     datamodule.setup("test")
     if datamodule.labels != "class":
-        raise ConfigError("finetune=zero_shot supports single-label data: drop data.label_columns")
+        raise ConfigError(
+            "finetune=zero_shot supports single-label data (data=imagefolder, or data=csv with one label column): "
+            f"this data holds {datamodule.labels} targets"
+        )
     split = datamodule.test_split
     if getattr(backbone, "modality", None) == "text":
         method = f"label-name similarity (template '{opts.template}')"
@@ -198,7 +205,9 @@ def baseline(cfg) -> dict[str, Any]:
             raise ConfigError(f"the train split has no example of {names}: the linear probe needs every class")
         scores = T.linear_probe(ftr, ytr, c=opts.probe_c, max_iter=opts.probe_max_iter)(fte)
     log.info("zero_shot: %s", method)
-    summary = files.write_report(run_dir, y_true, scores, datamodule.class_names, split=split, console=console.console)
+    task = Classification()
+    report = task.report(y_true, scores, datamodule.class_names, split)
+    summary = files.write_report(run_dir, report, task=type(task).__name__, split=split, console=console.console)
     n = datamodule.num_classes
     pred, target = torch.as_tensor(np.asarray(scores).argmax(axis=1)), torch.as_tensor(np.asarray(y_true))
     metrics = {

@@ -63,7 +63,7 @@ def test_mlflow_extra_brings_its_sqlite_store():
 
 def test_every_extra_an_error_names_exists_and_dev_holds_all_but_the_loggers_tests_skip():
     named = {extra for _, _, extra in plugins.PLUGINS.values()}
-    named |= {extra for _, extra in OPTIONAL_LOGGERS.values()} | {"lora", "onnx", "zoo", "minilm"}
+    named |= {extra for _, extra in OPTIONAL_LOGGERS.values()} | {"lora", "onnx", "zoo", "minilm", "serve", "hf"}
     assert named <= set(EXTRAS), f"not in pyproject's extras: {named - set(EXTRAS)}"
     dev = extra_requirements("dev")
     for extra in named - {"wandb", "mlflow", "dev"}:

@@ -4,7 +4,6 @@ it skips (and why); the console line and the before/after table of report.html."
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import TINY, compose_fit, make_image, make_imagefolder
+from tests.conftest import TINY, compose_fit, make_image, make_imagefolder, write_csv
 from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.reporting import html as html_report
@@ -193,12 +192,6 @@ def test_no_test_split_scores_on_val(tmp_path):
     ftr, fva = eval_features(backbone, dm, "train"), eval_features(backbone, dm, "val")
     _, acc, f1 = sklearn_reference(ftr, ytr, fva, yva, seed=3)
     assert_same_scores(before_fine_tuning(backbone, dm, seed=3), acc, f1)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    return path
 
 
 def test_text_with_offline_minilm_keeps_the_pretrained_encoder_in_eval_mode(tmp_path, caplog):

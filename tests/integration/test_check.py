@@ -197,7 +197,8 @@ def test_all_problem_classes_at_once_exit_with_the_highest_code(tmp_path, capsys
     assert (
         err.index("tlcli: config error") < err.index("tlcli: data error") < err.index("tlcli: checkpoint/weights error")
     )
-    assert "monitor=val/acc2 is not a logged metric; choose one of val/acc, val/f1_macro, val/loss." in err
+    monitors = "val/acc, val/f1_macro, val/loss, val/miou, val/pixel_acc"
+    assert f"monitor=val/acc2 is not a logged metric; choose one of {monitors}." in err
     assert f"cannot read image {root / 'test' / 'cat' / '0.png'} (UnidentifiedImageError" in err
     assert f"backbone.weights: weights file '{missing}' not found." in err
 

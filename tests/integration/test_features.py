@@ -246,3 +246,41 @@ def test_mid_epoch_resume_on_cached_features_equals_the_uninterrupted_run(folder
     )
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test/loss"] == straight["test/loss"]
+
+
+def test_other_ranks_wait_for_the_features_rank_zero_computes(folder, backbone, tmp_path, monkeypatch):
+    """torchrun / srun start every rank at once: only rank 0 runs the backbone over each example,
+    the others wait for its file; one that never comes is a clear error, not a hang."""
+    import shutil
+    import threading
+
+    from tlcli.training import features
+
+    dm = make_dm(folder, backbone, tmp_path / "a")
+    counter = ForwardCounter(backbone)
+    try:
+        computed = FeatureCache(tmp_path / "a").features(backbone, dm)  # rank 0
+        forwards = counter.calls
+        assert forwards > 0
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setattr(features, "POLL_S", 0.05)
+        (tmp_path / "b").mkdir()
+        written = next((tmp_path / "a").glob("*.pt"))
+
+        def rank_zero_writes():  # as FeatureCache does: a temp file, then an atomic rename
+            shutil.copy(written, tmp_path / "b" / "partial")
+            os.replace(tmp_path / "b" / "partial", tmp_path / "b" / written.name)
+
+        late = threading.Timer(0.5, rank_zero_writes)
+        late.start()  # rank 0's file appears while rank 1 waits
+        read = FeatureCache(tmp_path / "b").features(backbone, dm)
+        late.join()
+        assert counter.calls == forwards  # rank 1 ran the backbone on nothing
+        for split, (f, t) in computed.items():
+            assert torch.equal(read[split][0], f) and torch.equal(read[split][1], t)
+        monkeypatch.setattr(features, "RANK_ZERO_WAIT_S", 0.2)
+        with pytest.raises(ConfigError, match=r"rank 0 wrote no .* put it on a file system all nodes share"):
+            FeatureCache(tmp_path / "c").features(backbone, dm)
+        assert counter.calls == forwards
+    finally:
+        counter.handle.remove()

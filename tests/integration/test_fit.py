@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, compose_fit, make_image, make_imagefolder
+from tests.conftest import TINY, compose_fit, make_image, make_imagefolder, write_csv
 from tlcli.commands.fit import fit
 
 QUIET = ["callbacks.progress_bar=null", "data.num_workers=0"]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def test_text_classification_with_offline_minilm(tmp_path):

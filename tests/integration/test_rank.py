@@ -107,3 +107,15 @@ def test_max_samples_takes_a_stratified_subset():
     assert np.bincount(labels[idx]).tolist() == [30, 15, 5]
     assert subset_indices(labels, None, seed=0).tolist() == list(range(100))
     assert subset_indices(labels, 500, seed=0).tolist() == list(range(100))
+
+
+def test_other_ranks_of_a_multi_process_launch_extract_nothing(tmp_path, monkeypatch):
+    """`srun tlcli rank` with several tasks: rank 0 scores the backbones, the others would only
+    extract the same features again."""
+    import tlcli.commands.rank as rank_module
+
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setattr(rank_module, "extract", lambda *a, **k: pytest.fail("rank 1 extracted features"))
+    cfg = compose_fit(["backbones=[test_resnet]", *FEW_DIGITS], tmp_path, config_name="rank")
+    assert rank(cfg) == {}
+    assert not (tmp_path / "rank.json").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_fit
+from tests.conftest import TINY, compose_fit, write_csv
 from tlcli.commands import export as export_verb
 from tlcli.commands import predict as predict_verb
 from tlcli.commands import test as test_verb
@@ -19,14 +19,6 @@ from tlcli.errors import ConfigError, DataError
 
 QUIET = ["callbacks.progress_bar=null", "data.num_workers=0"]
 VERB = ["progress_bar=false"]  # test / predict
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def brightness_images(root: Path, n: int, seed: int) -> list[list]:

@@ -43,17 +43,14 @@ def write_conll(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+def defaults(tmp: Path, *extra: str) -> list[str]:
+    """The documented command, nothing tuned."""
+    data = [f"data.train_file={tmp / 'train.conll'}", f"data.test_file={tmp / 'test.conll'}"]
+    return ["backbone=minilm_offline", "task=token_cls", "data=conll", *data, *QUIET, *extra]
+
+
 def overrides(tmp: Path, *extra: str) -> list[str]:
-    return [
-        "backbone=minilm_offline",
-        "task=token_cls",
-        "data=conll",
-        f"data.train_file={tmp / 'train.conll'}",
-        f"data.test_file={tmp / 'test.conll'}",
-        "data.batch_size=16",
-        *QUIET,
-        *extra,
-    ]
+    return defaults(tmp, "data.batch_size=16", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +130,22 @@ def test_export_gives_per_token_logits_and_the_tag_names(trained, tmp_path):
     assert info["tags"] == ["O", "B-LOC", "B-PER", "I-PER"] and info["scheme"] == "IOB2"
 
 
-def test_a_linear_probe_trains_on_cached_per_word_features(trained, tmp_path):
+def test_a_linear_probe_trains_on_cached_per_token_features(trained, tmp_path):
+    from tlcli.data.protocol import IGNORE_INDEX
+
     tmp, _ = trained
     cfg = compose_fit(overrides(tmp, "finetune=linear_probe", "trainer.max_epochs=2", "baseline=false"), tmp_path)
     metrics = fit(cfg)
-    # its recipe: features computed once (a row per word), the head started from the linear tagger
+    # its recipe: features computed once, the head started from the linear tagger
     assert metrics["head_init"] == "baseline logistic regression"
     assert metrics["params/trainable"] == 4 * 384 + 4 and metrics["test/f1"] > 0.9
-    assert list((tmp_path / "features").glob("*.pt"))
+    # the cache: a feature per sub-token, each split padded to its longest sentence; targets on first sub-tokens
+    (path,) = (tmp_path / "features").glob("*.pt")
+    train = torch.load(path, weights_only=True)["splits"]["train"]
+    features, targets = train["features"], train["targets"]
+    assert features.ndim == 3 and features.shape[:2] == targets.shape and features.shape[2] == 384
+    words = (targets != IGNORE_INDEX).sum(dim=1)
+    assert words.min() >= 3 and (targets[:, 0] == IGNORE_INDEX).all()  # [CLS] carries no tag
 
 
 def test_token_cls_on_csv_data_says_which_data_it_needs(tmp_path):
@@ -156,3 +161,25 @@ def test_token_cls_on_csv_data_says_which_data_it_needs(tmp_path):
         "task=token_cls needs tagged sentences: use data=conll with data.train_file=FILE "
         "(a token and its tag per line, a blank line between sentences)"
     ]
+
+
+def test_serve_refuses_and_push_writes_the_tlcli_layout(trained, tmp_path):
+    """tlcli serve takes images and texts, not sentences of words: it says so at start. push writes
+    tlcli's own layout (the transformers one pools), which rebuilds the per-token model."""
+    from tlcli.hub import package
+    from tlcli.restore import load_module, resolve
+    from tlcli.serving.predictor import Predictor
+
+    tmp, _ = trained
+    with pytest.raises(ConfigError) as exc:
+        Predictor(str(tmp / "run"))
+    ckpt = resolve(str(tmp / "run"))
+    assert exc.value.problems == [
+        f"ckpt={ckpt}: the model reads the inputs of CoNLLDataModule (e.g. sentences of words to tag), which "
+        f"tlcli serve does not take; predict with tlcli predict ckpt={ckpt} input=FILE"
+    ]
+    module, config = load_module(tmp / "run")
+    layout = package.write(module, config, tmp_path, "me/ner")
+    assert layout.name == "tlcli" and "backbone.features=tokens, not pooled features" in layout.notes[0]
+    spec = json.loads((tmp_path / "config.json").read_text())
+    assert spec["backbone"]["features"] == "tokens" and spec["tlcli"]["tags"] == ["O", "B-LOC", "B-PER", "I-PER"]

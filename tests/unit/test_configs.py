@@ -40,10 +40,15 @@ def test_option_list_is_found_recursively():
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_has_a_description_and_composes(group, option, tmp_path, imagefolder):
+def test_every_option_has_a_description_and_composes(group, option, tmp_path, imagefolder, segfolder):
     path = conf_dir() / group / f"{option}.yaml"
     assert description(path), f"{path} needs a one-line '# description' first comment"
-    required = {"imagefolder": [f"data.root={imagefolder}"], "csv": ["data.train_csv=train.csv"]}
+    required = {
+        "imagefolder": [f"data.root={imagefolder}"],
+        "csv": ["data.train_csv=train.csv"],
+        "hf": ["data.path=ds"],
+        "segfolder": [f"data.root={segfolder}"],
+    }
     overrides = [f"{group}={option}"] + (required.get(option, []) if group == "data" else [])
     cfg = compose_fit(overrides, tmp_path)
     if group in ("experiment", "debug"):  # global packages: they override keys across groups
@@ -81,13 +86,19 @@ def _instantiate_one(group: str, node, tmp_path: Path):
             "std": (0.5, 0.5, 0.5),
             "crop_pct": 1.0,
         }
-        if node._target_.endswith("CSVDataModule"):
-            return  # needs a CSV file: covered by tests/unit/test_data.py
+        if node._target_.endswith(("CSVDataModule", "HFDataModule")):
+            return  # needs a CSV file / a dataset: tests/unit/test_data.py, tests/integration/test_hf_data.py
         if node._target_.endswith("CoNLLDataModule"):
             return  # needs a CoNLL file and a text backbone: covered by tests/unit/test_conll.py
         dm = instantiate(node, data_config=dc, num_workers=0)
         dm.setup("fit")
         assert dm.num_classes >= 2
+    elif group == "head" and node._target_.endswith("FPNHead"):  # a dense head: feature maps in, logits per pixel
+        from tlcli.backbones.base import FeatureMaps
+
+        head = instantiate(node)(in_features=(8, 16), num_classes=3)
+        maps = FeatureMaps([torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)], (16, 16))
+        assert head(maps).shape == (2, 3, 16, 16)
     elif group == "head":
         head = instantiate(node)(in_features=8, num_classes=3)
         assert head(torch.randn(2, 8)).shape == (2, 3)

@@ -1,5 +1,6 @@
 """data=conll: reading CoNLL files, the tag order, the errors that name file and line, and the
-alignment of word tags to sub-tokens (first sub-token tagged, the rest -100)."""
+alignment of word tags to sub-tokens (first sub-token tagged, the rest IGNORE_INDEX), and how predict
+reads sentences through the data class."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from tlcli.backbones import weights as W
 from tlcli.data.base import Samples
 from tlcli.data.conll import CoNLLDataModule, read_conll, read_sentences
-from tlcli.data.text import IGNORE_INDEX, TaggedTextDataset, TextCollate
+from tlcli.data.protocol import IGNORE_INDEX
+from tlcli.data.text import TaggedTextDataset, TextCollate
 from tlcli.errors import ConfigError, DataError
 
 
@@ -49,13 +51,14 @@ def test_sub_tokens_get_the_word_tag_on_the_first_piece_only(tokenizer):
     assert tokenizer.convert_ids_to_tokens(enc["input_ids"].tolist()) == [
         "[CLS]", "jim", "henson", "was", "a", "puppet", "##eer", "[SEP]"
     ]  # fmt: skip
-    assert labels.tolist() == [-100, 1, 2, 0, 0, 0, -100, -100]
-    assert ds[1][1].tolist() == [-100, 3, -100, 0, 0, 4, -100]
+    _ = IGNORE_INDEX
+    assert labels.tolist() == [_, 1, 2, 0, 0, 0, _, _]
+    assert ds[1][1].tolist() == [_, 3, _, 0, 0, 4, _]
     assert ds.truncated == 0
-    # a batch: the labels are padded like the tokens, with -100
+    # a batch: the labels are padded like the tokens, with IGNORE_INDEX
     x, y = TextCollate(tokenizer)([ds[0], ds[1]])
     assert x["input_ids"].shape == y.shape == (2, 8)
-    assert y[1].tolist() == [-100, 3, -100, 0, 0, 4, -100, -100]
+    assert y[1].tolist() == [_, 3, _, 0, 0, 4, _, _]
 
 
 def test_empty_words_keep_a_position_and_truncation_is_counted(tokenizer):
@@ -63,10 +66,11 @@ def test_empty_words_keep_a_position_and_truncation_is_counted(tokenizer):
     ds = TaggedTextDataset(tagged([["Bob", "\u200b", "left"]], [[1, 0, 0]]), tokenizer, max_length=128)
     enc, labels = ds[0]
     assert tokenizer.convert_ids_to_tokens(enc["input_ids"].tolist()) == ["[CLS]", "bob", "[UNK]", "left", "[SEP]"]
-    assert labels.tolist() == [-100, 1, 0, 0, -100]
+    _ = IGNORE_INDEX
+    assert labels.tolist() == [_, 1, 0, 0, _]
     # max_length 4 keeps [CLS] + 2 words + [SEP]: the third word is lost, the sentence counted
     cut = TaggedTextDataset(tagged([["a", "b", "c"], ["a", "b"]], [[1, 0, 1], [0, 0]]), tokenizer, max_length=4)
-    assert cut[0][1].tolist() == [-100, 1, 0, -100] and cut.truncated == 1
+    assert cut[0][1].tolist() == [_, 1, 0, _] and cut.truncated == 1
 
 
 def test_reads_sentences_skips_docstart_and_orders_tags(tmp_path, tokenizer):
@@ -80,7 +84,7 @@ def test_reads_sentences_skips_docstart_and_orders_tags(tmp_path, tokenizer):
     dm.setup("fit")
     assert dm.class_names == ["O", "B-LOC", "B-PER", "I-PER"]  # O first, then by type, B before I
     assert dm.labels == "tags" and dm.samples["test"].ids == ["train.conll:3", "train.conll:9"]
-    assert dm.label_counts("test") == [3, 1, 2, 1]  # words per tag
+    assert dm.split_counts("test") == [3, 1, 2, 1]  # words per tag
     x, y = next(iter(dm.test_dataloader()))
     assert y.shape == x["input_ids"].shape and (y != IGNORE_INDEX).sum() == 7
 
@@ -138,6 +142,26 @@ def test_predict_reads_conll_or_whitespace_split_csv(tmp_path):
     assert read_sentences(str(table), None) == [["Jim", "Henson", "was", "here"], ["Bob"]]
     with pytest.raises(DataError, match=r"no column 'sentence' \(columns: id, text\)"):
         read_sentences(str(table), "sentence")
+
+
+def test_predict_prepares_sentences_through_the_data_class(tmp_path, tokenizer):
+    """predict asks the checkpoint's data class: sentences in (named by their words), and unlabelled
+    sentences aligned to sub-tokens like the eval split (tag 0 on each word's first sub-token)."""
+    from tlcli.commands.predict import eval_dataset, list_inputs
+
+    table = write(tmp_path / "in.csv", "text\nJim Henson was a puppeteer\nBob\n")
+    names, inputs = list_inputs(str(table), "text", None, CoNLLDataModule)
+    assert names == ["Jim Henson was a puppeteer", "Bob"]
+    assert inputs == [["Jim", "Henson", "was", "a", "puppeteer"], ["Bob"]]
+    dataset, collate = eval_dataset(inputs, text_config(tokenizer), {"data": {}}, data_class=CoNLLDataModule)
+    _, y = collate([dataset[0], dataset[1]])
+    _ = IGNORE_INDEX
+    assert y.tolist() == [[_, 0, 0, 0, 0, 0, _, _], [_, 0, _, _, _, _, _, _]]  # puppet ##eer: one word
+    # the same input for a model trained on data=csv: one text per row, no word alignment
+    names, inputs = list_inputs(str(table), "text", None, None)
+    assert inputs == ["Jim Henson was a puppeteer", "Bob"]
+    with pytest.raises(ConfigError, match=r"input_column=\['a', 'b'\]: tagging reads one column of sentences"):
+        list_inputs(str(table), "text", ["a", "b"], CoNLLDataModule)
 
 
 def test_collate_keeps_class_targets_as_they_were(tokenizer):

@@ -1,4 +1,5 @@
-"""task=token_cls pieces: first sub-tokens kept per word, the loss skips -100, predict rows, backbone wiring."""
+"""task=token_cls pieces: first sub-tokens kept per word (test, predict, baseline), the loss skips
+IGNORE_INDEX, predict rows, the per-token backbone features."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from tests.unit.test_entities import PRED, SEQEVAL, TRUE
-from tlcli.data.text import IGNORE_INDEX
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError
 from tlcli.tasks import TokenClassification
+from tlcli.tasks.base import PredictItem
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC"]
 
@@ -20,50 +22,78 @@ def task() -> TokenClassification:
     return t
 
 
-def test_per_example_keeps_the_first_sub_tokens_left_aligned():
-    y = torch.tensor([[-100, 1, -100, 2, 0, -100], [-100, 3, -100, -100, -100, -100]])
-    out = torch.arange(12.0).reshape(2, 6, 1)
-    words, tags = task().per_example(out, y)
-    assert tags.tolist() == [[1, 2, 0], [3, -100, -100]]
+_ = IGNORE_INDEX
+Y = torch.tensor([[_, 1, _, 2, 0, _], [_, 3, _, _, _, _]])  # two sentences: 3 words and 1 word
+
+
+def test_test_predict_and_the_baseline_keep_the_first_sub_tokens_left_aligned():
+    t = task()
+    features = torch.arange(12.0).reshape(2, 6, 1)
+    words, tags = t.baseline_inputs(features, Y)  # the frozen features the linear tagger reads
+    assert tags.tolist() == [[1, 2, 0], [3, _, _]]
     assert words[..., 0].tolist() == [[1.0, 3.0, 4.0], [7.0, 0.0, 0.0]]
-    again = task().per_example(words, tags)  # already per word: unchanged
+    again = t.baseline_inputs(words, tags)  # already per word: unchanged
     assert torch.equal(again[0], words) and torch.equal(again[1], tags)
+    logits = torch.randn(2, 6, len(NAMES))
+    kept_tags, kept_scores = t.kept(logits, Y)  # test: the report's (targets, scores)
+    probs = logits.softmax(-1)
+    assert kept_tags.tolist() == [[1, 2, 0], [3, _, _]]
+    torch.testing.assert_close(kept_scores[0], probs[0, [1, 3, 4]])
+    torch.testing.assert_close(kept_scores[1, 0], probs[1, 1])
+    assert (kept_scores[1, 1:] == 0).all()  # padding past the sentence: zero scores
+    torch.testing.assert_close(t.predict_scores(logits, Y), kept_scores)  # predict: the same rows, per input
 
 
 def test_loss_is_cross_entropy_over_tagged_positions_only():
     logits = torch.randn(2, 5, len(NAMES))
-    y = torch.tensor([[-100, 1, 2, -100, -100], [-100, 0, -100, 3, -100]])
-    keep = y != -100
+    y = torch.tensor([[_, 1, 2, _, _], [_, 0, _, 3, _]])
+    keep = y != IGNORE_INDEX
     expected = F.cross_entropy(logits[keep], y[keep])
     assert task().loss(logits, y).item() == pytest.approx(expected.item())
-    assert task().loss(logits, torch.full((2, 5), -100)).item() == 0.0  # nothing tagged: no NaN
+    assert task().loss(logits, torch.full((2, 5), IGNORE_INDEX)).item() == 0.0  # nothing tagged: no NaN
 
 
-def test_prediction_rows_give_tags_and_entity_spans():
+def test_prediction_rows_give_tags_and_entity_spans(tmp_path):
     t = task()
     scores = torch.tensor([[0.1, 0.8, 0.05, 0.05], [0.1, 0.1, 0.7, 0.1], [0.9, 0.0, 0.0, 0.1], [0.0, 0.0, 0.0, 0.0]])
-    row = {"input": ["Ada", "Lovelace", "wrote", "notes"], **t.prediction_row(scores.numpy(), NAMES, 1)}
+    words = ["Ada", "Lovelace", "wrote", "notes", "more"]  # the last word past the scores: cut by max_length
+    item = PredictItem(words, "000000", tmp_path / "preds.csv")
+    row = {"input": "Ada Lovelace wrote notes more", **t.prediction_row(scores.numpy(), NAMES, 1, item)}
     record = t.json_record(row)
-    assert record["tags"] == ["B-PER", "I-PER", "O", "O"]  # an all-zero row is padding (a cut word): O
+    assert record["tokens"] == words
+    assert record["tags"] == ["B-PER", "I-PER", "O", "O", "O"]  # all-zero rows are padding (cut words): O
+    assert record["scores"] == pytest.approx([0.8, 0.7, 0.9, 0.0, 0.0])
     assert record["entities"] == [{"type": "PER", "start": 0, "end": 2, "text": "Ada Lovelace"}]
     assert t.csv_cells(row) == {
-        "input": "Ada Lovelace wrote notes",
-        "tags": "B-PER I-PER O O",
+        "input": "Ada Lovelace wrote notes more",
+        "tags": "B-PER I-PER O O O",
         "entities": '[{"type": "PER", "start": 0, "end": 2, "text": "Ada Lovelace"}]',
     }
+    assert not list(tmp_path.iterdir())  # nothing written per input
 
 
-def test_the_task_asks_the_backbone_for_per_token_features():
+def test_per_token_features_come_from_text_backbones_only(tmp_path):
+    """task=token_cls sets backbone.features=tokens: an HF encoder's last hidden state, unpooled."""
+    from tests.conftest import make_tiny_bert
+    from tlcli.backbones.hf import HFBackbone
     from tlcli.backbones.timm import TimmBackbone
 
-    with pytest.raises(ConfigError, match="gives one feature vector per example, but the task predicts per token"):
-        task().attach(TimmBackbone("test_resnet.r160_in1k", weights="none"))
+    path = make_tiny_bert(tmp_path / "bert")
+    tokens = HFBackbone("tiny-bert", weights=str(path), features="tokens")
+    pooled = HFBackbone("tiny-bert", weights=str(path), pooling="mean")
+    x = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        hidden = tokens(x)
+        assert hidden.shape == (1, 4, 32)
+        torch.testing.assert_close(pooled(x), hidden.mean(dim=1))
+    with pytest.raises(ConfigError, match=r"backbone.features=tokens: backbone=test_resnet.r160_in1k is an image"):
+        TimmBackbone("test_resnet.r160_in1k", weights="none", features="tokens")
     with pytest.raises(ConfigError, match=r"reads BIO / IOB2 tags .* the data names \['PER'\]"):
         TokenClassification().build(2, [1, 1], names=["O", "PER"])
 
 
 def test_the_epoch_metric_scores_the_gathered_sequences_like_seqeval():
-    """val/f1 etc.: logits per sub-token, targets -100 off the first sub-tokens, over two batches."""
+    """val/f1 etc.: logits per sub-token, targets IGNORE_INDEX off the first sub-tokens, over two batches."""
     names = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     task = TokenClassification()
     task.build(len(names), [1] * len(names), names=names)
@@ -85,3 +115,25 @@ def test_the_epoch_metric_scores_the_gathered_sequences_like_seqeval():
     assert got["f1"] == pytest.approx(f1)
     words = [(a, b) for t, p in zip(TRUE, PRED) for a, b in zip(t, p)]
     assert got["acc"] == pytest.approx(sum(a == b for a, b in words) / len(words))
+
+
+def test_report_html_shows_sentences_with_entity_errors_in_their_words():
+    """report.html's grid: a sentence's words (example(i), as for every text task) and its missed
+    or spurious entities named by their words; sentences without entity errors are left out."""
+    import numpy as np
+
+    from tlcli.reporting.html import build_html
+
+    t = task()
+    y_true = np.array([[1, 2, 0], [3, _, _], [0, 0, _]])
+    predicted = np.array([[0, 0, 0], [3, 0, 0], [1, 0, 0]])  # misses PER, right on LOC, a spurious PER
+    y_score = np.eye(len(NAMES))[predicted] * (y_true != _)[..., None]
+    examples = [("a.conll:1", ["Ada", "Lovelace", "wrote"]), ("a.conll:5", ["Rome"]), ("a.conll:7", ["hi", "x"])]
+    page = build_html(
+        title="t", summary={}, metrics={}, class_names=NAMES, y_true=y_true, y_score=y_score, task=t,
+        examples=examples, modality="text",
+    )  # fmt: skip
+    grid = page[page.index("Sentences with entity errors") :]
+    assert "(2 of 2 examples, test split)" in grid
+    assert "<div class=text>Ada Lovelace wrote</div>" in grid and "true: PER «Ada Lovelace»" in grid
+    assert "pred: PER «hi»" in grid and "Rome" not in grid

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
+
+# what forward returns (backbone.features): pooled features, a feature pyramid (image backbones,
+# task=segmentation) or a feature per token (text backbones, task=token_cls)
+FEATURES = ("pooled", "pyramid", "tokens")
+
+
+class FeatureMaps(NamedTuple):
+    """A backbone's feature pyramid: maps (B, C_i, H_i, W_i), finest first, and the input's (H, W)
+    (a dense head upsamples its output to it)."""
+
+    maps: list[torch.Tensor]
+    size: tuple[int, int]
 
 
 class Backbone(nn.Module):
@@ -12,24 +25,15 @@ class Backbone(nn.Module):
 
     forward(x) -> (batch, num_features) pooled features, where x is an image tensor
     (B, 3, H, W) for modality "image" or a dict of token tensors (input_ids,
-    attention_mask, ...) for modality "text"; after token_features(), (batch, tokens,
-    num_features): one feature vector per token, for tasks that predict per token.
+    attention_mask, ...) for modality "text". An image backbone built with
+    features="pyramid" returns FeatureMaps instead, and num_features is then the tuple of
+    the maps' channel counts (finest first): what a dense head (tlcli.heads.FPNHead) is built for.
+    A text backbone built with features="tokens" returns (batch, tokens, num_features): one
+    feature vector per token, unpooled, for a task that predicts per token (task=token_cls).
     """
 
     modality: str = "image"
-    num_features: int
-
-    def token_features(self) -> None:
-        """Switch forward to one feature vector per token (B, T, num_features), unpooled.
-
-        Asked for by a task that predicts per token (tlcli.tasks.Task.attach); backbones without
-        tokens cannot give it."""
-        from tlcli.errors import ConfigError
-
-        raise ConfigError(
-            f"{type(self).__name__} gives one feature vector per example, but the task predicts per token: "
-            "use a Hugging Face text backbone, e.g. backbone=minilm_offline or backbone=hf backbone.name=ORG/NAME"
-        )
+    num_features: int | tuple[int, ...]
 
     def layer_groups(self) -> list[tuple[str, list[str]]]:
         """Parameter names grouped by depth, input side first: [(group_name, [param names])].

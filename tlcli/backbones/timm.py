@@ -1,4 +1,4 @@
-"""Any timm image model as a pooled-feature backbone."""
+"""Any timm image model as a backbone: pooled features, or a feature pyramid for dense heads."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ import torch
 from timm.models import group_parameters
 
 from tlcli.backbones import weights as W
-from tlcli.backbones.base import Backbone
+from tlcli.backbones.base import FEATURES, Backbone, FeatureMaps
 from tlcli.errors import ConfigError, WeightsError, did_you_mean
 
 log = logging.getLogger(__name__)
+
+
+# feature maps a pyramid keeps: the last ones (strides 4 to 32 on most CNNs, the last blocks of a ViT)
+PYRAMID_LEVELS = 4
 
 
 class TimmBackbone(Backbone):
@@ -23,22 +27,43 @@ class TimmBackbone(Backbone):
 
     weights: "hub" (timm's pretrained weights, downloaded and cached), "none" (random
     init), "pkg:NAME" (weights shipped in a pip package) or a local .safetensors/.pt/.pth
-    file. Extra keyword arguments go to timm.create_model (e.g. drop_path_rate).
+    file. features: "pooled", or "pyramid" (set by task=segmentation): the last PYRAMID_LEVELS
+    feature maps through timm's forward_intermediates, as FeatureMaps; the layers after the last
+    map (the classifier side: conv_head, final norm) are pruned once the weights are loaded.
+    Extra keyword arguments go to timm.create_model (e.g. drop_path_rate).
     """
 
     modality = "image"
 
-    def __init__(self, name: str, weights: str = "hub", recipe: dict | None = None, **model_kwargs: Any):
+    def __init__(
+        self,
+        name: str,
+        weights: str = "hub",
+        features: str = "pooled",
+        recipe: dict | None = None,
+        **model_kwargs: Any,
+    ):
         # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.config.recipes)
         super().__init__()
         _check_name(name)
-        self.name, self.weights = name, str(weights)
+        if features == "tokens":
+            raise ConfigError(
+                f"backbone.features=tokens: backbone={name} is an image model and gives no feature per token "
+                "(task=token_cls): use a Hugging Face text backbone, e.g. backbone=minilm_offline"
+            )
+        if features not in FEATURES:
+            raise ConfigError(f"backbone.features={features} must be pooled or pyramid")
+        self.name, self.weights, self.features = name, str(weights), features
         self.model = _create(name, self.weights == "hub", model_kwargs)
         if self.weights.startswith(W.PKG_PREFIX):
             self._load(W.packaged_state_dict(W.packaged_source(self.weights, name, "timm")), self.weights)
         elif self.weights not in ("hub", "none"):
             self._load(W.read_state_dict(Path(self.weights).expanduser()), self.weights)
-        self.num_features = int(self.model.num_features)
+        if features == "pyramid":
+            self.levels = _pyramid(self.model, name)
+            self.num_features = tuple(int(self.model.feature_info[i]["num_chs"]) for i in self.levels)
+        else:
+            self.num_features = int(self.model.num_features)
 
     def _load(self, state: dict[str, torch.Tensor], source: str) -> None:
         # The checkpoint may carry the classifier our num_classes=0 model does not have.
@@ -46,8 +71,11 @@ class TimmBackbone(Backbone):
         heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         W.load_matching(self.model, state, source, drop=tuple(f"{h}." for h in heads))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | FeatureMaps:
+        if self.features == "pooled":
+            return self.model(x)
+        maps = self.model.forward_intermediates(x, indices=self.levels, intermediates_only=True)
+        return FeatureMaps(list(maps), (x.shape[-2], x.shape[-1]))
 
     def data_config(self) -> dict[str, Any]:
         cfg = timm.data.resolve_data_config({}, model=self.model)
@@ -74,6 +102,17 @@ class TimmBackbone(Backbone):
         if rest:  # group_parameters assigns every parameter today; stay correct if that changes
             groups.append(("rest", rest))
         return groups
+
+
+def _pyramid(model: torch.nn.Module, name: str) -> list[int]:
+    """Prune the model after its last PYRAMID_LEVELS feature maps; their indices."""
+    if not hasattr(model, "forward_intermediates") or not hasattr(model, "prune_intermediate_layers"):
+        raise ConfigError(
+            f"backbone.features=pyramid: timm model '{name}' gives no feature maps (it lacks "
+            "forward_intermediates); pick a CNN or ViT such as resnet50, convnext_tiny or lite0_offline"
+        )
+    levels = model.prune_intermediate_layers(indices=PYRAMID_LEVELS, prune_head=True, prune_norm=True)
+    return [int(i) for i in levels]
 
 
 def _group_label(members: list[str]) -> str:

@@ -117,7 +117,8 @@ def _weights(node, found: Findings) -> dict[str, Any] | None:
 def _extra(node) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in ("_target_", "name", "weights")}
+    own = ("_target_", "name", "weights", "features", "recipe")  # TimmBackbone's own: not timm.create_model's
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in own}
 
 
 def _timm_model(name: str, kwargs: dict[str, Any]):
@@ -266,8 +267,9 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
     if not isinstance(dm, TransferDataModule):  # a data module of the user's own: no examples to count
         found.rows.append(("data", "ok", f"{type(dm).__name__}: {dm.num_classes} outputs; its examples are its own"))
         return
-    for split in dm.samples:  # examples per class, positives per label, words per tag
-        found.counts[split] = dict(zip(dm.class_names, dm.label_counts(split)))
+    # examples per class (positives per label, images holding the class for masks, words per tag)
+    for split in dm.samples:
+        found.counts[split] = dict(zip(dm.class_names, dm.split_counts(split)))
     sizes = ", ".join(f"{s} {len(v)}" for s, v in dm.samples.items())
     note = "" if dm.test_split == "test" else "; no test split (the test report will use val)"
     kind = {"numeric": "numeric target(s)", "tags": "tags"}.get(dm.labels, "classes")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from tlcli import console, restore
+from tlcli import console, restore, trust
 from tlcli.errors import ConfigError, did_you_mean
 from tlcli.reporting import files
 
@@ -35,8 +34,8 @@ TEXT_INPUTS = ("input_ids", "attention_mask")
 
 class Classifier(nn.Module):
     """backbone + head (+ the task's output layer: regression's de-standardisation): inputs ->
-    logits, or values. Text models take (input_ids, attention_mask) as two tensors, so tracing
-    and ONNX see plain tensors instead of a dict."""
+    logits (per pixel for segmentation), or values. Text models take (input_ids, attention_mask)
+    as two tensors, so tracing and ONNX see plain tensors instead of a dict."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, output: nn.Module | None = None):
         super().__init__()
@@ -86,7 +85,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "num_classes": len(module.class_names),
         }
         files.write_json_atomic(out_dir / "model.json", rebuild)
-    files.write_json_atomic(out_dir / "preprocess.json", preprocess(spec, image_size(config), out_dir))
+    pre = preprocess(spec, image_size(config), out_dir, trust.target(config["data"]))
+    files.write_json_atomic(out_dir / "preprocess.json", pre)
     files.write_json_atomic(out_dir / "classes.json", classes(module))
     console.console.print(f"exported {cfg.format}: {path}")
     return {"format": cfg.format, "model": str(path), "output": str(out_dir)}
@@ -117,23 +117,29 @@ def example_inputs(spec: dict[str, Any], size: int | None) -> tuple[torch.Tensor
     return (torch.randn(2, 3, int(h), int(w), generator=torch.Generator().manual_seed(0)),)
 
 
-def preprocess(spec: dict[str, Any], size: int | None, out_dir: Path) -> dict[str, Any]:
+def preprocess(spec: dict[str, Any], size: int | None, out_dir: Path, data_class=None) -> dict[str, Any]:
+    """data_class: the checkpoint's data module class, whose eval resize and crop are written
+    (timm's, or segmentation's resize of the whole image to the input size)."""
+    from tlcli.data.base import TransferDataModule
     from tlcli.data.transforms import HIGH_BIT_DEPTH, TRANSPARENCY
 
     if spec["modality"] == "text":
         spec["tokenizer"].save_pretrained(out_dir)
         return {"modality": "text", "tokenizer": ".", "max_length": spec["max_length"], "inputs": list(TEXT_INPUTS)}
     _, h, w = spec["input_size"] if size is None else (3, size, size)
-    crop_pct = float(spec["crop_pct"])
+    if data_class is None or not issubclass(data_class, TransferDataModule):
+        data_class = TransferDataModule
+    geometry = data_class.eval_geometry(spec, size)
     return {
         "modality": "image",
         "input_size": [3, int(h), int(w)],
         "interpolation": spec["interpolation"],
         "mean": list(spec["mean"]),
         "std": list(spec["std"]),
-        "crop_pct": crop_pct,
-        # timm's eval recipe, spelt out: shorter side to this, center crop to input_size, RGB in [0,1], normalise
-        "resize": [math.floor(h / crop_pct), math.floor(w / crop_pct)] if h != w else math.floor(h / crop_pct),
+        "crop_pct": geometry["crop_pct"],
+        # the eval recipe, spelt out: resize to this (an int: the shorter side; [h, w]: exactly), center crop to
+        # input_size, RGB in [0,1], normalise
+        "resize": geometry["resize"],
         # how any file becomes 8-bit RGB first (tlcli.data.transforms.to_rgb), for the same numbers elsewhere
         "transparency": TRANSPARENCY,
         "high_bit_depth": HIGH_BIT_DEPTH,

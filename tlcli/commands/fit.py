@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -61,7 +62,6 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task.check_data(datamodule.labels)
     task.build(datamodule.num_classes, datamodule.label_counts(), names=datamodule.class_names)
     task.fit_targets(datamodule.train_targets())
-    task.attach(backbone)  # e.g. per-token features for token classification
     distiller = None
     if cfg.distill.teacher is not None:
         distiller = Distiller(
@@ -71,7 +71,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             task=task,
         )
     if isinstance(datamodule, ExampleData) and datamodule.feature_cache:  # a data module of the user's own has none
-        datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller, task)
+        datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
     # the "before" number: frozen pretrained features + logistic regression on the same split
     # (and, with head_init=baseline, its regression as the head's starting weights)
     warm = cfg.head_init == "baseline"
@@ -123,14 +123,23 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if preemption.signal is None:
             raise
         code = 143 if preemption.signal == "SIGTERM" else 130
-        console.err_console.print(
-            f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-            + (
-                f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
-                if preemption.saved
-                else "before the first epoch was complete: nothing to resume, run the same command again"
+        # stopping already: the SIGTERM a launcher sends the ranks still exiting (torchrun, as soon as
+        # one rank has left) must not cut the message or turn the exit code into -15
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if trainer.is_global_zero:  # one line per run, not one per DDP process
+            console.err_console.print(
+                f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}; "
+                + (
+                    f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
+                    if preemption.saved
+                    else "before the first epoch was complete: nothing to resume, run the same command again"
+                )
             )
-        )
+        if preemption.together:  # DDP ranks that stopped at the same batch also leave together
+            import torch.distributed as dist
+
+            dist.barrier()
         raise SystemExit(code) from None
     time_fit_end = time.perf_counter()  # train + validation of this process's epochs
     metrics: dict[str, Any] = {
@@ -186,7 +195,8 @@ def _warm_start(head, weights) -> str:
     if weights is not None and head_init.load(head, weights):
         log.info("head_init=baseline: the head starts from the frozen-features logistic regression")
         return "baseline logistic regression"
-    why = "no baseline was computed" if weights is None else "the head is not a single linear layer"
+    linear = head_init.linear_layer(head) is not None
+    why = "the head is not a single linear layer" if not linear else "no baseline was computed"
     log.warning("head_init=baseline: %s; the head starts from random weights", why)
     return f"random ({why})"
 

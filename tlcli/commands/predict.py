@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tlcli import console, restore
-from tlcli.data.text import cat_padded
+from tlcli import console, restore, trust
 from tlcli.errors import ConfigError, DataError, did_you_mean
 from tlcli.evaluation import MAX_SHOWN, _listing, device, require
 from tlcli.reporting import files
+from tlcli.tasks.base import PredictItem
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,28 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     spec = module.backbone.data_config()
     # by default the columns the model was trained on (data=csv), e.g. a sentence pair's two
     column = cfg.input_column if cfg.input_column is not None else config.get("data", {}).get("input_column")
-    task = module.task
-    workers = resolve_num_workers(cfg.num_workers)
+    # the data class the model was evaluated with reads and prepares the inputs (segmentation: no
+    # center crop; data=conll: sentences of words, aligned to their sub-tokens)
+    data_class = trust.target(config["data"])
+    names, inputs = list_inputs(cfg.input, spec["modality"], column, data_class)
     skipped: list[tuple[str, str]] = []
-    own = task.predict_data(cfg.input, column, spec)  # a task that reads its own inputs (tagging: sentences)
-    if own is not None:
-        names, dataset = own
-        loader = _text_loader(dataset, spec, cfg.batch_size, workers)
-    else:
-        names, inputs = list_inputs(cfg.input, spec["modality"], column)
-        if spec["modality"] == "image":
-            names, inputs, skipped = drop_unreadable(names, inputs, cfg, skipped_path(out))
-        loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels)
+    if spec["modality"] == "image":
+        names, inputs, skipped = drop_unreadable(names, inputs, cfg, skipped_path(out))
+    workers = resolve_num_workers(cfg.num_workers)
+    loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels, data_class)
     dev = device(cfg.accelerator)
-    scores = _infer(module.to(dev), loader, dev, len(names), cfg.progress_bar)
-    rows = prediction_rows(task, names, scores, module.class_names, min(cfg.top_k, len(module.class_names)))
+    task, top_k = module.task, min(cfg.top_k, len(module.class_names))
+    items = [PredictItem(x, n, out) for x, n in zip(inputs, output_names(inputs, spec["modality"]))]
+    if cfg.devices > 1 or cfg.num_nodes > 1:
+        scores = _infer_ddp(module, loader, dev, cfg)
+        if scores is None:  # ranks other than 0: rank 0 holds every score and writes the output
+            return {"output": str(out), "count": 0}
+        rows = prediction_rows(task, names, scores, module.class_names, top_k, items)
+    else:
+        rows = []
+        for start, scores in _batches(module.to(dev), loader, dev, len(inputs), cfg.progress_bar):
+            end = start + len(scores)  # rows as the batches come: a batch's scores are dropped after it
+            rows += prediction_rows(task, names[start:end], scores, module.class_names, top_k, items[start:end])
     files.write_text_atomic(out, to_jsonl(task, rows) if out.suffix.lower() == ".jsonl" else to_csv(task, rows))
     result: dict[str, Any] = {"output": str(out), "count": len(rows)}
     if skipped:
@@ -135,11 +142,17 @@ def output_path(value: str) -> Path:
 PAIR_SEP = " ||| "  # joins a sentence pair in predict's "input" column
 
 
-def list_inputs(value: str, modality: str, column: str | list[str] | None) -> tuple[list[str], list[Any]]:
-    """(names to write, inputs to load): image paths, texts or text pairs, in a stable order."""
+def list_inputs(
+    value: str, modality: str, column: str | list[str] | None, data_class=None
+) -> tuple[list[str], list[Any]]:
+    """(names to write, inputs to load): image paths, texts or text pairs, in a stable order; or
+    what the checkpoint's data class reads itself (data=conll: sentences of words)."""
     from tlcli.data.imagefolder import describe_links, links_warning, list_images
     from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
 
+    own = _data_class(data_class).predict_inputs(value, column)
+    if own is not None:
+        return own
     column = column or ("text" if modality == "text" else "image")
     p = Path(value).expanduser()
     csv_kind = (
@@ -201,42 +214,78 @@ def _csv_inputs(path: Path, column: str | list[str], modality: str) -> tuple[lis
     return names, paths
 
 
+def output_names(inputs: list[Any], modality: str) -> list[str]:
+    """A name per input, unique among them, for files written per input (segmentation masks):
+    image paths relative to the folder they all lie under, without suffix (with it where two
+    would clash: a.jpg and a.png); texts are numbered."""
+    import collections
+
+    if modality != "image":
+        return [f"{i:06d}" for i in range(len(inputs))]
+    paths = [os.path.abspath(p) for p in inputs]
+    top = os.path.commonpath([os.path.dirname(p) for p in paths])
+    rel = [Path(os.path.relpath(p, top)) for p in paths]
+    stems = [r.with_suffix("").as_posix() for r in rel]
+    seen = collections.Counter(stems)
+    return [s if seen[s] == 1 else r.as_posix() for s, r in zip(stems, rel)]
+
+
 def _loader(
-    inputs: list[str], spec: dict[str, Any], config: dict[str, Any], batch_size: int, workers: int, max_pixels=None
+    inputs: list[str],
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    batch_size: int,
+    workers: int,
+    max_pixels=None,
+    data_class=None,
 ):
     """Batches of model inputs, prepared exactly like fit's eval split."""
-    import functools
-
     from torch.utils.data import DataLoader
 
-    from tlcli.data.base import ImageDataset, Samples
-    from tlcli.data.text import TextCollate, TextDataset
-    from tlcli.data.transforms import image_transforms, load_rgb
-
-    samples = Samples(list(inputs), np.zeros(len(inputs), dtype=np.int64))
-    if spec["modality"] == "text":
-        dataset, collate = TextDataset(samples, spec["tokenizer"], spec["max_length"]), TextCollate(spec["tokenizer"])
-    else:
-        # .get: a custom datamodule's saved config need not have an image_size key at all
-        _, eval_tf = image_transforms(spec, augment=False, image_size=config["data"].get("image_size"))
-        loader = functools.partial(load_rgb, max_pixels=max_pixels, key="max_image_pixels")  # workers get the limit
-        dataset, collate = ImageDataset(samples, eval_tf, loader), None
+    dataset, collate = eval_dataset(inputs, spec, config, max_pixels, data_class)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
 
 
-def _text_loader(dataset, spec: dict[str, Any], batch_size: int, workers: int):
-    from torch.utils.data import DataLoader
+def eval_dataset(inputs: list[Any], spec: dict[str, Any], config: dict[str, Any], max_pixels=None, data_class=None):
+    """(dataset of (input, dummy target) items, collate or None): fit's eval-split preparation of
+    image paths or file objects, texts or text pairs (`tlcli serve` prepares its requests here too).
+    data_class: the checkpoint's data module class, whose eval_image_transform (text_dataset) that was."""
+    import functools
 
+    from tlcli.data.base import ImageDataset, Samples
     from tlcli.data.text import TextCollate
+    from tlcli.data.transforms import load_rgb
 
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=TextCollate(spec["tokenizer"]))
+    samples = Samples(list(inputs), np.zeros(len(inputs), dtype=np.int64))
+    data_class = _data_class(data_class)
+    if spec["modality"] == "text":
+        dataset, collate = data_class.text_dataset(samples, spec), TextCollate(spec["tokenizer"])
+    else:
+        # .get: a custom datamodule's saved config need not have an image_size key at all
+        image_size = config["data"].get("image_size")
+        eval_tf = data_class.eval_image_transform(spec, image_size)
+        loader = functools.partial(load_rgb, max_pixels=max_pixels, key="max_image_pixels")  # workers get the limit
+        dataset, collate = ImageDataset(samples, eval_tf, loader), None
+    return dataset, collate
 
 
-def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) -> np.ndarray:
+def _data_class(data_class):
+    """The checkpoint's data class when it is tlcli's, else TransferDataModule (its default preparation)."""
+    from tlcli.data.base import TransferDataModule
+
+    return (
+        data_class
+        if isinstance(data_class, type) and issubclass(data_class, TransferDataModule)
+        else TransferDataModule
+    )
+
+
+def _batches(module, loader, dev: torch.device, total: int, progress_bar: bool):
+    """(index of the batch's first input, its scores as a numpy array), batch by batch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    out = []
+    start = 0
     with (
         Progress(*columns, console=console.console, disable=not progress_bar) as progress,
         torch.inference_mode(),
@@ -244,15 +293,43 @@ def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) ->
         task = progress.add_task("predict", total=total)
         for x, y in loader:
             x = {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
-            scores, _ = module.task.per_example(module.task.scores(module(x)), y.to(dev))
-            out.append(scores.float().cpu())
-            progress.advance(task, len(out[-1]))
-    return cat_padded(out, 0.0).numpy()  # per-token rows: padded with zeros to the longest input
+            scores = module.task.predict_scores(module(x), y.to(dev)).float().cpu().numpy()
+            yield start, scores
+            start += len(scores)
+            progress.advance(task, len(scores))
 
 
-def prediction_rows(task, names: list[str], scores: np.ndarray, classes: list[str], top_k: int) -> list[dict[str, Any]]:
+def _infer(module, loader, dev: torch.device, total: int, progress_bar: bool) -> np.ndarray:
+    """Every input's scores, in order (bench/overhead.py times this loop)."""
+    return np.concatenate([s for _, s in _batches(module, loader, dev, total, progress_bar)])
+
+
+def _infer_ddp(module, loader, dev: torch.device, cfg: DictConfig) -> np.ndarray | None:
+    """One process per device (DDP): each predicts its share of the inputs, none twice (Lightning's
+    unrepeated sampler); rank 0 gets every score, in input order. None on the other ranks."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator="gpu" if dev.type == "cuda" else "cpu",
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+    )
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    return module.predict_scores.numpy() if trainer.is_global_zero else None
+
+
+def prediction_rows(
+    task, names: list[str], scores: np.ndarray, classes: list[str], top_k: int, items: list[PredictItem] | None = None
+) -> list[dict[str, Any]]:
     """One dict per input: {"input": name} and the task's prediction (Task.prediction_row)."""
-    return [{"input": name, **task.prediction_row(s, classes, top_k)} for name, s in zip(names, scores)]
+    items = items if items is not None else [None] * len(names)
+    return [
+        {"input": name, **task.prediction_row(s, classes, top_k, item)} for name, s, item in zip(names, scores, items)
+    ]
 
 
 def to_csv(task, rows: list[dict[str, Any]]) -> str:

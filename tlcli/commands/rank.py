@@ -26,6 +26,7 @@ from tlcli import console
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T
+from tlcli.training import distributed
 from tlcli.training.features import extract
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class Candidate:
 def rank(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     candidates = parse_candidates(cfg.backbones)  # every bad name reported before any work starts
+    if not distributed.launched_rank_zero():
+        # one process ranks (`srun` with several tasks, torchrun): the others would extract the same features again
+        log.info("rank: rank 0 of this launch scores the backbones; this process has nothing to do")
+        return {}
     scored = [score(c, cfg) for c in candidates]
     rows = sorted((row for row, _ in scored), key=lambda r: -r["logme"])
     for i, row in enumerate(rows, start=1):
@@ -98,7 +103,10 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
     datamodule.setup("fit")
     if datamodule.labels != "class":
-        raise ConfigError("rank scores single-label classification data: drop data.label_columns")
+        raise ConfigError(
+            "rank scores single-label classification data (data=imagefolder, or data=csv with one label column): "
+            f"this data holds {datamodule.labels} targets"
+        )
     ftr, ytr = extract(backbone, datamodule, "train", cfg)
     fva, yva = extract(backbone, datamodule, "val", cfg)
     row = {

@@ -42,7 +42,9 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     check_classes(module, datamodule)
     trainer = L.Trainer(
         accelerator="gpu" if device(cfg.accelerator).type == "cuda" else "cpu",
-        devices=1,
+        # several: one process each (DDP), every example tested once (tlcli.training.distributed)
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=cfg.progress_bar,
@@ -52,6 +54,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = {k: float(v) for k, v in results[0].items()}
     metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt))
+    if not trainer.is_global_zero:  # every rank holds the same metrics and outputs; rank 0 writes them
+        return metrics
     write_test_report(run_dir, module, datamodule.test_split)
     files.write_json_atomic(run_dir / "metrics.json", metrics)
     html_report.write_html(run_dir, module, datamodule, metrics)

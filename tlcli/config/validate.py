@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlcli.config.values import RANGES, range_problems, type_problem
 from tlcli.errors import ConfigError, did_you_mean, is_installed, missing_package
 
-MONITORS = ("val/acc", "val/f1_macro", "val/loss")
+MONITORS = ("val/acc", "val/f1_macro", "val/loss", "val/miou", "val/pixel_acc")
 GROUPS = ("backbone", "head", "data", "finetune", "task", "optimizer", "scheduler", "trainer")
 # Loggers whose package is an optional extra (pyproject.toml): logger _target_ -> (module, pip extra)
 OPTIONAL_LOGGERS = {

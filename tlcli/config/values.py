@@ -39,6 +39,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "channels_last": (lambda v: _bool(v) or v == "auto", "auto, true or false", "auto"),
     "progress_bar": (_bool, "true or false", "false"),
     "accelerator": (lambda v: v in ("auto", "cpu", "gpu"), "auto, cpu or gpu", "auto"),
+    "devices": (lambda v: _int(v) and v >= 1, "a positive integer", "2"),
+    "num_nodes": (lambda v: _int(v) and v >= 1, "a positive integer", "1"),
     "top_k": (lambda v: _int(v) and v >= 1, "a positive integer", "5"),
     "batch_size": (lambda v: _int(v) and v >= 1, "a positive integer", "32"),
     "num_workers": (lambda v: v == "auto" or (_int(v) and v >= 0), "auto or an integer >= 0", "auto"),

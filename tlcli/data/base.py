@@ -22,6 +22,7 @@ from tlcli.data import kshot
 from tlcli.data.text import TextCollate, TextDataset, as_target
 from tlcli.data.transforms import Transform, find_unreadable, image_transforms, load_rgb, pixel_limit
 from tlcli.errors import ConfigError, DataError
+from tlcli.training import distributed
 from tlcli.training.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ class TransferDataModule(L.LightningDataModule):
 
     def _take_k_shot(self, train: Samples) -> Samples:
         if self.labels != "class":
-            kind = {"multi": "multi-label data", "numeric": "numeric targets", "tags": "tagged sentences"}[self.labels]
+            kind = "multi-label data" if self.labels == "multi" else "numeric targets"
             raise ConfigError(
                 f"data.k_shot={self.k_shot} needs single-label data (K examples per class); "
                 f"for {kind} set data.k_shot=null"
@@ -365,7 +366,7 @@ class TransferDataModule(L.LightningDataModule):
 
     def _dataset(self, samples: Samples, train: bool) -> Dataset:
         if self.modality == "text":
-            return TextDataset(samples, self.data_config["tokenizer"], self.data_config["max_length"])
+            return self.text_dataset(samples, self.data_config)
         train_tf, eval_tf = image_transforms(self.data_config, augment=self.augment, image_size=self.image_size)
         return ImageDataset(samples, train_tf if train else eval_tf, self.image_loader)
 
@@ -389,18 +390,50 @@ class TransferDataModule(L.LightningDataModule):
         loader = type(self).image_loader  # the function, not the partial carrying the pixel limit
         return {"transform": repr(eval_tf), "loader": f"{loader.__module__}.{loader.__qualname__}"}
 
-    def label_counts(self, split: str = "train") -> list[int]:
-        """Samples of a split per class (positives per label for multi-label, examples per target
-        for numeric targets, words per tag for tagged sentences), for class weights and finetune=auto."""
+    def label_counts(self) -> list[int]:
+        """Training samples per class (positives per label for multi-label, examples per target
+        for numeric targets; data=conll: words per tag), for class weights and finetune=auto."""
         self.setup("fit")
-        targets = self.samples[split].targets
+        return self.split_counts("train")
+
+    def split_counts(self, split: str) -> list[int]:
+        """Examples per class of one split (as label_counts counts them), for `tlcli check`."""
+        targets = np.asarray(self.samples[split].targets)
         if self.labels == "multi":
-            return [int(v) for v in targets.sum(axis=0)]
+            return [int(v) for v in (targets != 0).sum(axis=0)]
         if self.labels == "numeric":
             return [len(targets)] * self.num_classes
-        if self.labels == "tags":  # an int array of tag ids per sentence
-            targets = np.concatenate([np.zeros(0, np.int64), *targets])
         return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
+
+    # How predict and export prepare one input the way this data's evaluation does (classmethods:
+    # they know the data class from the checkpoint's config, and build no data module).
+    @classmethod
+    def eval_image_transform(cls, data_config: dict[str, Any], image_size: int | None) -> Transform:
+        """PIL RGB image -> the model's input tensor."""
+        return image_transforms(data_config, augment=False, image_size=image_size)[1]
+
+    @classmethod
+    def predict_inputs(cls, value: str, column: str | list[str] | None) -> tuple[list[str], list[Any]] | None:
+        """(names, inputs) of `tlcli predict`'s input when this data reads it its own way (data=conll:
+        sentences of words); None: predict lists image files or a CSV's texts itself."""
+        return None
+
+    @classmethod
+    def text_dataset(cls, samples: Samples, data_config: dict[str, Any]) -> Dataset:
+        """Texts (or text pairs) -> the dataset fit evaluates on, tokenised once; predict prepares
+        unlabelled texts with it too (their targets placeholders)."""
+        return TextDataset(samples, data_config["tokenizer"], data_config["max_length"])
+
+    @classmethod
+    def eval_geometry(cls, data_config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
+        """{"resize", "crop_pct"} of eval_image_transform, for export's preprocess.json: resize is
+        the shorter side (an int) or the exact (height, width); then a center crop to the input size."""
+        import math
+
+        _, h, w = data_config["input_size"] if image_size is None else (3, image_size, image_size)
+        crop_pct = float(data_config["crop_pct"])
+        resize = [math.floor(h / crop_pct), math.floor(w / crop_pct)] if h != w else math.floor(h / crop_pct)
+        return {"crop_pct": crop_pct, "resize": resize}
 
     def train_targets(self) -> np.ndarray:
         """The training split's targets: class ids (N,), 0/1 (N, C) or values (N, K)."""
@@ -424,19 +457,27 @@ class TransferDataModule(L.LightningDataModule):
         lengths = None
         if self.bucket_by_length and isinstance(dataset, TextDataset):
             lengths = np.diff(dataset.offsets)
-        sampler = (
-            EpochSeededSampler(len(dataset), self.seed, *self.train_start, lengths=lengths, batch_size=self.batch_size)
-            if shuffle
-            else None
-        )
-        if shuffle:
+        if shuffle:  # several processes (DDP): each takes its share of the one order
+            size, rank = distributed.world()
+            sampler = EpochSeededSampler(
+                len(dataset),
+                self.seed,
+                *self.train_start,
+                lengths=lengths,
+                batch_size=self.batch_size,
+                num_replicas=size,
+                rank=rank,
+            )
             dataset = SeededDataset(dataset) if random_items else IgnoreSeed(dataset)
+        else:  # several processes: each evaluates its own examples, none twice (tlcli.training.distributed)
+            sampler = distributed.eval_sampler(dataset)
+        per_process = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             # a lone last sample breaks BatchNorm in train mode; drop only that case
-            drop_last=shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1,
+            drop_last=shuffle and per_process % self.batch_size == 1 and per_process > 1,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),

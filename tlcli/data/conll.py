@@ -238,10 +238,40 @@ class CoNLLDataModule(TransferDataModule):
         log.info("tags: %d, in the order of %s", len(names), path)
         return names
 
-    def _dataset(self, samples: Samples, train: bool):
+    def split_counts(self, split: str) -> list[int]:
+        """Words per tag of one split (label_counts: of train)."""
+        words = np.concatenate([np.zeros(0, np.int64), *self.samples[split].targets])
+        return [int(v) for v in np.bincount(words, minlength=self.num_classes)]
+
+    # -- predict: sentences in, aligned to their sub-tokens like the eval split --
+    @classmethod
+    def predict_inputs(cls, value: str, column: str | list[str] | None) -> tuple[list[str], list[list[str]]]:
+        """(each sentence's words joined by spaces, each sentence's words) of a CoNLL file or a CSV."""
+        if isinstance(column, list):
+            raise ConfigError(f"input_column={column}: tagging reads one column of sentences, e.g. input_column=text")
+        sentences = read_sentences(value, column)
+        return [" ".join(words) for words in sentences], sentences
+
+    @classmethod
+    def text_dataset(cls, samples: Samples, data_config: dict[str, Any]):
+        """Sentences (lists of words) with a tag per word, aligned to sub-tokens (TaggedTextDataset).
+        Unlabelled sentences (predict: one placeholder target per sentence) get tag 0 on every
+        word: only which sub-token is a word's first matters then."""
         from tlcli.data.text import TaggedTextDataset
 
-        return TaggedTextDataset(samples, self.data_config["tokenizer"], self.data_config["max_length"])
+        unlabelled = samples.targets.dtype != object
+        if unlabelled:
+            targets = np.empty(len(samples), dtype=object)
+            targets[:] = [np.zeros(len(words), dtype=np.int64) for words in samples.inputs]
+            samples = Samples(samples.inputs, targets)
+        dataset = TaggedTextDataset(samples, data_config["tokenizer"], data_config["max_length"])
+        if unlabelled and dataset.truncated:
+            log.warning(
+                "predict: %d sentences are longer than %d sub-tokens; their words past it are tagged O",
+                dataset.truncated,
+                data_config["max_length"],
+            )
+        return dataset
 
 
 def read_sentences(value: str, column: str | None) -> list[list[str]]:

@@ -24,7 +24,35 @@ SPLIT_KEYS = {"train": "train_csv", "val": "val_csv", "test": "test_csv"}
 MULTILABEL_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
 
 
-def _sort_labels(labels: set[str]) -> list[str]:
+def label_kind(labels: str, label_columns: Sequence[str] | None, reader: str = "csv") -> str:
+    """The kind of targets a table holds (tlcli.data.protocol): numbers when the task reads them
+    (labels=numeric), else 0/1 columns when label_columns is set, else one class per row.
+    reader: the data option, named in the error of a task it cannot serve."""
+    if labels == "tags":
+        raise ConfigError(
+            f"data={reader} holds a label per row, but the task reads a tag per word (data.labels=tags): "
+            "use data=conll with data.train_file=FILE (a token and its tag per line)"
+        )
+    if labels not in ("class", "multi", "numeric"):
+        raise ConfigError(f"data.labels={labels} must be class, multi or numeric (it follows the task)")
+    if labels == "numeric":
+        return "numeric"
+    return "multi" if label_columns is not None else "class"
+
+
+def input_columns(input_column: str | Sequence[str] | None) -> str | list[str] | None:
+    """One input column's name, or two text columns (a sentence pair) as a list."""
+    if input_column is None or isinstance(input_column, str):
+        return input_column
+    if len(input_column) not in (1, 2):
+        raise ConfigError(
+            f"data.input_column={list(input_column)} names {len(input_column)} columns: give one column, "
+            "or two text columns for sentence pairs, e.g. data.input_column=[sentence1,sentence2]"
+        )
+    return list(input_column) if len(input_column) == 2 else input_column[0]
+
+
+def sort_labels(labels: set[str]) -> list[str]:
     """Numeric order when every label is an integer ("2" before "10"), else text order."""
     if all(s.lstrip("-").isdigit() for s in labels):
         return sorted(labels, key=int)
@@ -93,32 +121,16 @@ class CSVDataModule(TransferDataModule):
                 f"data.label_columns={label_columns} must be a list of 0/1 column names, "
                 "e.g. data.label_columns=[cat,dog], or null for one label column"
             )
-        if labels == "tags":
-            raise ConfigError(
-                "data=csv holds a label per row, but the task reads a tag per word (data.labels=tags): "
-                "use data=conll with data.train_file=FILE (a token and its tag per line)"
-            )
-        if labels not in ("class", "multi", "numeric"):
-            raise ConfigError(f"data.labels={labels} must be class, multi or numeric (it follows the task)")
+        kind = label_kind(labels, label_columns)
         if modality not in (None, "image", "text"):
             raise ConfigError(f"data.modality={modality} must be image, text or null (the backbone's)")
         self.paths = {"train": train_csv, "val": val_csv, "test": test_csv}
-        if not (input_column is None or isinstance(input_column, str) or len(input_column) in (1, 2)):
-            raise ConfigError(
-                f"data.input_column={list(input_column)} names {len(input_column)} columns: give one column, "
-                "or two text columns for sentence pairs, e.g. data.input_column=[sentence1,sentence2]"
-            )
-        if input_column is not None and not isinstance(input_column, str):
-            input_column = list(input_column) if len(input_column) == 2 else input_column[0]
-        self.input_column = input_column
+        self.input_column = input_columns(input_column)
         self.label_column = label_column
         self.label_columns = list(label_columns) if label_columns is not None else None
         self.root = Path(root).expanduser() if root is not None else None
         self.requested_modality = modality
-        if labels == "numeric":
-            self.labels = "numeric"
-        else:
-            self.labels = "multi" if self.label_columns is not None else "class"
+        self.labels = kind
 
     def _load(self) -> dict[str, Samples | None]:
         modality = self.modality
@@ -166,7 +178,7 @@ class CSVDataModule(TransferDataModule):
                 log.warning("labels with no positive training rows: %s", ", ".join(unused))
             return []
         problems = []
-        self.class_names = _sort_labels({y for _, y in rows["train"]})
+        self.class_names = sort_labels({y for _, y in rows["train"]})
         if len(self.class_names) < 2:
             problems.append(
                 f"data.train_csv: column '{self.label_column}' has {len(self.class_names)} "
@@ -174,7 +186,7 @@ class CSVDataModule(TransferDataModule):
                 "at least 2"
             )
         for split in ("val", "test"):
-            unseen = _sort_labels({y for _, y in rows.get(split, [])} - set(self.class_names))
+            unseen = sort_labels({y for _, y in rows.get(split, [])} - set(self.class_names))
             if unseen:
                 problems.append(
                     f"data.{SPLIT_KEYS[split]}: labels not in data.train_csv: "

@@ -9,13 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tlcli.data.protocol import IGNORE_INDEX
+
 if TYPE_CHECKING:
     from tlcli.data.base import Samples
 
 ENCODE_CHUNK = 4096  # texts per tokenizer call: bounds the memory of the Python lists it returns
-# The target of a position that has none (a word's later sub-tokens, special tokens, padding):
-# cross-entropy's ignore_index, the value Hugging Face's token-classification examples use.
-IGNORE_INDEX = -100
 
 
 class TextDataset(Dataset):
@@ -152,20 +151,6 @@ def _tokenize_words(tokenizer: Any, sentences: list[list[str]], max_length: int)
         raise ConfigError(
             f"the backbone's tokenizer ({type(tokenizer).__name__}) cannot encode sentences split into words: {exc}"
         ) from exc
-
-
-def pad_to(t: torch.Tensor, width: int, fill: float) -> torch.Tensor:
-    """t with dim 1 padded on the right to `width` (rows of a batch with a position per token)."""
-    if t.ndim < 2 or t.shape[1] >= width:
-        return t
-    pad = t.new_full((t.shape[0], width - t.shape[1], *t.shape[2:]), fill)
-    return torch.cat([t, pad], dim=1)
-
-
-def cat_padded(tensors: Sequence[torch.Tensor], fill: float) -> torch.Tensor:
-    """torch.cat along dim 0 of batches whose dim 1 (positions) may differ: each is padded to the widest."""
-    width = max((t.shape[1] for t in tensors if t.ndim >= 2), default=0)
-    return torch.cat([pad_to(t, width, fill) for t in tensors])
 
 
 class TextCollate:

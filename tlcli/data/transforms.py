@@ -275,3 +275,78 @@ def image_transforms(
     )
     log.debug("image transforms: input %dx%d, %s, crop_pct %.3f", h, w, interpolation.value, crop_pct)
     return train_tf, eval_tf
+
+
+# ---------------------------------------------------------------- segmentation: image + mask together
+MASK_MODES = ("L", "P")  # one 8-bit channel: the pixel value (or palette index) is the class id
+
+
+class MaskError(DataError):
+    """A mask file that cannot be used; the message names it."""
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """An index mask as a (H, W) uint8 array of class ids; MaskError names a bad file."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in MASK_MODES:
+                raise MaskError(
+                    f"mask {path} is a mode {img.mode} image: a mask must be one channel of class ids "
+                    "(an 8-bit grayscale or palette PNG, mode L or P)"
+                )
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MaskError(f"cannot read mask {path} ({type(exc).__name__}: {exc}); remove or replace the file") from exc
+
+
+class JointTransform:
+    """torchvision.transforms.v2 on an image and, optionally, its mask, with the same random draws.
+
+    image: a PIL RGB image; mask: a (H, W) uint8 array of class ids. Returns the normalised float
+    image tensor, or (image, mask) with the mask an int64 tensor mapped through `lut` (class ids
+    to themselves, the ignored value to IGNORE_INDEX). v2 resizes and crops a tv_tensors.Mask with
+    nearest interpolation whatever the image's interpolation, so no class id is ever blended.
+    """
+
+    def __init__(self, ops, lut=None):
+        self.ops, self.lut = ops, lut
+
+    def __call__(self, image, mask: np.ndarray | None = None):
+        import torch
+        from torchvision import tv_tensors
+
+        if mask is None:
+            return self.ops(image).as_subclass(torch.Tensor)
+        x, m = self.ops(image, tv_tensors.Mask(torch.from_numpy(mask)))
+        m = m.as_subclass(torch.Tensor).long()
+        return x.as_subclass(torch.Tensor), (self.lut[m] if self.lut is not None else m)
+
+    def __repr__(self) -> str:
+        return f"JointTransform({self.ops!r})"
+
+
+def segmentation_transforms(
+    data_config: dict[str, Any],
+    *,
+    augment: bool,
+    image_size: int | None = None,
+    crop_scale: Sequence[float] = (0.25, 1.0),
+    lut=None,
+) -> tuple[JointTransform, JointTransform]:
+    """(train, eval) joint transforms. Train: one random resized crop (area share in crop_scale)
+    and one horizontal flip for image and mask; eval: both resized to the input size (no crop: the
+    mask must cover the whole image). Normalised with the backbone's mean and std."""
+    import torch
+    from torchvision.transforms import v2
+
+    h, w = _input_hw(data_config, image_size)
+    interpolation = _interpolation(data_config["interpolation"])
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data_config["mean"]), list(data_config["std"]))]
+    resize = v2.Resize((h, w), interpolation=interpolation, antialias=True)
+    eval_tf = JointTransform(v2.Compose([v2.ToImage(), resize, *tail]), lut)
+    if not augment:
+        return eval_tf, eval_tf
+    lo, hi = (float(v) for v in crop_scale)
+    crop = v2.RandomResizedCrop((h, w), scale=(lo, hi), interpolation=interpolation, antialias=True)
+    train_tf = JointTransform(v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), *tail]), lut)
+    return train_tf, eval_tf

@@ -65,6 +65,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with _atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     # Serialise fully before touching the disk: an unencodable value fails here, not halfway.
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)

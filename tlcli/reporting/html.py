@@ -97,9 +97,8 @@ def _inputs(module, datamodule, metrics: dict[str, Any], history: list[dict] | N
         kw["y_true"] = module.test_outputs["y_true"].numpy()
         kw["y_score"] = module.test_outputs["y_score"].numpy()
         samples = data.samples.get(split) if examples else None
-        trainer = module._trainer  # DDP gathers the outputs rank by rank: their order is not the data's
-        single = trainer is None or trainer.world_size == 1
-        if single and samples is not None and len(samples) == len(kw["y_true"]):
+        # the outputs are in data order, also when several processes each tested a shard (gather_in_order)
+        if samples is not None and len(samples) == len(kw["y_true"]):
             kw["examples"] = list(zip(samples.id_list(), samples.inputs))
     return kw
 
@@ -146,7 +145,8 @@ def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- pieces
 HEADLINE = (("acc", True), ("f1_macro", True))  # classification's before/after columns
-TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "f1": "F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE"}
+TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE", "miou": "mIoU"}
+TITLES.update(pixel_acc="pixel accuracy", f1="F1")
 
 
 def before_after(metrics: dict[str, Any], headline=HEADLINE) -> str:
@@ -187,6 +187,13 @@ def png_data_uri(fig_or_image) -> str:
     else:
         fig_or_image.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def jpeg_data_uri(img, quality: int = 85) -> str:
+    """A PIL image as a data:image/jpeg;base64 URI (photos: far smaller than as PNG)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def curves_figure(history: list[dict], monitor: str | None, best_epoch: int | None):
@@ -302,15 +309,25 @@ def build_html(
     if outputs:
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
         report = task.report(y_true, y_score, names, split)
-        out.extend(task.html_sections(report, y_true, y_score, names, split))
+        example = None
+        if examples is not None and modality == "text":
+
+            def example(i: int):  # (name, text) of test example i: a str, a pair, or a sentence's words
+                return examples[i]
+
+        elif examples is not None and image_loader is not None and modality == "image":
+
+            def example(i: int):  # (name, PIL image) of test example i, for tasks that draw the images
+                return examples[i][0], image_loader(examples[i][1])
+
+        out.extend(task.html_sections(report, y_true, y_score, names, split, example))
 
     fig = curves_figure(history, monitor, metrics.get("best_val/epoch")) if history else None
     if fig is not None:
         out.append(f"<h2>Training curves</h2><img class=plot alt='training curves' src='{png_data_uri(fig)}'>")
 
     if outputs:
-        inputs = [item for _, item in examples] if examples is not None else None
-        what, cards = task.wrong_examples(y_true, y_score, names, inputs=inputs)
+        what, cards = task.wrong_examples(y_true, y_score, names, example)
         if what:
             kind = "wrong" if what.endswith("wrong") else "examples"
             head = f"<h2>{esc(what)} ({min(n_wrong, len(cards))} of {len(cards)} {kind}, {esc(split)} split)</h2>"

@@ -7,6 +7,7 @@ whose _target_ names it (plus its line in tlcli.trust's allowlist, which a test 
 from tlcli.tasks.base import Report, Task
 from tlcli.tasks.classification import Classification, MultiLabel
 from tlcli.tasks.regression import Regression
+from tlcli.tasks.segmentation import Segmentation
 from tlcli.tasks.token_classification import TokenClassification
 
-__all__ = ["Classification", "MultiLabel", "Regression", "Report", "Task", "TokenClassification"]
+__all__ = ["Classification", "MultiLabel", "Regression", "Report", "Segmentation", "Task", "TokenClassification"]

@@ -5,34 +5,43 @@ the checkpoint's state_dict) built from `conf/task/<name>.yaml`. The rest of tlc
 which task it holds; it calls these methods:
 
 - labels: the kind of targets the data must provide — "class" (one class id per example),
-  "multi" (a 0/1 vector per example), "numeric" (one or more numbers per example) or "tags"
-  (a tag per word of a sentence); the data module says which kind it holds
-  (tlcli.data.protocol), `check_data` compares them.
+  "multi" (a 0/1 vector per example), "numeric" (one or more numbers per example), "mask"
+  (a class id per pixel) or "tags" (a tag per word of a sentence); the data module says which
+  kind it holds (tlcli.data.protocol), `check_data` compares them.
 - build(num_outputs, label_counts, names): fix what depends on the data (weights, thresholds,
   the tag names).
-- attach(backbone): ask the backbone for the features the task reads (token classification:
-  one per token, Backbone.token_features); called once both are built, before any forward.
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
 - loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
-- scores(logits): what test and predict keep per example (probabilities, or values).
-- per_example(out, y): a batch's outputs (scores or features) and targets as test, predict and
-  the frozen-features baseline keep them; unchanged unless the task predicts per token (then
-  the positions that carry a target, left-aligned, padded with -100 targets).
+- scores(logits): what predict turns into its rows per example (probabilities, or values).
+- kept(logits, y): what test keeps of each batch for the report (default: y and the scores;
+  segmentation keeps the predicted class map, not a probability per pixel and class; token
+  classification the words' first sub-tokens, IGNORE_INDEX-padded).
+- predict_scores(logits, y): what predict and serve keep of each batch, one row per input
+  (default: the scores; token classification: the words' first sub-tokens, which the
+  placeholder targets y mark).
 - report(y_true, y_score, names, split): the per-class / per-target rows, summary numbers and
-  figure written after testing (reporting.files writes them).
-- html_sections / wrong_examples: the task's part of report.html.
-- prediction_row, csv_cells, json_record: one row of `tlcli predict`'s output, as CSV cells and
-  as a JSON record; predict_data: how predict reads and encodes its input when the task reads
-  its own (tagging: sentences of words), None for predict's own (images, a CSV column of texts).
+  figure written after testing (reporting.files writes them); y_score is what `kept` gave.
+- html_sections / wrong_examples: the task's part of report.html; both may look at the test
+  inputs: `example(i)` gives test example i's name and its PIL image (image data) or its text
+  (a str, a pair, or a sentence's list of words).
+- prediction_row: one row of `tlcli predict`'s output; `item` names the input (its source: a
+  file, a text, a sentence's words) and the output file, for a task that writes a file per input
+  (segmentation's mask PNGs) or shows the input in its row (token classification's words).
 - export_info / output_layer: what `tlcli export` writes about the outputs, and the layer that
   turns logits into the exported model's outputs.
-- baseline: the frozen-features "before" number (tlcli.training.baseline), or None.
+- baseline_inputs / baseline: what the baseline keeps of each batch of frozen backbone outputs
+  (default: the pooled features as they are), and the frozen-features "before" number
+  (tlcli.training.baseline), or None.
 - headline: the (metric, higher is better) pairs of the before/after table.
+
+A task's YAML may also say what the backbone must give (`backbone.features`: pyramid for
+segmentation, tokens for token classification).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,8 +55,19 @@ LABEL_KINDS = {
     "class": "single-label class data",
     "multi": "multi-label data (several 0/1 label columns)",
     "numeric": "numeric targets",
+    "mask": "segmentation masks (a class id per pixel)",
     "tags": "tagged sentences (a tag per word; data=conll)",
 }
+
+
+@dataclass
+class PredictItem:
+    """One input of `tlcli predict`: its source (a file path, or a text), a name unique among the
+    inputs (a relative path without suffix, for files written per input) and the predictions file."""
+
+    source: Any
+    name: str
+    output: Path
 
 
 @dataclass
@@ -97,9 +117,6 @@ class Task(nn.Module):
         """Fix what depends on the data (names: the classes, targets or tags in output order);
         called before the weights are loaded."""
 
-    def attach(self, backbone: nn.Module) -> None:
-        """Ask the backbone for the features this task reads; ConfigError when it cannot give them."""
-
     def fit_targets(self, targets: np.ndarray) -> None:
         """Training-target statistics (called at fit only; restored from the state_dict after)."""
 
@@ -116,32 +133,38 @@ class Task(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def per_example(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(out, y) of a batch as kept per example by test, predict and feature extraction."""
-        return out, y
+    def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets, scores) of a test batch, on the CPU, for the report. Rows may have a position
+        axis (dim 1) whose width varies from batch to batch: the batches are then padded to the
+        widest, targets with IGNORE_INDEX and scores with 0 (tlcli.training.distributed.cat_padded)."""
+        return y.detach().cpu(), self.scores(logits).detach().float().cpu()
+
+    def predict_scores(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A predict batch's scores, a row per input, what prediction_row reads; y: the placeholder
+        targets the data's evaluation dataset gives unlabelled inputs."""
+        return self.scores(logits)
 
     # -- outputs --
     def report(self, y_true: np.ndarray, y_score: np.ndarray, names: list[str], split: str) -> Report:
         raise NotImplementedError
 
-    def html_sections(self, report: Report, y_true, y_score, names: list[str], split: str) -> list[str]:
-        """HTML blocks (escaped) for report.html, after the metrics table."""
+    def html_sections(self, report: Report, y_true, y_score, names: list[str], split: str, example=None) -> list[str]:
+        """HTML blocks (escaped) for report.html, after the metrics table. example: None, or
+        example(i) -> (name, input) of test example i: a PIL RGB image when the data has images,
+        the text (a str, a (str, str) pair or a list of words) when it has text."""
         return []
 
     def wrong_examples(
-        self, y_true, y_score, names: list[str], inputs: list[Any] | None = None
+        self, y_true, y_score, names: list[str], example=None
     ) -> tuple[str, list[tuple[int, list[str]]]]:
-        """(section title, [(test index, HTML lines)]), worst first, for the examples grid.
-        inputs: the test inputs in output order (texts, word lists, paths), when known."""
+        """(section title, [(test index, HTML lines)]), worst first, for the examples grid;
+        example as for html_sections."""
         return "", []
 
-    def prediction_row(self, scores: np.ndarray, names: list[str], top_k: int) -> dict[str, Any]:
+    def prediction_row(
+        self, scores: np.ndarray, names: list[str], top_k: int, item: PredictItem | None = None
+    ) -> dict[str, Any]:
         raise NotImplementedError
-
-    def predict_data(self, value: str, column: Any, spec: dict[str, Any]) -> tuple[list[Any], Any] | None:
-        """(names of the inputs, a dataset of (inputs, placeholder targets)) read from `value`, or
-        None: predict reads images or a CSV column of texts itself."""
-        return None
 
     def export_info(self, names: list[str]) -> dict[str, Any]:
         raise NotImplementedError
@@ -149,6 +172,10 @@ class Task(nn.Module):
     def output_layer(self) -> nn.Module:
         """logits -> the exported model's outputs (identity: the exported model gives logits)."""
         return nn.Identity()
+
+    def baseline_inputs(self, output: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, targets) the baseline keeps of one batch: the frozen backbone's output and y."""
+        return output, y
 
     def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int) -> dict[str, Any] | None:
         """baseline/* metrics of a linear model on frozen features, or None when none applies."""

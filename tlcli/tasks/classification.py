@@ -229,7 +229,7 @@ class _Classes(Task):
             extra={"multilabel": self.multilabel, "threshold": self.threshold_value() if self.multilabel else None},
         )
 
-    def html_sections(self, report: Report, y_true, y_score, names, split: str) -> list[str]:
+    def html_sections(self, report: Report, y_true, y_score, names, split: str, example=None) -> list[str]:
         from tlcli.reporting.html import png_data_uri, table
 
         n = len(names)
@@ -250,7 +250,7 @@ class _Classes(Task):
             f"<img class=plot alt='confusion matrix' src='{png_data_uri(report.figure)}'>",
         ]
 
-    def wrong_examples(self, y_true, y_score, names, inputs=None) -> tuple[str, list[tuple[int, list[str]]]]:
+    def wrong_examples(self, y_true, y_score, names, example=None) -> tuple[str, list[tuple[int, list[str]]]]:
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
         y_pred = self.decide(y_score)
         cards = []
@@ -265,7 +265,7 @@ class _Classes(Task):
             cards.append((i, lines))
         return "Most confidently wrong", cards
 
-    def prediction_row(self, scores, names, top_k: int) -> dict[str, Any]:
+    def prediction_row(self, scores, names, top_k: int, item=None) -> dict[str, Any]:
         """pred: the top class (multi-label: every label at or above its threshold); score: the
         highest score; top: the top_k (class, score) pairs; probs: every class's score."""
         s = np.asarray(scores, dtype=float)

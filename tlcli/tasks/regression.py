@@ -150,7 +150,7 @@ class Regression(Task):
             summary_rows=("mean",),
         )
 
-    def html_sections(self, report: Report, y_true, y_score, names, split: str) -> list[str]:
+    def html_sections(self, report: Report, y_true, y_score, names, split: str, example=None) -> list[str]:
         from tlcli.reporting.html import png_data_uri, table
 
         cells = [[html.escape(r["target"])] + [_fmt(r[c]) for c in COLUMNS[1:]] for r in report.rows]
@@ -163,7 +163,7 @@ class Regression(Task):
             f"<img class=plot alt='predicted vs true' src='{png_data_uri(report.figure)}'>",
         ]
 
-    def wrong_examples(self, y_true, y_score, names, inputs=None) -> tuple[str, list[tuple[int, list[str]]]]:
+    def wrong_examples(self, y_true, y_score, names, example=None) -> tuple[str, list[tuple[int, list[str]]]]:
         t = np.asarray(y_true, dtype=float).reshape(len(y_true), -1)
         p = np.asarray(y_score, dtype=float).reshape(len(y_score), -1)
         # error in standard deviations of each target, so targets in different units compare
@@ -179,7 +179,7 @@ class Regression(Task):
             cards.append((int(i), lines))
         return "Largest errors", cards
 
-    def prediction_row(self, scores, names, top_k: int) -> dict[str, Any]:
+    def prediction_row(self, scores, names, top_k: int, item=None) -> dict[str, Any]:
         values = {str(n): float(v) for n, v in zip(names, np.asarray(scores, dtype=float).reshape(-1))}
         pred = next(iter(values.values())) if len(values) == 1 else values
         return {"pred": pred, "values": values}

@@ -8,7 +8,7 @@ CV_MAX_WORDS training words; the final fit uses every training word. It is score
 split with the definitions of test/f1, test/precision, test/recall (entities, seqeval strict
 IOB2, micro) and test/acc (words).
 
-Inputs are per-word rows as test keeps them (TokenClassification.per_example): features
+Inputs are per-word rows as test keeps them (TokenClassification.baseline_inputs): features
 (N, W, D) and tags (N, W), padded with IGNORE_INDEX.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.text import IGNORE_INDEX
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.tasks import entities as E
 
 METHOD = "frozen features + linear tagger"

@@ -1,10 +1,12 @@
 """Token classification (NER, tagging): a BIO / IOB2 tag per word, from a text backbone's per-token features.
 
-The backbone gives one feature vector per sub-token (attach asks it to stop pooling) and the
-head, applied to each, gives the tag logits. A word's tag is read at its first sub-token: the
-targets hold the word's tag there and IGNORE_INDEX (-100) elsewhere (tlcli.data.text), which
-the loss and the metrics skip. Test, predict and the baseline keep those first sub-tokens
-only (per_example): one row per word, left-aligned, so that outputs are per sentence and word.
+The backbone gives one feature vector per sub-token (conf/task/token_cls.yaml sets
+backbone.features=tokens) and the head, applied to each, gives the tag logits. A word's tag is
+read at its first sub-token: the targets hold the word's tag there and IGNORE_INDEX elsewhere
+(tlcli.data.text), which the loss and the metrics skip. Test (kept), predict (predict_scores)
+and the baseline (baseline_inputs) keep those first sub-tokens only: one row per word,
+left-aligned, so that outputs are per sentence and word (batches of different widths are
+padded by tlcli.training.distributed.cat_padded).
 
 Metrics: entity precision / recall / F1 with seqeval's strict IOB2 definition, micro over
 entities (tlcli.tasks.entities), from the tag sequences gathered over the epoch; and token
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 from typing import Any
 
 import numpy as np
@@ -25,16 +26,14 @@ import torch.nn.functional as F
 import torchmetrics
 from torchmetrics.utilities import dim_zero_cat
 
-from tlcli.data.text import IGNORE_INDEX
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError
 from tlcli.tasks import entities as E
-from tlcli.tasks.base import Report, Task
-
-log = logging.getLogger(__name__)
+from tlcli.tasks.base import PredictItem, Report, Task
 
 COLUMNS = ("entity", "precision", "recall", "f1", "support")
 SUMMARY_ROWS = ("micro avg", "macro avg", "weighted avg")
-SEPARATOR = -1  # ends each sentence in the gathered tag sequences
+SEPARATOR = -2  # ends each sentence in the gathered tag sequences (neither a tag id nor IGNORE_INDEX)
 
 
 class TagSequences(torchmetrics.Metric):
@@ -118,9 +117,6 @@ class TokenClassification(Task):
         if bad:
             raise ConfigError(f"task=token_cls reads BIO / IOB2 tags (O, B-TYPE, I-TYPE); the data names {bad}")
 
-    def attach(self, backbone) -> None:
-        backbone.token_features()
-
     # -- training --
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not (y != IGNORE_INDEX).any():  # nothing tagged in the batch (all cut by max_length): no signal
@@ -134,8 +130,12 @@ class TokenClassification(Task):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
 
-    def per_example(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return first_subtokens(out, y)
+    def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, tags = first_subtokens(self.scores(logits).detach(), y.detach())
+        return tags.cpu(), scores.float().cpu()
+
+    def predict_scores(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return first_subtokens(self.scores(logits), y)[0]
 
     # -- outputs --
     def tag_sequences(self, y_true, y_score, names) -> tuple[list[list[str]], list[list[str]]]:
@@ -182,7 +182,7 @@ class TokenClassification(Task):
             extra={"scheme": "IOB2", "mode": "strict", "tags": names},
         )
 
-    def html_sections(self, report: Report, y_true, y_score, names, split: str) -> list[str]:
+    def html_sections(self, report: Report, y_true, y_score, names, split: str, example=None) -> list[str]:
         from tlcli.reporting.html import png_data_uri, table
 
         cells = [[_esc(r["entity"]), *(f"{r[c]:.4f}" for c in COLUMNS[1:4]), str(r["support"])] for r in report.rows]
@@ -195,13 +195,13 @@ class TokenClassification(Task):
             f"<img class=plot alt='tag confusion matrix' src='{png_data_uri(report.figure)}'>",
         ]
 
-    def wrong_examples(self, y_true, y_score, names, inputs=None) -> tuple[str, list[tuple[int, list[str]]]]:
+    def wrong_examples(self, y_true, y_score, names, example=None) -> tuple[str, list[tuple[int, list[str]]]]:
         true_seqs, pred_seqs = self.tag_sequences(y_true, y_score, [str(n) for n in names])
         found = []
         for i, (t, p) in enumerate(zip(true_seqs, pred_seqs)):
             te, pe = set(E.entities(t)), set(E.entities(p))
             if te != pe:
-                words = inputs[i] if inputs is not None else None
+                words = example(i)[1] if example is not None else None
                 lines = [
                     f"<div class=true>true: {_entities_html(E.entities(t), words)}</div>",
                     f"<div class=pred>pred: {_entities_html(E.entities(p), words)}</div>",
@@ -211,50 +211,33 @@ class TokenClassification(Task):
         found.sort(key=lambda f: -f[0])  # stable: ties keep data order
         return "Sentences with entity errors", [(i, lines) for _, i, lines in found]
 
-    def prediction_row(self, scores, names, top_k: int) -> dict[str, Any]:
-        """tags: one per word row; scores: the chosen tag's probability. Rows that are padding
-        (all-zero scores: past the sentence, or words cut by max_length) get O."""
+    def prediction_row(self, scores, names, top_k: int, item: PredictItem | None = None) -> dict[str, Any]:
+        """tokens: the input's words (item.source); tags: one per word; scores: the chosen tag's
+        probability; entities: the spans the tags make. Rows that are padding (all-zero scores:
+        past the sentence, or words cut by max_length) get O and 0.0."""
         s = np.asarray(scores, dtype=float).reshape(-1, len(names))
         real = s.sum(axis=1) > 0
-        ids = s.argmax(axis=1)
+        words = [str(w) for w in item.source] if item is not None else None
+        n = len(words) if words is not None else int(np.flatnonzero(real).max(initial=-1)) + 1
+        ids, best = s.argmax(axis=1), s.max(axis=1)
+        tags = [str(names[ids[k]]) if k < len(s) and real[k] else "O" for k in range(n)]
+        spans = []
+        for kind, a, b in E.entities(tags):
+            spans.append({"type": kind, "start": a, "end": b, **({"text": " ".join(words[a:b])} if words else {})})
         return {
-            "tags": [names[i] if r else "O" for i, r in zip(ids, real)],
-            "scores": [float(v) if r else 0.0 for v, r in zip(s.max(axis=1), real)],
+            "tokens": words,
+            "tags": tags,
+            "scores": [float(best[k]) if k < len(s) and real[k] else 0.0 for k in range(n)],
+            "entities": spans,
         }
 
     @staticmethod
-    def _words(row: dict[str, Any]) -> dict[str, Any]:
-        tokens = [str(t) for t in row["input"]]
-        n = len(tokens)
-        tags, scores = (row["tags"] + ["O"] * n)[:n], (row["scores"] + [0.0] * n)[:n]
-        spans = [{"type": k, "start": a, "end": b, "text": " ".join(tokens[a:b])} for k, a, b in E.entities(tags)]
-        return {"tokens": tokens, "tags": tags, "scores": scores, "entities": spans}
+    def csv_cells(row: dict[str, Any]) -> dict[str, Any]:
+        return {"input": row["input"], "tags": " ".join(row["tags"]), "entities": json.dumps(row["entities"])}
 
-    def csv_cells(self, row: dict[str, Any]) -> dict[str, Any]:
-        w = self._words(row)
-        return {"input": " ".join(w["tokens"]), "tags": " ".join(w["tags"]), "entities": json.dumps(w["entities"])}
-
-    def json_record(self, row: dict[str, Any]) -> dict[str, Any]:
-        return self._words(row)
-
-    def predict_data(self, value: str, column, spec: dict[str, Any]):
-        from tlcli.data.base import Samples
-        from tlcli.data.conll import read_sentences
-        from tlcli.data.text import TaggedTextDataset
-
-        if spec["modality"] != "text":
-            raise ConfigError("task=token_cls tags text: the checkpoint's backbone must be a text backbone")
-        words = read_sentences(value, column)
-        targets = np.empty(len(words), dtype=object)
-        targets[:] = [np.zeros(len(w), dtype=np.int64) for w in words]
-        dataset = TaggedTextDataset(Samples(words, targets), spec["tokenizer"], spec["max_length"])
-        if dataset.truncated:
-            log.warning(
-                "predict: %d sentences are longer than %d sub-tokens; their words past it are tagged O",
-                dataset.truncated,
-                spec["max_length"],
-            )
-        return words, dataset
+    @staticmethod
+    def json_record(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: row[k] for k in ("tokens", "tags", "scores", "entities")}
 
     def export_info(self, names) -> dict[str, Any]:
         return {
@@ -263,6 +246,9 @@ class TokenClassification(Task):
             "outputs": "per-token logits (batch, tokens, tags); a word's tag is the argmax at its first sub-token",
             "scores": "softmax",
         }
+
+    def baseline_inputs(self, output, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return first_subtokens(output, y)  # a row per word, as test keeps them
 
     def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int) -> dict[str, Any]:
         from tlcli.tasks.tagger_baseline import linear_tagger

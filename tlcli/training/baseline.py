@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from tlcli import lock
 from tlcli.data.base import TransferDataModule
-from tlcli.data.text import IGNORE_INDEX, TextCollate
+from tlcli.data.protocol import IGNORE_INDEX
+from tlcli.data.text import TextCollate
 from tlcli.reporting import transferability as T
 from tlcli.tasks.base import Task
 from tlcli.training import features, head_init
@@ -95,8 +96,8 @@ def _check_applies(datamodule) -> None:
 
 
 def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One row per target: per-token features (N, W, D) become the (M, D) rows whose label is
-    not IGNORE_INDEX (the words); pooled features (N, D) stay as they are."""
+    """One row per target: features with a position axis (N, W, D) become the (M, D) rows whose
+    label is not IGNORE_INDEX (a tagger's words); pooled features (N, D) stay as they are."""
     if features.ndim != 3:
         return features, labels
     keep = labels != IGNORE_INDEX
@@ -104,8 +105,8 @@ def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _features(backbone, datamodule, task=None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split));
-    per-token tasks: (N, W, D) and (N, W), as Task.per_example keeps them."""
+    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split)); what
+    is kept of each batch is the task's (Task.baseline_inputs)."""
     if isinstance(datamodule, features.FeatureDataModule):
         # The cache holds eval-mode features without augmentation (features.cached insists on it).
         sets = datamodule.datasets
@@ -117,7 +118,8 @@ def _features(backbone, datamodule, task=None) -> tuple[tuple[np.ndarray, np.nda
         modes, home = {m: m.training for m in backbone.modules()}, features._device_of(backbone)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            split = features.compute(backbone, EvalSplits(datamodule), device, task)
+            keep = task.baseline_inputs if task is not None else None
+            split = features.compute(backbone, EvalSplits(datamodule), device, keep)
         finally:
             backbone.to(home)
             for module, training in modes.items():
@@ -206,7 +208,7 @@ def gain_points(metrics: dict[str, Any], key: str = "acc", higher_is_better: boo
     return round(scale * (diff if higher_is_better else -diff), 9) + 0.0  # + 0.0: never "-0.0"
 
 
-POINTS = ("acc", "f1_macro", "f1", "precision", "recall")  # fractions: differences read as percentage points
+POINTS = ("acc", "f1_macro", "miou", "pixel_acc", "f1", "precision", "recall")  # fractions: differences in points
 
 
 def console_line(metrics: dict[str, Any], headline=(("acc", True),)) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +68,76 @@ class Preemption(L.Callback):
     Lightning turns SIGTERM into a SIGTERMException at the next step and Ctrl-C into a
     graceful shutdown; both pass through on_exception, where the current state (mid-epoch
     included) is written to checkpoints/last.ckpt. commands/fit.py then exits with 143 / 130.
+
+    Several processes (DDP): the signal may reach one rank only (or each at another moment),
+    yet all must stop at the same step, or the others wait forever in their next collective;
+    Lightning's own handler even broadcasts from inside the signal handler, out of step with
+    the other ranks. So there the handlers only note the signal, the ranks agree after every
+    training batch whether any of them got one (all_reduce MAX), and all stop after that batch
+    through Lightning's graceful SIGTERM path: rank 0 writes last.ckpt once, every rank exits
+    143 (130 for Ctrl-C). Lightning also stops a validation after any batch but a rank's last,
+    which differs between ranks whose shards differ by one example: validation that follows
+    the agreed batch runs to its end first.
     """
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
         self.signal: str | None = None
         self.saved: str | None = None
+        self._noted = 0  # DDP: 2 = SIGTERM, 1 = SIGINT, noted by this rank's handler
+        self._agreed = 0  # DDP: the largest noted over all ranks, once they have compared
+
+    @property
+    def together(self) -> bool:
+        """Whether several DDP ranks agreed to stop (each is then on the same path out)."""
+        return self._agreed > 0
+
+    # -- DDP: note signals, act on them together --
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._note_signals(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._note_signals(trainer)  # Lightning (re)registered its handlers after on_fit_start
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the final test (seconds) runs to its end: ranks whose shards differ cannot stop together
+        self._note_signals(trainer)
+
+    def _note_signals(self, trainer: L.Trainer) -> None:
+        if trainer.world_size == 1:
+            return
+
+        def note(signum, frame) -> None:
+            self._noted = max(self._noted, 2 if signum == signal.SIGTERM else 1)
+
+        # Lightning's signal connector puts the original handlers back at teardown
+        signal.signal(signal.SIGTERM, note)
+        signal.signal(signal.SIGINT, note)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.world_size == 1 or self._agreed:
+            return
+        import torch.distributed as dist
+
+        noted = torch.tensor([self._noted], device=trainer.strategy.root_device)
+        dist.all_reduce(noted, op=dist.ReduceOp.MAX)
+        self._agreed = int(noted.item())
+        if self._agreed:
+            trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._agreed:
+            trainer._signal_connector.received_sigterm = False  # see the class docstring
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._agreed:
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if isinstance(exception, SIGTERMException):
-            self.signal = "SIGTERM"
+            self.signal = "SIGINT" if self._agreed == 1 else "SIGTERM"
         elif isinstance(exception, KeyboardInterrupt):
             self.signal = "SIGINT"
         else:

@@ -28,22 +28,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlcli.backbones.base import Backbone
-from tlcli.data.text import IGNORE_INDEX, cat_padded
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError
 from tlcli.finetune.linear_probe import LinearProbe
-from tlcli.tasks.base import Task
+from tlcli.training import distributed
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the file layout or the key recipe changes
+# DDP under torchrun / srun: how long the other ranks wait for rank 0's features, and how often they look
+RANK_ZERO_WAIT_S = 4 * 3600
+POLL_S = 0.5
 
 
-def cached(
-    backbone: Backbone, datamodule, strategy, distiller=None, task=None
-) -> tuple[FeatureDataModule, CachedBackbone]:
+def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[FeatureDataModule, CachedBackbone]:
     """(datamodule of cached features, backbone to build the TransferModule with).
 
-    task: what is kept of each batch (Task.per_example: per-token tasks keep a row per word).
     Every reason the cache cannot apply is reported at once, as a ConfigError.
     """
     problems = []
@@ -62,6 +62,11 @@ def cached(
             "data.feature_cache=true needs data.augment=false: random crops and flips give new features every "
             "epoch; set data.augment=false or data.feature_cache=false"
         )
+    if getattr(backbone, "features", "pooled") == "pyramid":  # a feature per token (tokens) is cached, padded
+        problems.append(
+            "data.feature_cache=true caches pooled features, but backbone.features=pyramid gives feature maps "
+            "(too large to keep for a whole split): set data.feature_cache=false"
+        )
     if distiller is not None:
         problems.append(
             "data.feature_cache=true cannot be combined with distill.teacher: the teacher needs the inputs "
@@ -69,13 +74,13 @@ def cached(
         )
     if problems:
         raise ConfigError(problems)
-    cache = FeatureCache(datamodule.feature_cache_dir, task=task)
+    cache = FeatureCache(datamodule.feature_cache_dir)
     return cache.datamodule(backbone, datamodule), CachedBackbone(backbone)
 
 
 class CachedBackbone(Backbone):
     """The real backbone, except that a feature tensor passes straight through: (B, num_features),
-    or (B, W, num_features) for per-token features.
+    or (B, T, num_features) for a feature per token (backbone.features=tokens).
 
     The wrapped backbone's modules, parameters and buffers are registered here under their
     own names, so the state_dict matches the real backbone's key for key: a checkpoint from
@@ -172,18 +177,18 @@ class FeatureDataModule(L.LightningDataModule):
 class FeatureCache:
     """Backbone features per split, stored as `<cache_dir>/<key>.pt` (read weights-only)."""
 
-    def __init__(self, cache_dir: str | os.PathLike, device: str | torch.device | None = None, task=None):
+    def __init__(self, cache_dir: str | os.PathLike, device: str | torch.device | None = None):
         self.dir = Path(cache_dir).expanduser()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.task = task
 
     def datamodule(self, backbone: Backbone, datamodule) -> FeatureDataModule:
         return FeatureDataModule(datamodule, self.features(backbone, datamodule))
 
     def features(self, backbone: Backbone, datamodule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{split: (features float32 (N, D), targets)}, from the cache or computed and stored."""
+        """{split: (features float32 (N, D), or (N, T, D) with a feature per token, targets)}, from
+        the cache or computed and stored."""
         datamodule.setup("fit")
-        key = cache_key(backbone, datamodule, self.task)
+        key = cache_key(backbone, datamodule)
         path = self.dir / f"{key}.pt"
         if path.is_file():
             try:
@@ -192,8 +197,12 @@ class FeatureCache:
                 return {s: (v["features"], v["targets"]) for s, v in stored["splits"].items()}
             except Exception as exc:  # a partial or foreign file: recompute rather than fail the run
                 log.warning("feature cache %s unreadable (%s): recomputing", path, exc)
+        if not distributed.launched_rank_zero():
+            # torchrun / srun start every rank at once: rank 0 computes each example's features once
+            # (Lightning's own launcher starts the other ranks only after it has), the others read its file
+            return self._from_rank_zero(path)
         start = time.perf_counter()
-        splits = compute(backbone, datamodule, self.device, self.task)
+        splits = compute(backbone, datamodule, self.device)
         log.info("computed features of %s in %.1f s", ", ".join(splits), time.perf_counter() - start)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -208,15 +217,28 @@ class FeatureCache:
         os.replace(tmp, path)  # atomic: a concurrent sweep job never reads half a file
         return splits
 
+    def _from_rank_zero(self, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        log.info("feature cache: waiting for rank 0 to write %s", path)
+        deadline = time.monotonic() + RANK_ZERO_WAIT_S
+        while not path.is_file():  # written by an atomic rename: once there, it is whole
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"feature cache: rank 0 wrote no {path} in {RANK_ZERO_WAIT_S} s; every process must see "
+                    "data.feature_cache_dir: put it on a file system all nodes share, or set data.feature_cache=false"
+                )
+            time.sleep(POLL_S)
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return {s: (v["features"], v["targets"]) for s, v in stored["splits"].items()}
+
 
 @torch.no_grad()  # not inference_mode: the head's backward must be allowed to save these tensors
 def compute(
-    backbone: nn.Module, datamodule, device: torch.device, task=None
+    backbone: nn.Module, datamodule, device: torch.device, keep=None
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Eval-mode features of every split, in sample order, as float32 on the CPU.
 
-    task: each batch is kept as Task.per_example keeps it (per-token features: a row per word,
-    padded to the longest sentence of the split, targets IGNORE_INDEX there); None keeps all."""
+    keep(output, targets) -> (features, targets): what to keep of each batch (the baseline's
+    Task.baseline_inputs: a feature map rather than a pyramid); None keeps both as they are."""
     was_training, home = backbone.training, _device_of(backbone)
     backbone.eval().to(device)
     out = {}
@@ -226,11 +248,12 @@ def compute(
         for split in datamodule.samples:
             feats, targets = [], []
             for x, y in datamodule.split_loader(split, shuffle=False):
-                f = backbone(move_data_to_device(x, device)).float().cpu()
-                f, y = task.per_example(f, y) if task is not None else (f, y)
-                feats.append(f)
+                f = backbone(move_data_to_device(x, device))
+                f, y = keep(f, y) if keep is not None else (f, y)
+                feats.append(f.float().cpu())
                 targets.append(y)
-            out[split] = (cat_padded(feats, 0.0), cat_padded(targets, IGNORE_INDEX))
+            # rows with a position per token are padded to the split's widest (targets: IGNORE_INDEX)
+            out[split] = (distributed.cat_padded(feats), distributed.cat_padded(targets, IGNORE_INDEX))
     backbone.to(home).train(was_training)
     return out
 
@@ -239,7 +262,7 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters(), torch.zeros(0)).device
 
 
-def cache_key(backbone: nn.Module, datamodule, task=None) -> str:
+def cache_key(backbone: nn.Module, datamodule) -> str:
     """A hash of everything that decides the cached features."""
     h = hashlib.sha256()
     settings = {k: v for k, v in vars(backbone).items() if isinstance(v, (str, int, float, bool)) and k != "training"}
@@ -248,8 +271,6 @@ def cache_key(backbone: nn.Module, datamodule, task=None) -> str:
         "backbone": {"class": f"{type(backbone).__module__}.{type(backbone).__qualname__}", **settings},
         "data": {"class": type(datamodule).__qualname__, "input": datamodule.input_spec(), "k_shot": datamodule.k_shot},
     }
-    if task is not None and type(task).per_example is not Task.per_example:  # what it keeps of each batch
-        spec["kept"] = f"{type(task).__module__}.{type(task).__qualname__}.per_example"
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     for name, t in sorted(backbone.state_dict().items()):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

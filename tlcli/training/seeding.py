@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 
 def _mix(*parts: int) -> int:
@@ -23,10 +23,15 @@ def _mix(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-class EpochSeededSampler(Sampler):
+class EpochSeededSampler(DistributedSampler):
     """Shuffles with a permutation that depends only on (seed, epoch); yields (index, sample seed).
 
     Lightning calls set_epoch(epoch) before every training epoch, resumed runs included.
+    Several processes (DDP): rank r of W takes items r, r + W, ... of that one order, padded with
+    its first items to a multiple of W as DistributedSampler pads (every rank must take as many
+    steps), and `skip` counts samples of the whole order (each rank skips skip / W of its own).
+    A DistributedSampler, so that Lightning keeps it instead of wrapping it in one that
+    reshuffles (and cannot resume mid-epoch).
     """
 
     def __init__(
@@ -38,8 +43,12 @@ class EpochSeededSampler(Sampler):
         shuffle: bool = True,
         lengths: np.ndarray | None = None,
         batch_size: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
     ):
-        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        # DistributedSampler's bookkeeping (self.num_samples: this rank's share); range() gives only the length
+        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        self.size, self.seed, self.shuffle = num_samples, seed, shuffle
         # lengths (text): batches of similar length, see bucketed()
         self.lengths, self.batch_size = lengths, batch_size
         # A run resumed mid-epoch continues `epoch` after the `skip` samples it had already seen.
@@ -56,13 +65,16 @@ class EpochSeededSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
-            order = torch.randperm(self.num_samples, generator=g).tolist()
+            order = torch.randperm(self.size, generator=g).tolist()
         else:
-            order = list(range(self.num_samples))
+            order = list(range(self.size))
         if self.lengths is not None:
             order = bucketed(order, self.lengths, self.batch_size, _mix(self.seed, self.epoch, 1))
+        if self.num_replicas > 1:
+            padded = order * -(-self.total_size // max(1, len(order)))  # enough copies to pad
+            order = padded[: self.total_size][self.rank :: self.num_replicas]
         if self.skip and self.epoch == self.resume_epoch:
-            order, self.skip = order[self.skip :], 0
+            order, self.skip = order[self.skip // self.num_replicas :], 0
         for i in order:
             yield i, _mix(self.seed, self.epoch, i)
 

@@ -1,0 +1,1 @@
+"""`tlcli serve`: a checkpoint behind HTTP (needs the serve extra: fastapi, uvicorn, python-multipart)."""
