@@ -1,8 +1,9 @@
 """The parts of a fit before training: recipes applied, finetune=auto resolved, backbone and data built.
 
 Order matters: the backbone's recipe first (its data transforms and numbers), then the data
-(finetune=auto needs its class counts), then the strategy's recipe, which may change data
-keys (a probe caches features without augmentation): the data is rebuilt only then.
+(finetune=auto needs its class counts, counted as the task says), then the strategy's recipe,
+which may change data keys (a probe caches features without augmentation): the data is rebuilt
+only then.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     protocol.check(datamodule)
     notes: dict[str, Any] = {}
     if cfg.finetune._target_ == AUTO:
-        name, reason = instantiate(cfg.finetune).choose(datamodule.label_counts(), backbone.modality)
+        # what is counted per class is the task's to say (token classification: entities per type)
+        counted = instantiate(cfg.task).auto_counts(datamodule.label_counts(), datamodule.class_names)
+        name, reason = instantiate(cfg.finetune).choose(
+            list(counted.counts.values()), backbone.modality, counted.per, counted.unit
+        )
         from tlcli.config.paths import conf_dir
 
         with open_dict(cfg):

@@ -1,4 +1,5 @@
-"""task=token_cls end to end on a generated CoNLL set with MiniLM (offline): fit, test, predict, export."""
+"""task=token_cls end to end on a generated CoNLL set with MiniLM (offline): fit, test, predict, export,
+and what finetune=auto counts for it."""
 
 from __future__ import annotations
 
@@ -161,6 +162,36 @@ def test_token_cls_on_csv_data_says_which_data_it_needs(tmp_path):
         "task=token_cls needs tagged sentences: use data=conll with data.train_file=FILE "
         "(a token and its tag per line, a blank line between sentences)"
     ]
+
+
+def _entities_per_type(datamodule) -> dict[str, int]:
+    """Counted here from the training sentences themselves: a B- tag starts each entity."""
+    names = datamodule.class_names
+    tags = [names[i] for sentence in datamodule.samples["train"].targets for i in sentence]
+    return {t[2:]: tags.count(t) for t in names if t.startswith("B-")}
+
+
+def test_auto_probes_when_an_entity_type_is_rare_however_many_its_words(tmp_path):
+    """8 sentences: LOC has 2 entities of 6 words each, so its I-LOC tag is not rare but LOC is."""
+    lines = []
+    for k in range(8):
+        lines += [f"{PEOPLE[k % 6]}\tB-PER", "Smith\tI-PER", "went\tO"]
+        if k < 2:
+            lines += ["to\tO", "New\tB-LOC"] + [f"{w}\tI-LOC" for w in ("York", "City", "Upper", "East", "Side")]
+        lines.append("")
+    (tmp_path / "train.conll").write_text("\n".join(lines) + "\n")
+    write_conll(tmp_path / "test.conll", 4, 1)
+    from tlcli import build
+
+    cfg = compose_fit(defaults(tmp_path, "data.val_fraction=0.25"), tmp_path / "run")
+    _, datamodule, notes = build.parts(cfg)
+    counts = _entities_per_type(datamodule)
+    words = dict(zip(datamodule.class_names, datamodule.label_counts()))
+    assert counts["LOC"] <= 2 and words["I-LOC"] == 5 * counts["LOC"]
+    assert notes["finetune/auto"] == "linear_probe"
+    assert notes["finetune/auto_reason"].startswith(
+        f"the smallest entity type has {counts['LOC']} training entities (<= finetune.probe_max_per_class=10)"
+    )
 
 
 def test_serve_refuses_and_push_writes_the_tlcli_layout(trained, tmp_path):

@@ -1,5 +1,5 @@
 """task=token_cls pieces: first sub-tokens kept per word (test, predict, baseline), the loss skips
-IGNORE_INDEX, predict rows, the per-token backbone features."""
+IGNORE_INDEX, predict rows, what finetune=auto counts, the per-token backbone features."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tests.unit.test_entities import PRED, SEQEVAL, TRUE
 from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError
-from tlcli.tasks import TokenClassification
+from tlcli.tasks import Classification, TokenClassification
 from tlcli.tasks.base import PredictItem
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC"]
@@ -42,6 +42,17 @@ def test_test_predict_and_the_baseline_keep_the_first_sub_tokens_left_aligned():
     torch.testing.assert_close(kept_scores[1, 0], probs[1, 1])
     assert (kept_scores[1, 1:] == 0).all()  # padding past the sentence: zero scores
     torch.testing.assert_close(t.predict_scores(logits, Y), kept_scores)  # predict: the same rows, per input
+
+
+def test_auto_counts_entities_per_type_not_words_per_tag():
+    """A type whose entities are long names has many I- words, one whose names are one word none:
+    words per tag would call I-LOC (2 words) the rarest; there are 12 LOC entities."""
+    names = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    counted = TokenClassification().auto_counts([500, 12, 2, 30, 45], names)
+    assert counted.per == "entity type" and counted.unit == "training entities"
+    assert counted.counts == {"LOC": 12, "PER": 30}
+    plain = Classification().auto_counts([7, 9], ["cat", "dog"])  # every other task: examples per class
+    assert plain == ("class", "training examples", {"cat": 7, "dog": 9})
 
 
 def test_loss_is_cross_entropy_over_tagged_positions_only():

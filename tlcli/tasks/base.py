@@ -10,6 +10,8 @@ which task it holds; it calls these methods:
   kind it holds (tlcli.data.protocol), `check_data` compares them.
 - build(num_outputs, label_counts, names): fix what depends on the data (weights, thresholds,
   the tag names).
+- auto_counts(label_counts, names): what `finetune=auto` weighs (default: the training
+  examples of each class; token classification: the entities of each type).
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
 - loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
 - scores(logits): what predict turns into its rows per example (probabilities, or values).
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +60,15 @@ LABEL_KINDS = {
     "mask": "segmentation masks (a class id per pixel)",
     "tags": "tagged sentences (a tag per word; data=conll)",
 }
+
+
+class AutoCounts(NamedTuple):
+    """What finetune=auto weighs: the smallest count decides (tlcli.finetune.auto). per: what is
+    counted per ("class", "entity type"); unit: what is counted ("training examples")."""
+
+    per: str
+    unit: str
+    counts: dict[str, int]
 
 
 @dataclass
@@ -116,6 +127,11 @@ class Task(nn.Module):
     def build(self, num_outputs: int, label_counts: list[int], names: list[str] | None = None) -> None:
         """Fix what depends on the data (names: the classes, targets or tags in output order);
         called before the weights are loaded."""
+
+    def auto_counts(self, label_counts: list[int], names: list[str]) -> AutoCounts:
+        """What finetune=auto weighs (tlcli.finetune.auto): the training examples of each class
+        (positives per label; examples per target for numeric targets)."""
+        return AutoCounts("class", "training examples", dict(zip(map(str, names), label_counts)))
 
     def fit_targets(self, targets: np.ndarray) -> None:
         """Training-target statistics (called at fit only; restored from the state_dict after)."""

@@ -11,7 +11,8 @@ padded by tlcli.training.distributed.cat_padded).
 Metrics: entity precision / recall / F1 with seqeval's strict IOB2 definition, micro over
 entities (tlcli.tasks.entities), from the tag sequences gathered over the epoch; and token
 accuracy (per word). The report has a row per entity type; the "before" number is a linear
-tagger on the frozen features (tlcli.tasks.tagger_baseline).
+tagger on the frozen features (tlcli.tasks.tagger_baseline). finetune=auto weighs the training
+entities of the rarest type (auto_counts).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torchmetrics.utilities import dim_zero_cat
 from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError
 from tlcli.tasks import entities as E
-from tlcli.tasks.base import PredictItem, Report, Task
+from tlcli.tasks.base import AutoCounts, PredictItem, Report, Task
 
 COLUMNS = ("entity", "precision", "recall", "f1", "support")
 SUMMARY_ROWS = ("micro avg", "macro avg", "weighted avg")
@@ -116,6 +117,12 @@ class TokenClassification(Task):
         bad = [n for n in self.names if not (n == "O" or (n[:2] in ("B-", "I-") and len(n) > 2))]
         if bad:
             raise ConfigError(f"task=token_cls reads BIO / IOB2 tags (O, B-TYPE, I-TYPE); the data names {bad}")
+
+    def auto_counts(self, label_counts: list[int], names: list[str]) -> AutoCounts:
+        """Training entities per type: its B- words (in IOB2 each entity starts with one), rather
+        than words per tag, where a type's I- tag of a few long names would look rare."""
+        counts = {str(n)[2:]: int(c) for n, c in zip(names, label_counts) if str(n).startswith("B-")}
+        return AutoCounts("entity type", "training entities", counts)
 
     # -- training --
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
