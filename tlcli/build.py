@@ -1,9 +1,9 @@
 """The parts of a fit before training: recipes applied, finetune=auto resolved, backbone and data built.
 
-Order matters: the backbone's recipe first (its data transforms and numbers), then the data
-(finetune=auto needs its class counts, counted as the task says), then the strategy's recipe,
-which may change data keys (a probe caches features without augmentation): the data is rebuilt
-only then.
+Order matters: the backbone's recipe first (its data transforms and numbers) and the task's
+over it, then the data (finetune=auto needs its class counts, counted as the task says), then
+the strategy's recipe, which may change data keys (a probe caches features without
+augmentation): the data is rebuilt only then.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def user_choices() -> tuple[set[str], dict[str, str]]:
 def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """(backbone, datamodule set up for fit, notes for metrics.json); cfg is completed in place."""
     explicit, choices = user_choices()
-    sources = recipes.apply(cfg, explicit, choices, groups=("backbone",))
+    # the backbone's recipe, then the task's (what the problem needs beats what the family likes)
+    sources = recipes.apply(cfg, explicit, choices, groups=("backbone", "task"))
     backbone = instantiate(cfg.backbone)
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = instantiate(cfg.data, data_config=backbone.data_config())

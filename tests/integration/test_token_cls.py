@@ -1,5 +1,5 @@
 """task=token_cls end to end on a generated CoNLL set with MiniLM (offline): fit, test, predict, export,
-and what finetune=auto counts for it."""
+and the defaults: what finetune=auto counts, and the task's recipe between the backbone's and the strategy's."""
 
 from __future__ import annotations
 
@@ -169,6 +169,42 @@ def _entities_per_type(datamodule) -> dict[str, int]:
     names = datamodule.class_names
     tags = [names[i] for sentence in datamodule.samples["train"].targets for i in sentence]
     return {t[2:]: tags.count(t) for t in names if t.startswith("B-")}
+
+
+def test_defaults_weigh_entities_per_type_and_train_with_the_task_recipe(trained, tmp_path):
+    from tlcli import build
+
+    tmp, _ = trained
+    cfg = compose_fit(defaults(tmp), tmp_path)
+    _, datamodule, notes = build.parts(cfg)
+    rarest = min(_entities_per_type(datamodule).values())
+    assert rarest > 10
+    assert notes["finetune/auto"] == "full" and cfg.finetune._target_ == "tlcli.finetune.full.Full"
+    assert notes["finetune/auto_reason"] == (
+        f"the smallest entity type has {rarest} training entities (> finetune.probe_max_per_class=10): "
+        "enough to fine-tune the whole text backbone"
+    )
+    # the task's numbers beat the backbone family's (5e-5, batch 32); the family still gives the epochs
+    assert notes["recipe/optimizer.lr"] == "0.0001 (task=token_cls recipe)"
+    assert notes["recipe/data.batch_size"] == "8 (task=token_cls recipe)"
+    assert notes["recipe/trainer.max_epochs"] == "5 (backbone=minilm_offline recipe)"
+    assert (cfg.optimizer.lr, cfg.data.batch_size, datamodule.batch_size) == (1e-4, 8, 8)
+    assert cfg.backbone.features == "tokens" and "recipe" not in cfg.task
+
+
+def test_a_strategy_recipe_and_the_user_beat_the_task_recipe(trained, tmp_path):
+    from tlcli import build
+
+    tmp, _ = trained
+    cfg = compose_fit(defaults(tmp, "finetune=linear_probe", "data.batch_size=16"), tmp_path)
+    _, datamodule, notes = build.parts(cfg)
+    assert notes["recipe/optimizer.lr"] == "0.001 (finetune=linear_probe recipe)"  # a probe's head alone
+    assert notes["recipe/data.batch_size"] == "16 (your setting)"
+    assert notes["recipe/data.feature_cache"] == "True (finetune=linear_probe recipe)"
+    cfg = compose_fit(defaults(tmp, "finetune=full", "optimizer.lr=3e-5"), tmp_path / "full")
+    _, _, notes = build.parts(cfg)
+    assert notes["recipe/optimizer.lr"] == "3e-05 (your setting)"
+    assert notes["recipe/data.batch_size"] == "8 (task=token_cls recipe)"
 
 
 def test_auto_probes_when_an_entity_type_is_rare_however_many_its_words(tmp_path):

@@ -37,7 +37,8 @@ which task it holds; it calls these methods:
 - headline: the (metric, higher is better) pairs of the before/after table.
 
 A task's YAML may also say what the backbone must give (`backbone.features`: pyramid for
-segmentation, tokens for token classification).
+segmentation, tokens for token classification) and carry a `recipe:` of training numbers, as
+backbones and strategies do (tlcli.config.recipes; a task with one accepts the `recipe` key).
 """
 
 from __future__ import annotations

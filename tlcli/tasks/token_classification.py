@@ -12,7 +12,8 @@ Metrics: entity precision / recall / F1 with seqeval's strict IOB2 definition, m
 entities (tlcli.tasks.entities), from the tag sequences gathered over the epoch; and token
 accuracy (per word). The report has a row per entity type; the "before" number is a linear
 tagger on the frozen features (tlcli.tasks.tagger_baseline). finetune=auto weighs the training
-entities of the rarest type (auto_counts).
+entities of the rarest type (auto_counts); the YAML's recipe gives the batch size and learning
+rate per-token fine-tuning needs (bench/results/token_cls.md).
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class TokenClassification(Task):
     labels = "tags"
     headline = (("f1", True), ("acc", True))
 
-    def __init__(self, labels: str | None = None):
+    def __init__(self, labels: str | None = None, recipe: dict | None = None):
+        # recipe: numbers `tlcli fit` trains this task with where the user set none (tlcli.config.recipes)
         super().__init__(labels)
         self.names: list[str] = []
 
