@@ -23,7 +23,6 @@ from tlcli import build, console, lock
 from tlcli.config.validate import validate_all
 from tlcli.data.protocol import ExampleData
 from tlcli.evaluation import write_test_report
-from tlcli.module import TransferModule
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
 from tlcli.training import baseline, features, head_init
@@ -81,19 +80,17 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     start_head = before.pop("baseline/head", None)
     if not cfg.baseline:
         before = {}
-    head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
+    head = build.head(cfg.head, backbone, datamodule.num_classes)
     if warm:
         notes["head_init"] = _warm_start(head, start_head)
-    module = TransferModule(
-        backbone=backbone,
-        head=head,
-        task=task,
+    module = build.module(
+        OmegaConf.to_container(cfg, resolve=True),
+        backbone,
+        task,
+        datamodule.class_names,
+        datamodule.label_counts(),
+        head_module=head,
         strategy=strategy,
-        optimizer=instantiate(cfg.optimizer),
-        schedule=instantiate(cfg.scheduler),
-        class_names=datamodule.class_names,
-        label_counts=datamodule.label_counts(),
-        config=OmegaConf.to_container(cfg, resolve=True),
         distiller=distiller,
         channels_last=cfg.channels_last,
         compile=cfg.compile,

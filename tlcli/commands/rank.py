@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tlcli import console
+from tlcli import build, console
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T
@@ -98,10 +97,7 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     """(the candidate's row, a summary of the data it was scored on)."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # random-init candidates (weights none) get the same init every run
-    backbone = instantiate(candidate.backbone).eval()
-    # Augmentation off: scores must describe the features of the data, not of random crops.
-    datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
-    datamodule.setup("fit")
+    backbone, datamodule = build.frozen(candidate.backbone, cfg.data)
     if datamodule.labels != "class":
         raise ConfigError(
             "rank scores single-label classification data (data=imagefolder, or data=csv with one label column): "

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, restore
+from tlcli import build, console, restore
 from tlcli.evaluation import check_classes, device, require, write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
@@ -34,11 +33,11 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt = restore.resolve(cfg.ckpt)
     module, config = restore.load_module(ckpt)
-    datamodule = instantiate(
+    datamodule = build.data(
         OmegaConf.create(data_for_test(OmegaConf.select(cfg, "data"), config["data"])),
-        data_config=module.backbone.data_config(),
+        module.backbone.data_config(),
+        "test",
     )
-    datamodule.setup("test")
     check_classes(module, datamodule)
     trainer = L.Trainer(
         accelerator="gpu" if device(cfg.accelerator).type == "cuda" else "cpu",

@@ -81,6 +81,10 @@ class Task(nn.Module):
     # distillation, zero-shot and rank compare class scores: single-label classification only
     single_label: ClassVar[bool] = False
     headline: ClassVar[tuple[tuple[str, bool], ...]] = ()
+    # transformers' config.problem_type of a model packaged for the Hub (tlcli push); None: not one of its heads
+    hf_problem_type: ClassVar[str | None] = None
+    # the Hub's pipeline tag per backbone modality (a model card's metadata); none: no Hub pipeline reads it
+    hub_pipelines: ClassVar[dict[str, str]] = {}
 
     def __init__(self, labels: str | None = None):
         super().__init__()
@@ -145,6 +149,10 @@ class Task(nn.Module):
 
     def export_info(self, names: list[str]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def output_note(self, names: list[str]) -> str:
+        """One sentence for a model card (tlcli push): what the exported model's outputs are."""
+        return "The outputs are logits."
 
     def output_layer(self) -> nn.Module:
         """logits -> the exported model's outputs (identity: the exported model gives logits)."""

@@ -201,6 +201,7 @@ class _Classes(Task):
     """What single- and multi-label classification share: reports, predict rows, export info."""
 
     multilabel: bool = False
+    hub_pipelines = {"image": "image-classification", "text": "text-classification"}
 
     def threshold_value(self):
         return 0.5
@@ -300,6 +301,11 @@ class _Classes(Task):
             "threshold": self.thresholds if self.multilabel else None,
         }
 
+    def output_note(self, names) -> str:
+        if self.multilabel:
+            return f"The outputs are logits: sigmoid gives each label's score, a label is on at >= {self.thresholds}."
+        return "The outputs are logits: softmax gives the class probabilities."
+
 
 class Classification(_Classes):
     """Single-label classification: cross-entropy with optional label smoothing and class weights."""
@@ -308,6 +314,7 @@ class Classification(_Classes):
     single_label = True
     headline = (("acc", True), ("f1_macro", True))
     multilabel = False
+    hf_problem_type = "single_label_classification"
 
     def __init__(
         self, label_smoothing: float = 0.0, class_weights: str | list | None = None, labels: str | None = None
@@ -376,6 +383,7 @@ class MultiLabel(_Classes):
     labels = "multi"
     headline = (("acc", True), ("f1_macro", True))
     multilabel = True
+    hf_problem_type = "multi_label_classification"
 
     def __init__(self, threshold: float | list[float] = 0.5, labels: str | None = None):
         super().__init__(labels)

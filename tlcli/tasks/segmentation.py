@@ -67,6 +67,7 @@ def per_image_miou(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> 
 class Segmentation(Task):
     """Per-pixel classification: cross-entropy with ignored pixels; mIoU and pixel accuracy."""
 
+    hub_pipelines = {"image": "image-segmentation"}
     labels = "mask"
     headline = (("miou", True), ("pixel_acc", True))
 
@@ -192,6 +193,9 @@ class Segmentation(Task):
             "a pixel's class is the argmax over axis 1",
             "scores": "softmax over axis 1",
         }
+
+    def output_note(self, names) -> str:
+        return "The outputs are per-pixel class logits at the input's size: the argmax over the classes is the mask."
 
     # -- the frozen-features baseline --
     def baseline_inputs(self, output, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
