@@ -23,7 +23,7 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
 
     pre, tiny = result["candidates"]  # sorted by LogME, best first
     assert (pre["candidate"], tiny["candidate"]) == ("lite0_offline", "test_resnet")
-    # measured: LogME 0.13 vs -0.18, probe accuracy 0.83 vs 0.63
+    # measured: LogME 0.06 vs -0.19, probe accuracy 0.70 vs 0.67 (64 px)
     assert pre["logme"] > tiny["logme"] + 0.1
     assert pre["probe_acc"] > tiny["probe_acc"]
     assert 0 <= tiny["hscore"] <= 9 and 0 <= pre["hscore"] <= 9  # 10 classes: H-score is at most 9
