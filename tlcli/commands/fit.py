@@ -28,6 +28,7 @@ from tlcli.reporting import html as html_report
 from tlcli.training import baseline, features, head_init
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
+from tlcli.training.ema import EMA
 
 log = logging.getLogger(__name__)
 # Lightning adds a handler of its own; Hydra's root handler already prints (and files) its records.
@@ -99,6 +100,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # 2. the trainer, with callbacks and loggers from their groups
     history, preemption = History(), Preemption(str(run_dir / "checkpoints"))
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [history, preemption]
+    if cfg.ema_decay:  # the average is what validation, the checkpoints and the test see
+        callbacks.append(EMA(cfg.ema_decay))
+        notes["ema_decay"] = cfg.ema_decay
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else False
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir), plugins=[SafeCheckpointIO()]

@@ -35,6 +35,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "auto_resume": (_bool, "true or false", "true"),
     "baseline": (_bool, "true or false", "true"),
     "head_init": (lambda v: v in ("random", "baseline"), "random or baseline", "baseline"),
+    "ema_decay": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0 = off)", "0.999"),
     "compile": (_bool, "true or false", "false"),
     "channels_last": (lambda v: _bool(v) or v == "auto", "auto, true or false", "auto"),
     "progress_bar": (_bool, "true or false", "false"),
