@@ -57,6 +57,7 @@ class TransferModule(L.LightningModule):
         distiller: Distiller | None = None,
         channels_last: bool | str = False,
         compile: bool = False,
+        mixer: Callable | None = None,
     ):
         super().__init__()
         self.backbone, self.head, self.task = backbone, head, task
@@ -67,6 +68,8 @@ class TransferModule(L.LightningModule):
         self.config = config or {}
         # A plain object, not an nn.Module: the teacher stays out of state_dict, parameters and optimizer.
         self.distiller = distiller
+        # mixup / cutmix of training batches (tlcli.data.augment.BatchMixer), or None
+        self.mixer = mixer
         num_classes = len(self.class_names)
         self.val_metrics = task.metrics(num_classes).clone(prefix="val/")
         self.test_metrics = task.metrics(num_classes).clone(prefix="test/")
@@ -121,6 +124,10 @@ class TransferModule(L.LightningModule):
     # -- steps --
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.mixer is not None:
+            # keyed by the batch's place in the run, which a resumed run restores (not by the RNG stream)
+            place = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            x, y = self.mixer(x, y, (self.current_epoch, place, self.global_rank))
         logits = self(x)
         loss = self.task.loss(logits, y)
         if self.distiller is not None:

@@ -70,6 +70,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_config=backbone.data_config(),
             task=task,
         )
+    # mixup / cutmix (data.augment=strong, data.mixup_alpha): applied to training batches by the module
+    mixer = datamodule.batch_mixer() if hasattr(datamodule, "batch_mixer") else None
     if isinstance(datamodule, ExampleData) and datamodule.feature_cache:  # a data module of the user's own has none
         datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
     # the "before" number: frozen pretrained features + logistic regression on the same split
@@ -97,6 +99,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         distiller=distiller,
         channels_last=cfg.channels_last,
         compile=cfg.compile,
+        mixer=mixer,
     )
 
     # 2. the trainer, with callbacks and loggers from their groups

@@ -15,6 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+# kept here (not imported from tlcli.data.augment): this module imports nothing of tlcli
+AUGMENT_PRESETS = ("none", "light", "randaug", "trivial", "autoaug", "strong")
+
 
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -63,6 +66,16 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "max_bad_fraction": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]", "0.01"),
     "max_image_pixels": (lambda v: v is None or (_int(v) and v >= 1), "null or a positive integer", "200000000"),
     "data.num_workers": (lambda v: v == "auto" or (_int(v) and v >= 0), "auto or an integer >= 0", "auto"),
+    "data.augment": (
+        lambda v: _bool(v) or v in AUGMENT_PRESETS or (isinstance(v, str) and v.startswith("rand-")),
+        "a preset: none, light, randaug, trivial, autoaug, strong (true = light, false = none), or a timm "
+        "RandAugment string such as rand-m9-mstd0.5-inc1",
+        "randaug",
+    ),
+    "data.mixup_alpha": (lambda v: v is None or (_num(v) and v >= 0), "null (the augment preset's) or >= 0", "0.8"),
+    "data.cutmix_alpha": (lambda v: v is None or (_num(v) and v >= 0), "null (the augment preset's) or >= 0", "1.0"),
+    "data.mixup_prob": (lambda v: v is None or (_num(v) and 0 <= v <= 1), "null or a number in [0, 1]", "1.0"),
+    "data.sampler": (lambda v: v in ("shuffle", "balanced"), "shuffle or balanced", "balanced"),
     "callbacks.early_stopping.patience": (lambda v: _int(v) and v >= 0, "an integer >= 0", "3"),
     "distill.alpha": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]", "0.5"),
     "distill.temperature": (lambda v: _num(v) and v > 0, "a positive number", "4.0"),

@@ -10,7 +10,9 @@ which task it holds; it calls these methods:
   `check_data` compares them.
 - build(num_outputs, label_counts): fix what depends on the data (weights, thresholds).
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
-- loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
+- loss / metrics / metric_inputs: training and the logged val/ and test/ metrics. A task whose
+  data can be mixed (data.augment=strong: mixup/cutmix) takes class distributions (N, C) as
+  training targets too.
 - scores(logits): what predict turns into its rows per example (probabilities, or values).
 - kept(logits, y): what test keeps of each batch for the report (default: y and the scores;
   segmentation keeps the predicted class map, not a probability per pixel and class).

@@ -109,6 +109,21 @@ def accuracy(y_true, y_pred) -> float:
     return float((hit.all(axis=1) if hit.ndim == 2 else hit).mean())
 
 
+def soft_cross_entropy(logits, target, weight=None, label_smoothing: float = 0.0):
+    """Cross-entropy against class distributions (N, C), e.g. mixup/cutmix targets.
+
+    Computed as F.cross_entropy computes it for class ids, so a one-hot target gives that loss:
+    smoothing mixes the uniform distribution into the target, (1 - e) t + e / C; class weights
+    scale each class's term; the mean divides by the targets' total weight, sum_i sum_c w_c t_ic
+    (N without weights).
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    t = target.float()
+    w = torch.ones(t.shape[-1], device=t.device) if weight is None else weight.to(t.device).float()
+    smoothed = t * (1.0 - label_smoothing) + label_smoothing / t.shape[-1]
+    return -(smoothed * w * logp).sum() / (t * w).sum()
+
+
 # ---------------------------------------------------------------- confusion matrix PNG
 def confusion_counts(y_true, y_pred, num_classes: int) -> np.ndarray:
     """counts[i, j] = examples of true class i predicted as j (rows true, cols predicted)."""
@@ -342,6 +357,8 @@ class Classification(_Classes):
             self.weight = torch.tensor([float(w) for w in cw])
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.ndim == logits.ndim:  # class distributions: mixed training batches (data.augment=strong)
+            return soft_cross_entropy(logits, y, self.weight, self.label_smoothing)
         return F.cross_entropy(logits, y, weight=self.weight, label_smoothing=self.label_smoothing)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
