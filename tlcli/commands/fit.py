@@ -26,7 +26,7 @@ from tlcli.evaluation import write_test_report
 from tlcli.module import TransferModule
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, features, head_init
+from tlcli.training import baseline, features, head_init, tta
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
 
@@ -59,6 +59,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     console.print_recipe(notes)
     strategy = instantiate(cfg.finetune)
     task = instantiate(cfg.task)
+    views = tta.parse(cfg.tta)
+    tta.check(views, backbone.modality, task)
     task.check_data(datamodule.labels)
     task.build(datamodule.num_classes, datamodule.label_counts())
     task.fit_targets(datamodule.train_targets())
@@ -163,8 +165,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # 4. test the best checkpoint (on val when the data has no test split, and say so)
     if cfg.test_after_fit:
         ckpt = _best_checkpoint(trainer)
+        module.tta = views  # the final test only: validation chose the checkpoint without
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics.update(tta.record(views))
         metrics["tested_checkpoint"] = ckpt
         if trainer.is_global_zero:
             write_test_report(run_dir, module, datamodule.test_split)

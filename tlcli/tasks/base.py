@@ -13,6 +13,8 @@ which task it holds; it calls these methods:
 - loss / metrics / metric_inputs: training and the logged val/ and test/ metrics. A task whose
   data can be mixed (data.augment=strong: mixup/cutmix) takes class distributions (N, C) as
   training targets too.
+- merge_views / spatial_outputs: test-time augmentation (tlcli.training.tta) merges the outputs of
+  several views of a batch into one logits-shaped tensor; spatial outputs (maps) are flipped back.
 - scores(logits): what predict turns into its rows per example (probabilities, or values).
 - kept(logits, y): what test keeps of each batch for the report (default: y and the scores;
   segmentation keeps the predicted class map, not a probability per pixel and class).
@@ -83,6 +85,8 @@ class Task(nn.Module):
     # distillation, zero-shot and rank compare class scores: single-label classification only
     single_label: ClassVar[bool] = False
     headline: ClassVar[tuple[tuple[str, bool], ...]] = ()
+    # outputs are maps over the image (segmentation): a flipped test-time view is flipped back
+    spatial_outputs: ClassVar[bool] = False
 
     def __init__(self, labels: str | None = None):
         super().__init__()
@@ -122,6 +126,10 @@ class Task(nn.Module):
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """outputs (views, *logits shape) -> one logits tensor for the views together (default: the mean)."""
+        return outputs.mean(0)
 
     def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(targets, scores) of a test batch, on the CPU, for the report."""

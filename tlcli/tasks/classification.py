@@ -364,6 +364,11 @@ class Classification(_Classes):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
 
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The log of the views' mean softmax probabilities (see tlcli.training.tta)."""
+        probs = outputs.float().softmax(dim=-1).mean(0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
     def metrics(self, num_classes: int) -> torchmetrics.MetricCollection:
         kw = {"task": "multiclass", "num_classes": num_classes}
         return torchmetrics.MetricCollection(
@@ -415,6 +420,10 @@ class MultiLabel(_Classes):
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
+
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The logit of the views' mean sigmoid probabilities, per label."""
+        return torch.logit(outputs.float().sigmoid().mean(0), eps=1e-7)
 
     def metrics(self, num_classes: int) -> torchmetrics.MetricCollection:
         kw = {"task": "multilabel", "num_labels": num_classes}
