@@ -32,6 +32,10 @@ from tlcli.errors import ConfigError
 from tlcli.tasks.base import Report, Task
 
 COLUMNS = ("class", "precision", "recall", "f1", "support")
+# single-label, when the largest class of the split has more than IMBALANCED times the examples of the
+# smallest: accuracy mostly counts the large classes, so the report leads with recall and macro-F1
+IMBALANCED = 3.0
+IMBALANCED_COLUMNS = ("class", "recall", "f1", "precision", "support")
 SUMMARY_ROWS = ("macro avg", "weighted avg", "micro avg")
 
 
@@ -98,6 +102,12 @@ def per_class_report(
     if multilabel:
         rows.append(_row("micro avg", *_prf(tp.sum(), fp.sum(), fn.sum()), support.sum()))
     return rows
+
+
+def imbalance(class_rows: list[dict]) -> float | None:
+    """Largest / smallest support among the classes present; None with fewer than two present."""
+    support = [r["support"] for r in class_rows if r["support"] > 0]
+    return max(support) / min(support) if len(support) > 1 else None
 
 
 def accuracy(y_true, y_pred) -> float:
@@ -233,11 +243,22 @@ class _Classes(Task):
         summary: dict[str, Any] = {"accuracy": accuracy(y_true, y_pred), "num_examples": len(y_pred)}
         # "macro avg" -> macro_f1, "weighted avg" -> weighted_f1, "micro avg" -> micro_f1
         summary.update({f"{r['class'].split()[0]}_f1": r["f1"] for r in rows[len(names) :]})
+        columns, caption = COLUMNS, f"{self.accuracy_name()} {summary['accuracy']:.4f} on {len(y_pred)} examples"
+        ratio = None if self.multilabel else imbalance(rows[: len(names)])
+        if ratio is not None and ratio > IMBALANCED:
+            # mean recall over the classes present: accuracy with every class weighing the same
+            summary["balanced_accuracy"] = float(np.mean([r["recall"] for r in rows[: len(names)] if r["support"]]))
+            summary["imbalance_ratio"] = ratio
+            columns = IMBALANCED_COLUMNS
+            caption = (
+                f"imbalanced classes (the largest has {ratio:.1f}x the examples of the smallest): macro-F1 "
+                f"{summary['macro_f1']:.4f}, mean per-class recall {summary['balanced_accuracy']:.4f}; {caption}"
+            )
         return Report(
-            columns=COLUMNS,
+            columns=columns,
             rows=rows,
             summary=summary,
-            caption=f"{self.accuracy_name()} {summary['accuracy']:.4f} on {len(y_pred)} examples",
+            caption=caption,
             figure=confusion_matrix_figure(y_true, y_pred, names, f"Confusion matrix ({split} split)"),
             figure_name="confusion_matrix.png",
             summary_rows=SUMMARY_ROWS,
@@ -250,7 +271,7 @@ class _Classes(Task):
         n = len(names)
         avg = ["avg first" if k == n else ("avg" if k > n else "") for k in range(len(report.rows))]
         cells = [
-            [_esc(r["class"]), *(f"{r[c]:.4f}" for c in ("precision", "recall", "f1")), str(r["support"])]
+            [_esc(r["class"]), *(f"{r[c]:.4f}" if c != "support" else str(r[c]) for c in report.columns[1:])]
             for r in report.rows
         ]
         what = (
@@ -260,7 +281,7 @@ class _Classes(Task):
         )
         return [
             f"<h2>Per class ({_esc(split)} split)</h2><p>{_esc(report.caption)}</p>"
-            + table(COLUMNS, cells, classes=avg),
+            + table(report.columns, cells, classes=avg),
             f"<h2>Confusion matrix</h2><p>{what}</p>"
             f"<img class=plot alt='confusion matrix' src='{png_data_uri(report.figure)}'>",
         ]
