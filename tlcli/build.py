@@ -131,7 +131,7 @@ def _cache_only_without_inputs(cfg: DictConfig, explicit: set[str], sources: dic
     node = cfg.data
     if "feature_cache" not in node or not node.feature_cache or "data.feature_cache" in explicit:
         return
-    why = "data.augment=true" if node.get("augment") else "distill.teacher" if cfg.distill.teacher else None
+    why = _input_changes(node) or ("distill.teacher" if cfg.distill.teacher else None)
     if OmegaConf.select(cfg, "backbone.features", default="pooled") != "pooled":
         why = "backbone.features=pyramid (feature maps, too large to cache)"
     if why:
@@ -139,3 +139,18 @@ def _cache_only_without_inputs(cfg: DictConfig, explicit: set[str], sources: dic
             node.feature_cache = False
         needs = "" if why.startswith("backbone.") else " needs the inputs"
         sources["data.feature_cache"] = {"value": False, "source": f"off: {why}{needs}"}
+
+
+def _input_changes(data: DictConfig) -> str | None:
+    """The data key that changes the inputs from epoch to epoch (augmentation, batch mixing), or None."""
+    from tlcli.data import augment
+
+    if "augment" not in data:  # a data module of the user's own
+        return None
+    name = augment.preset(data.augment)
+    if name != "none":
+        return f"data.augment={str(data.augment).lower()}"
+    if all(k in data for k in ("mixup_alpha", "cutmix_alpha", "mixup_prob")):
+        if augment.mixing(name, data.mixup_alpha, data.cutmix_alpha, data.mixup_prob) is not None:
+            return "data.mixup_alpha / data.cutmix_alpha"
+    return None

@@ -25,7 +25,7 @@ from tlcli.data.protocol import ExampleData
 from tlcli.evaluation import write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, features, head_init
+from tlcli.training import baseline, features, head_init, tta
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
 from tlcli.training.ema import EMA
@@ -59,6 +59,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     console.print_recipe(notes)
     strategy = instantiate(cfg.finetune)
     task = instantiate(cfg.task)
+    views = tta.parse(cfg.tta)
+    tta.check(views, backbone.modality, task)
     task.check_data(datamodule.labels)
     task.build(datamodule.num_classes, datamodule.label_counts())
     task.fit_targets(datamodule.train_targets())
@@ -70,6 +72,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_config=backbone.data_config(),
             task=task,
         )
+    # mixup / cutmix (data.augment=strong, data.mixup_alpha): applied to training batches by the module
+    mixer = datamodule.batch_mixer() if hasattr(datamodule, "batch_mixer") else None
     if isinstance(datamodule, ExampleData) and datamodule.feature_cache:  # a data module of the user's own has none
         datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
     # the "before" number: frozen pretrained features + logistic regression on the same split
@@ -95,6 +99,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         distiller=distiller,
         channels_last=cfg.channels_last,
         compile=cfg.compile,
+        mixer=mixer,
     )
 
     # 2. the trainer, with callbacks and loggers from their groups
@@ -161,8 +166,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # 4. test the best checkpoint (on val when the data has no test split, and say so)
     if cfg.test_after_fit:
         ckpt = _best_checkpoint(trainer)
+        module.tta = views  # the final test only: validation chose the checkpoint without
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics.update(tta.record(views))
         metrics["tested_checkpoint"] = ckpt
         if trainer.is_global_zero:
             write_test_report(run_dir, module, datamodule.test_split)

@@ -10,7 +10,11 @@ which task it holds; it calls these methods:
   `check_data` compares them.
 - build(num_outputs, label_counts): fix what depends on the data (weights, thresholds).
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
-- loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
+- loss / metrics / metric_inputs: training and the logged val/ and test/ metrics. A task whose
+  data can be mixed (data.augment=strong: mixup/cutmix) takes class distributions (N, C) as
+  training targets too.
+- merge_views / spatial_outputs: test-time augmentation (tlcli.training.tta) merges the outputs of
+  several views of a batch into one logits-shaped tensor; spatial outputs (maps) are flipped back.
 - scores(logits): what predict turns into its rows per example (probabilities, or values).
 - kept(logits, y): what test keeps of each batch for the report (default: y and the scores;
   segmentation keeps the predicted class map, not a probability per pixel and class).
@@ -85,6 +89,8 @@ class Task(nn.Module):
     hf_problem_type: ClassVar[str | None] = None
     # the Hub's pipeline tag per backbone modality (a model card's metadata); none: no Hub pipeline reads it
     hub_pipelines: ClassVar[dict[str, str]] = {}
+    # outputs are maps over the image (segmentation): a flipped test-time view is flipped back
+    spatial_outputs: ClassVar[bool] = False
 
     def __init__(self, labels: str | None = None):
         super().__init__()
@@ -124,6 +130,10 @@ class Task(nn.Module):
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """outputs (views, *logits shape) -> one logits tensor for the views together (default: the mean)."""
+        return outputs.mean(0)
 
     def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(targets, scores) of a test batch, on the CPU, for the report."""

@@ -70,6 +70,7 @@ class Segmentation(Task):
     hub_pipelines = {"image": "image-segmentation"}
     labels = "mask"
     headline = (("miou", True), ("pixel_acc", True))
+    spatial_outputs = True
 
     def mismatch(self, data_labels: str) -> str:
         return (
@@ -97,6 +98,11 @@ class Segmentation(Task):
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)
+
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per pixel, the log of the views' mean class probabilities (outputs: views, N, C, H, W)."""
+        probs = outputs.float().softmax(dim=2).mean(0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # class maps, not (classes x pixels) probabilities: 2 bytes a pixel for the whole test split
