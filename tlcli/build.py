@@ -1,14 +1,19 @@
-"""The parts of a fit before training: recipes applied, finetune=auto resolved, backbone and data built.
+"""One assembly of the parts, used by every verb: backbone, data module, head, task, LightningModule.
 
-Order matters: the backbone's recipe first (its data transforms and numbers) and the task's
-over it, then the data (finetune=auto needs its class counts, counted as the task says), then
-the strategy's recipe, which may change data keys (a probe caches features without
+fit (`parts`, then `module`), the checkpoint restore behind test/predict/export/serve/push
+(`module` with tlcli.trust's checked builder), rank and `test finetune=zero_shot` (`frozen`),
+test (`data`) and check all build through these functions, so a part is wired one way.
+
+`parts` order matters: the backbone's recipe first (its data transforms and numbers) and the
+task's over it, then the data (finetune=auto needs its class counts, counted as the task says),
+then the strategy's recipe, which may change data keys (a probe caches features without
 augmentation): the data is rebuilt only then.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -31,22 +36,84 @@ def user_choices() -> tuple[set[str], dict[str, str]]:
     return recipes.explicit_keys(list(hc.overrides.task), choices.get("experiment")), choices
 
 
+Make = Callable[..., Any]  # hydra's instantiate, or tlcli.trust.build for a checkpoint's saved config
+
+
+def backbone(node: Any, make: Make = instantiate) -> Any:
+    """The backbone of a config node (pretrained weights as node.weights says)."""
+    return make(node)
+
+
+def data(node: Any, data_config: dict[str, Any], stage: str = "fit", make: Make = instantiate, **overrides: Any) -> Any:
+    """The data module for `node` with a backbone's input spec (its data_config()), set up for `stage`,
+    its contract checked."""
+    datamodule = make(node, data_config=data_config, **overrides)
+    datamodule.setup(stage)
+    protocol.check(datamodule)
+    return datamodule
+
+
+def frozen(backbone_node: Any, data_node: Any, stage: str = "fit") -> tuple[Any, Any]:
+    """(backbone in eval mode, its data without augmentation): what scores frozen features (rank,
+    `test finetune=zero_shot`). Features must describe the data, not random crops of it."""
+    model = backbone(backbone_node).eval()
+    return model, data(data_node, model.data_config(), stage, augment=False)
+
+
+def head(node: Any, backbone: Any, num_classes: int, make: Make = instantiate) -> Any:
+    """The head on top of the backbone's features (a partial in the config: in_features/num_classes come here)."""
+    return make(node)(in_features=backbone.num_features, num_classes=num_classes)
+
+
+def module(
+    config: Any,
+    backbone: Any,
+    task: Any,
+    class_names: list[str],
+    label_counts: list[int],
+    *,
+    make: Make = instantiate,
+    head_module: Any = None,
+    strategy: Any = None,
+    **options: Any,
+) -> Any:
+    """The TransferModule of a run config: its head, strategy, optimizer and schedule built by `make`.
+
+    `task` comes built (fit fits its targets first; restore sizes it from the checkpoint); options
+    go to TransferModule as they are (distiller, channels_last, compile)."""
+    from tlcli.module import TransferModule
+
+    if head_module is None:
+        head_module = head(config["head"], backbone, len(class_names), make)
+    plain = config if isinstance(config, dict) else OmegaConf.to_container(config, resolve=True)
+    return TransferModule(
+        backbone=backbone,
+        head=head_module,
+        task=task,
+        strategy=strategy if strategy is not None else make(config["finetune"]),
+        optimizer=make(config["optimizer"]),
+        schedule=make(config["scheduler"]),
+        class_names=list(class_names),
+        label_counts=list(label_counts),
+        config=plain,
+        **options,
+    )
+
+
 def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """(backbone, datamodule set up for fit, notes for metrics.json); cfg is completed in place."""
     explicit, choices = user_choices()
     # the backbone's recipe, then the task's (what the problem needs beats what the family likes)
     sources = recipes.apply(cfg, explicit, choices, groups=("backbone", "task"))
-    backbone = instantiate(cfg.backbone)
+    model = backbone(cfg.backbone)
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
-    datamodule = instantiate(cfg.data, data_config=backbone.data_config())
-    datamodule.setup("fit")
-    protocol.check(datamodule)
+    datamodule = data(cfg.data, model.data_config())
     notes: dict[str, Any] = {}
     if cfg.finetune._target_ == AUTO:
         # what is counted per class is the task's to say (token classification: entities per type)
         counted = instantiate(cfg.task).auto_counts(datamodule.label_counts(), datamodule.class_names)
         name, reason = instantiate(cfg.finetune).choose(
-            list(counted.counts.values()), backbone.modality, counted.per, counted.unit
+            list(counted.counts.values()), model.modality, counted.per, counted.unit
         )
         from tlcli.config.paths import conf_dir
 
@@ -58,24 +125,38 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     sources.update(recipes.apply(cfg, explicit, choices, groups=("finetune",)))
     _cache_only_without_inputs(cfg, explicit, sources)
     if OmegaConf.to_container(cfg.data, resolve=True) != data_node:
-        datamodule = instantiate(cfg.data, data_config=backbone.data_config())
-        datamodule.setup("fit")
+        datamodule = data(cfg.data, model.data_config())
     sources = recipes.with_defaults(cfg, sources, explicit, choices)
     notes.update({f"recipe/{k}": f"{v['value']} ({v['source']})" for k, v in sources.items()})
     notes["selection"] = f"best {cfg.monitor} ({cfg.monitor_mode}) on val; early stopping on the same"
-    return backbone, datamodule, notes
+    return model, datamodule, notes
 
 
 def _cache_only_without_inputs(cfg: DictConfig, explicit: set[str], sources: dict[str, Any]) -> None:
     """A recipe's feature cache yields to what needs the inputs themselves: augmentation, a teacher."""
-    data = cfg.data
-    if "feature_cache" not in data or not data.feature_cache or "data.feature_cache" in explicit:
+    node = cfg.data
+    if "feature_cache" not in node or not node.feature_cache or "data.feature_cache" in explicit:
         return
-    why = "data.augment=true" if data.get("augment") else "distill.teacher" if cfg.distill.teacher else None
+    why = _input_changes(node) or ("distill.teacher" if cfg.distill.teacher else None)
     if OmegaConf.select(cfg, "backbone.features", default="pooled") == "pyramid":
         why = "backbone.features=pyramid (feature maps, too large to cache)"
     if why:
         with open_dict(cfg):
-            data.feature_cache = False
+            node.feature_cache = False
         needs = "" if why.startswith("backbone.") else " needs the inputs"
         sources["data.feature_cache"] = {"value": False, "source": f"off: {why}{needs}"}
+
+
+def _input_changes(data: DictConfig) -> str | None:
+    """The data key that changes the inputs from epoch to epoch (augmentation, batch mixing), or None."""
+    from tlcli.data import augment
+
+    if "augment" not in data:  # a data module of the user's own
+        return None
+    name = augment.preset(data.augment)
+    if name != "none":
+        return f"data.augment={str(data.augment).lower()}"
+    if all(k in data for k in ("mixup_alpha", "cutmix_alpha", "mixup_prob")):
+        if augment.mixing(name, data.mixup_alpha, data.cutmix_alpha, data.mixup_prob) is not None:
+            return "data.mixup_alpha / data.cutmix_alpha"
+    return None

@@ -15,7 +15,7 @@ from torch import nn
 from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError, DivergedError
 from tlcli.finetune.base import FinetuneStrategy
-from tlcli.training import distributed
+from tlcli.training import distributed, tta
 from tlcli.training.distill import Distiller
 from tlcli.training.seeding import rng_state, set_rng_state
 
@@ -58,6 +58,7 @@ class TransferModule(L.LightningModule):
         distiller: Distiller | None = None,
         channels_last: bool | str = False,
         compile: bool = False,
+        mixer: Callable | None = None,
     ):
         super().__init__()
         self.backbone, self.head, self.task = backbone, head, task
@@ -68,6 +69,10 @@ class TransferModule(L.LightningModule):
         self.config = config or {}
         # A plain object, not an nn.Module: the teacher stays out of state_dict, parameters and optimizer.
         self.distiller = distiller
+        # mixup / cutmix of training batches (tlcli.data.augment.BatchMixer), or None
+        self.mixer = mixer
+        # test-time augmentation views (tlcli.training.tta) for test and predict; validation uses none
+        self.tta: tuple[str, ...] = ()
         num_classes = len(self.class_names)
         self.val_metrics = task.metrics(num_classes).clone(prefix="val/")
         self.test_metrics = task.metrics(num_classes).clone(prefix="test/")
@@ -91,6 +96,10 @@ class TransferModule(L.LightningModule):
         if self._channels_last_on and isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
+
+    def eval_logits(self, x: Any) -> torch.Tensor:
+        """Logits for test and predict: forward(x), or the task's merge of the test-time views."""
+        return tta.logits(self, self.task, x, self.tta) if self.tta else self(x)
 
     def setup(self, stage: str) -> None:
         # channels_last: NHWC weights and inputs, the layout cuDNN's bf16/fp16 conv kernels want
@@ -122,6 +131,10 @@ class TransferModule(L.LightningModule):
     # -- steps --
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.mixer is not None:
+            # keyed by the batch's place in the run, which a resumed run restores (not by the RNG stream)
+            place = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            x, y = self.mixer(x, y, (self.current_epoch, place, self.global_rank))
         logits = self(x)
         loss = self.task.loss(logits, y)
         if self.distiller is not None:
@@ -147,7 +160,7 @@ class TransferModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
+        logits = self.eval_logits(x)
         self.test_loss.update(self.task.loss(logits, y), len(y))
         self.log("test/loss", self.test_loss)
         self.test_metrics.update(self.task.metric_inputs(logits), y)
@@ -175,7 +188,7 @@ class TransferModule(L.LightningModule):
     # -- predict (`tlcli predict` on several devices): scores in input order, on every rank --
     def predict_step(self, batch, batch_idx, dataloader_idx=0) -> None:
         x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
-        logits = self(x)
+        logits = self.eval_logits(x)
         scores = self.task.scores(logits) if y is None else self.task.predict_scores(logits, y)
         self._predict_buffers.append(scores.detach().float().cpu())
 

@@ -75,7 +75,7 @@ def read(path: Path, key: str = "ckpt") -> dict[str, Any]:
 
 def load_module(path: str | Path, key: str = "ckpt"):
     """(TransferModule in eval mode with the checkpoint's weights, the run config as a dict)."""
-    from tlcli.module import TransferModule
+    from tlcli import build
 
     ckpt = read(resolve(path, key), key)
     saved = ckpt["tlcli"]
@@ -86,20 +86,10 @@ def load_module(path: str | Path, key: str = "ckpt"):
         backbone_cfg["weights"] = "none"  # the architecture is enough: the weights come from the checkpoint
     backbone = trust.build(backbone_cfg)
     class_names = list(saved["class_names"])
+    label_counts = list(saved["label_counts"])
     task = trust.build(config["task"])
-    task.build(len(class_names), list(saved["label_counts"]), names=class_names)
-    head = trust.build(config["head"])(in_features=backbone.num_features, num_classes=len(class_names))
-    module = TransferModule(
-        backbone=backbone,
-        head=head,
-        task=task,
-        strategy=trust.build(config["finetune"]),
-        optimizer=trust.build(config["optimizer"]),
-        schedule=trust.build(config["scheduler"]),
-        class_names=class_names,
-        label_counts=list(saved["label_counts"]),
-        config=config,
-    )
+    task.build(len(class_names), label_counts, names=class_names)
+    module = build.module(config, backbone, task, class_names, label_counts, make=trust.build)
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise WeightsError(

@@ -148,7 +148,7 @@ def baseline(cfg) -> dict[str, Any]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from tlcli import console
+    from tlcli import build, console
     from tlcli.reporting import files
     from tlcli.reporting import transferability as T
     from tlcli.tasks import Classification
@@ -176,9 +176,7 @@ def baseline(cfg) -> dict[str, Any]:
     opts: ZeroShot = instantiate(cfg.finetune)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     torch.manual_seed(cfg.seed)
-    backbone = instantiate(cfg.backbone).eval()
-    datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
-    datamodule.setup("test")
+    backbone, datamodule = build.frozen(cfg.backbone, cfg.data, "test")
     if datamodule.labels != "class":
         raise ConfigError(
             "finetune=zero_shot supports single-label data (data=imagefolder, or data=csv with one label column): "

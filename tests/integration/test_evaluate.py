@@ -137,6 +137,35 @@ def test_test_refuses_data_with_other_classes(trained, tmp_path):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+def flip_averaged(module, x: torch.Tensor) -> torch.Tensor:
+    """The mean softmax of each image and its mirror: tta=flip by hand."""
+    with torch.no_grad():
+        return (module(x).softmax(-1) + module(x.flip(-1)).softmax(-1)) / 2
+
+
+def test_test_with_tta_flip_averages_each_image_and_its_mirror(trained, model, tmp_path):
+    run_dir, root = trained
+    metrics = run_test(run_dir, ["tta=flip"], tmp_path)
+    dm = ImageFolderDataModule(
+        root=str(root), image_size=32, num_workers=0, augment=False, data_config=model[0].backbone.data_config()
+    )
+    dm.setup("test")
+    batches = list(dm.test_dataloader())
+    y = torch.cat([b[1] for b in batches])
+    probs = torch.cat([flip_averaged(model[0], b[0]) for b in batches])
+    pred = probs.argmax(1)
+    expected = {
+        "test/acc": float((pred == y).float().mean()),
+        "test/f1_macro": float(f1_score(y.numpy(), pred.numpy(), average="macro")),
+        "test/loss": float(F.nll_loss(probs.log(), y)),  # the cross-entropy of the averaged probabilities
+    }
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-5), key
+    assert expected["test/loss"] != pytest.approx(expected_metrics(model[0], root)["test/loss"], abs=1e-4)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["tta"] == "flip" and saved["tta/views"] == 2
+
+
 # ---------------------------------------------------------------- predict
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as f:
@@ -190,6 +219,19 @@ def test_predict_a_csv_to_jsonl_with_every_probability(trained, model, tmp_path)
         np.testing.assert_allclose(list(r["probs"].values()), expected, atol=1e-5)
         assert r["pred"] == r["top"][0]["class"] == max(r["probs"], key=r["probs"].get)
         assert len(r["top"]) == 2 and r["score"] == r["top"][0]["score"]
+
+
+def test_predict_with_tta_writes_the_averaged_probabilities(trained, model, tmp_path):
+    run_dir, root = trained
+    out = tmp_path / "preds.jsonl"
+    result = run_predict(run_dir, [f"input={root / 'test' / 'fox'}", f"output={out}", "tta=flip"], tmp_path)
+    assert result == {"output": str(out), "count": 4, "tta": "flip", "tta/views": 2}
+    _, eval_tf = image_transforms(model[0].backbone.data_config(), augment=False, image_size=32)
+    for line in out.read_text().splitlines():
+        record = json.loads(line)
+        by_hand = flip_averaged(model[0], eval_tf(load_rgb(record["input"]))[None])[0]
+        got = [record["probs"][c] for c in model[0].class_names]
+        assert got == pytest.approx(by_hand.tolist(), abs=1e-6)
 
 
 def test_predict_errors_name_the_input_and_the_fix(trained, tmp_path):

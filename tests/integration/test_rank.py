@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import compose_fit
 from tlcli.cli import main
-from tlcli.commands.rank import COLUMNS, parse_candidates, rank
+from tlcli.commands.rank import COLUMNS, logme_folds, parse_candidates, rank, recommend
 from tlcli.errors import ConfigError
 from tlcli.training.features import subset_indices
 
@@ -23,7 +23,7 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
 
     pre, tiny = result["candidates"]  # sorted by LogME, best first
     assert (pre["candidate"], tiny["candidate"]) == ("lite0_offline", "test_resnet")
-    # measured: LogME 0.13 vs -0.18, probe accuracy 0.83 vs 0.63
+    # measured: LogME 0.06 vs -0.19, probe accuracy 0.70 vs 0.67 (64 px)
     assert pre["logme"] > tiny["logme"] + 0.1
     assert pre["probe_acc"] > tiny["probe_acc"]
     assert 0 <= tiny["hscore"] <= 9 and 0 <= pre["hscore"] <= 9  # 10 classes: H-score is at most 9
@@ -46,6 +46,107 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     out = capsys.readouterr().out
     assert "transferability on 90 train / 30 val samples, 10 classes (sorted by LogME)" in out
     assert f"{pre['logme']:.4f}" in out and f"{tiny['probe_acc']:.3f}" in out
+
+    # the decision: a 0.3 LogME gap over 5 folds of 18 digits is far outside the noise
+    rec = saved["recommendation"]
+    assert (rec["candidate"], rec["runner_up"], rec["folds"]) == ("lite0_offline", None, 5)
+    assert rec["logme_gap"] == pytest.approx(pre["logme"] - tiny["logme"]) and rec["logme_gap"] > 2 * rec["gap_se"]
+    assert rec["reason"].startswith(f"LogME {pre['logme']:.4f}, ahead of test_resnet by {rec['logme_gap']:.4f}")
+    flat = " ".join(out.split())
+    assert f"recommendation: fine-tune lite0_offline (LogME {pre['logme']:.4f}, ahead of test_resnet" in flat
+    # the saving: measured rank time against each candidate's estimated fine-tune (10 epochs each)
+    assert saved["time"]["fit_all_estimate_s"] == pytest.approx(pre["fit_estimate_s"] + tiny["fit_estimate_s"], 0.01)
+    assert pre["fit_estimate_s"] > tiny["fit_estimate_s"] > 0  # Lite0 is the slower network
+    assert "fine-tuning all 2 candidates would take about" in flat
+    # the hand-off: the same data keys, and every split's features cached for a later probe
+    assert saved["fit_command"] == f"tlcli fit backbone=@rank:{run_dir} " + " ".join(FEW_DIGITS)
+    assert f"next: tlcli fit backbone=@rank:{run_dir}" in flat
+    assert len(list((run_dir / "features").glob("*.pt"))) == 2  # one file per candidate
+
+
+def test_the_ranked_backbone_goes_straight_to_fit_and_its_probe_reads_ranks_features(tmp_path, caplog):
+    import logging
+
+    from tlcli.commands.fit import fit
+
+    rank_dir = tmp_path / "rank"
+    rank(compose_fit(["backbones=[test_resnet]", *FEW_DIGITS], rank_dir, config_name="rank"))
+    cfg = compose_fit(
+        [f"backbone=@rank:{rank_dir}", *FEW_DIGITS, "finetune=linear_probe", "trainer.max_epochs=1", "baseline=false"],
+        tmp_path / "fit",
+    )
+    assert (cfg.backbone.name, cfg.data.feature_cache_dir) == ("test_resnet", str(rank_dir / "features"))
+    with caplog.at_level(logging.INFO, logger="tlcli.training.features"):
+        fit(cfg)
+    assert f"feature cache hit: {rank_dir / 'features'}" in caplog.text
+    assert "computed features" not in caplog.text
+    assert not (tmp_path / "fit" / "features").exists()
+
+
+def test_rank_run_dir_resolves_to_the_recommended_candidate_and_its_weights(tmp_path):
+    from tlcli.config.compose import _backbone_rewrite
+
+    (tmp_path / "rank.json").write_text(json.dumps({"recommendation": {"candidate": "lite0_offline@none"}}))
+    # no features/ there (feature_cache=false): fit keeps its own cache dir
+    assert _backbone_rewrite([f"backbone=@rank:{tmp_path}", "seed=1"]) == [
+        "backbone=lite0_offline",
+        "backbone.weights=none",
+        "seed=1",
+    ]
+    (tmp_path / "rank.json").write_text(json.dumps({"recommendation": {"candidate": "convnext_small"}}))
+    (tmp_path / "features").mkdir()
+    assert _backbone_rewrite([f"backbone=@rank:{tmp_path}"]) == [
+        "backbone=timm",
+        "backbone.name=convnext_small",
+        f"data.feature_cache_dir={tmp_path / 'features'}",
+    ]
+    given = f"data.feature_cache_dir={tmp_path / 'mine'}"  # the user's own cache dir wins
+    assert _backbone_rewrite([f"backbone=@rank:{tmp_path}", given])[-1] == given
+
+
+def test_a_rank_dir_without_a_recommendation_is_refused_with_the_fix(tmp_path, capsys):
+    assert main(["fit", f"backbone=@rank:{tmp_path}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"backbone=@rank:{tmp_path}: {tmp_path} holds no rank.json; pass the run dir `tlcli rank` printed" in err
+    (tmp_path / "rank.json").write_text(json.dumps({"sorted_by": "logme", "candidates": []}))
+    with pytest.raises(ConfigError, match=r"has no recommendation \(KeyError: 'recommendation'\); run `tlcli rank`"):
+        compose_fit([f"backbone=@rank:{tmp_path}"], tmp_path / "fit")
+
+
+def test_folds_are_disjoint_stratified_and_the_same_for_every_candidate():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    feats = rng.normal(size=(60, 8)) + labels[:, None]
+    first, again = logme_folds(feats, labels, seed=3), logme_folds(feats, labels, seed=3)
+    assert len(first) == 5 and first == again
+    from tlcli.reporting import transferability as T
+
+    # fold k holds every 5th example of each class in a seeded order: rebuild fold 0 by hand
+    order = np.random.default_rng(3)
+    fold0, offset = [], 0
+    for c in (0, 1, 2):
+        idx = order.permutation(np.flatnonzero(labels == c))
+        fold0 += [i for j, i in enumerate(idx) if (j + offset) % 5 == 0]
+        offset += len(idx)
+    assert sorted(np.bincount(labels[fold0]).tolist()) == [2, 4, 6]
+    assert first[0] == pytest.approx(T.logme(feats[sorted(fold0)], labels[sorted(fold0)]))
+    assert logme_folds(feats[:19], labels[:19], seed=3) == []  # under 4 per fold: no noise estimate
+
+
+def test_a_gap_within_noise_recommends_the_runner_up_too():
+    rows = [{"candidate": "a", "logme": 0.50}, {"candidate": "b", "logme": 0.49}, {"candidate": "c", "logme": 0.1}]
+    noisy = {"a": [0.40, 0.60, 0.50, 0.45, 0.55], "b": [0.45, 0.50, 0.52, 0.40, 0.58]}
+    rec = recommend(rows, noisy)
+    assert (rec["candidate"], rec["runner_up"]) == ("a", "b")
+    assert rec["gap_se"] == pytest.approx(0.0281069, abs=1e-6)  # std of the paired gaps / sqrt(5)
+    assert "within noise; fine-tune both if you can" in rec["reason"]
+    steady = {"a": [0.50, 0.51, 0.49, 0.50, 0.50], "b": [0.49, 0.50, 0.48, 0.49, 0.49]}
+    rec = recommend(rows, steady)
+    assert (rec["candidate"], rec["runner_up"]) == ("a", None)
+    assert recommend(rows[:1], {})["reason"] == "the only candidate"
+    assert "the gap's noise is not known" in recommend(rows, {"a": [], "b": []})["reason"]
 
 
 @pytest.mark.slow

@@ -250,3 +250,4 @@ def test_serve_refuses_and_push_writes_the_tlcli_layout(trained, tmp_path):
     assert layout.name == "tlcli" and "backbone.features=tokens, not pooled features" in layout.notes[0]
     spec = json.loads((tmp_path / "config.json").read_text())
     assert spec["backbone"]["features"] == "tokens" and spec["tlcli"]["tags"] == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert layout.notes[-1].startswith("The outputs are per-token tag logits (IOB2)")

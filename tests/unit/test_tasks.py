@@ -57,3 +57,26 @@ def test_heads_map_features_to_classes():
     assert mlp(torch.randn(2, 16)).shape == (2, 4)
     assert [type(m).__name__ for m in mlp] == ["Linear", "GELU", "Dropout", "Linear"]
     assert mlp[0].out_features == 8
+
+
+def test_an_imbalanced_test_split_leads_the_report_with_recall_and_macro_f1():
+    import numpy as np
+
+    task = Classification()
+    # 12 / 3 / 3 examples (ratio 4 > 3): the model calls everything "a", 0.67 accuracy
+    y_true = np.array([0] * 12 + [1] * 3 + [2] * 3)
+    y_score = np.tile([0.8, 0.1, 0.1], (18, 1))
+    report = task.report(y_true, y_score, ["a", "b", "c"], "test")
+    assert report.columns == ("class", "recall", "f1", "precision", "support")
+    assert report.summary["imbalance_ratio"] == 4.0
+    assert report.summary["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert report.caption == (
+        "imbalanced classes (the largest has 4.0x the examples of the smallest): macro-F1 0.2667, "
+        "mean per-class recall 0.3333; accuracy 0.6667 on 18 examples"
+    )
+    html = "".join(task.html_sections(report, y_true, y_score, ["a", "b", "c"], "test"))
+    assert "<th>class</th><th class=num>recall</th><th class=num>f1</th>" in html
+    # 9 / 3 / 3 (ratio 3): balanced enough, accuracy first as before
+    report = task.report(y_true[3:], y_score[3:], ["a", "b", "c"], "test")
+    assert report.columns == ("class", "precision", "recall", "f1", "support")
+    assert "imbalance_ratio" not in report.summary and report.caption == "accuracy 0.6000 on 15 examples"

@@ -103,9 +103,9 @@ def _weights(node, found: Findings) -> dict[str, Any] | None:
         elif node._target_ == HF:
             status, detail, data_config = _hf(node)
         else:  # a backbone class tlcli does not know: build it for real
-            from hydra.utils import instantiate
+            from tlcli import build
 
-            data_config = instantiate(node).data_config()
+            data_config = build.backbone(node).data_config()
             status, detail = "ok", f"built {node._target_}"
     except TlcliError as err:
         found.fail(check, err)
@@ -240,28 +240,21 @@ def _local_file(weights: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- data
 def _data(node, data_config: dict[str, Any], found: Findings) -> None:
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from tlcli import build
+    from tlcli.data.base import TransferDataModule
 
     # Keys that interpolate the Hydra run (e.g. a cache under the run dir) mean nothing outside
     # a run, and checking needs none of them.
     outside_run = {k: None for k in node if OmegaConf.is_interpolation(node, k) and "${hydra:" in _raw(node, k)}
     try:
-        # no loader workers: nothing is loaded here beyond the file listing
-        dm = instantiate(node, data_config=data_config, num_workers=0, **outside_run)
-        dm.setup("fit")
+        # as fit builds it (contract checked), without loader workers: nothing is loaded beyond the file listing
+        dm = build.data(node, data_config, "fit", num_workers=0, **outside_run)
     except Exception as exc:  # noqa: BLE001 - Hydra wraps errors raised inside the data module
         err = find_tlcli_error(exc)
         if err is None:
             raise
-        found.fail("data", err)
-        return
-    from tlcli.data import protocol
-    from tlcli.data.base import TransferDataModule
-
-    try:
-        protocol.check(dm)
-    except ConfigError as err:
         found.fail("data", err)
         return
     if not isinstance(dm, TransferDataModule):  # a data module of the user's own: no examples to count

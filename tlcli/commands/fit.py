@@ -23,12 +23,12 @@ from tlcli import build, console, lock
 from tlcli.config.validate import validate_all
 from tlcli.data.protocol import ExampleData
 from tlcli.evaluation import write_test_report
-from tlcli.module import TransferModule
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, features, head_init
+from tlcli.training import baseline, features, head_init, tta
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
+from tlcli.training.ema import EMA
 
 log = logging.getLogger(__name__)
 # Lightning adds a handler of its own; Hydra's root handler already prints (and files) its records.
@@ -59,6 +59,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     console.print_recipe(notes)
     strategy = instantiate(cfg.finetune)
     task = instantiate(cfg.task)
+    views = tta.parse(cfg.tta)
+    tta.check(views, backbone.modality, task)
     task.check_data(datamodule.labels)
     task.build(datamodule.num_classes, datamodule.label_counts(), names=datamodule.class_names)
     task.fit_targets(datamodule.train_targets())
@@ -70,6 +72,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_config=backbone.data_config(),
             task=task,
         )
+    # mixup / cutmix (data.augment=strong, data.mixup_alpha): applied to training batches by the module
+    mixer = datamodule.batch_mixer() if hasattr(datamodule, "batch_mixer") else None
     if isinstance(datamodule, ExampleData) and datamodule.feature_cache:  # a data module of the user's own has none
         datamodule, backbone = features.cached(backbone, datamodule, strategy, distiller)
     # the "before" number: frozen pretrained features + logistic regression on the same split
@@ -81,27 +85,29 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     start_head = before.pop("baseline/head", None)
     if not cfg.baseline:
         before = {}
-    head = instantiate(cfg.head)(in_features=backbone.num_features, num_classes=datamodule.num_classes)
+    head = build.head(cfg.head, backbone, datamodule.num_classes)
     if warm:
         notes["head_init"] = _warm_start(head, start_head)
-    module = TransferModule(
-        backbone=backbone,
-        head=head,
-        task=task,
+    module = build.module(
+        OmegaConf.to_container(cfg, resolve=True),
+        backbone,
+        task,
+        datamodule.class_names,
+        datamodule.label_counts(),
+        head_module=head,
         strategy=strategy,
-        optimizer=instantiate(cfg.optimizer),
-        schedule=instantiate(cfg.scheduler),
-        class_names=datamodule.class_names,
-        label_counts=datamodule.label_counts(),
-        config=OmegaConf.to_container(cfg, resolve=True),
         distiller=distiller,
         channels_last=cfg.channels_last,
         compile=cfg.compile,
+        mixer=mixer,
     )
 
     # 2. the trainer, with callbacks and loggers from their groups
     history, preemption = History(), Preemption(str(run_dir / "checkpoints"))
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [history, preemption]
+    if cfg.ema_decay:  # the average is what validation, the checkpoints and the test see
+        callbacks.append(EMA(cfg.ema_decay))
+        notes["ema_decay"] = cfg.ema_decay
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.logger else False
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir), plugins=[SafeCheckpointIO()]
@@ -160,8 +166,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # 4. test the best checkpoint (on val when the data has no test split, and say so)
     if cfg.test_after_fit:
         ckpt = _best_checkpoint(trainer)
+        module.tta = views  # the final test only: validation chose the checkpoint without
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics.update(tta.record(views))
         metrics["tested_checkpoint"] = ckpt
         if trainer.is_global_zero:
             write_test_report(run_dir, module, datamodule.test_split)

@@ -24,6 +24,7 @@ from tlcli.errors import ConfigError, DataError, did_you_mean
 from tlcli.evaluation import MAX_SHOWN, _listing, device, require
 from tlcli.reporting import files
 from tlcli.tasks.base import PredictItem
+from tlcli.training import tta
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "images that is skipped rather than fatal (e.g. 0.01)"
         )
     pixel_limit(cfg.max_image_pixels, "max_image_pixels")
+    views = tta.parse(cfg.tta)
     out = output_path(cfg.output)  # before the model loads: a bad output path fails in a second
     module, config = restore.load_module(cfg.ckpt)
     spec = module.backbone.data_config()
+    tta.check(views, spec["modality"], module.task)
+    module.tta = views
     # by default the columns the model was trained on (data=csv), e.g. a sentence pair's two
     column = cfg.input_column if cfg.input_column is not None else config.get("data", {}).get("input_column")
     # the data class the model was evaluated with reads and prepares the inputs (segmentation: no
@@ -71,13 +75,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             end = start + len(scores)  # rows as the batches come: a batch's scores are dropped after it
             rows += prediction_rows(task, names[start:end], scores, module.class_names, top_k, items[start:end])
     files.write_text_atomic(out, to_jsonl(task, rows) if out.suffix.lower() == ".jsonl" else to_csv(task, rows))
-    result: dict[str, Any] = {"output": str(out), "count": len(rows)}
+    result: dict[str, Any] = {"output": str(out), "count": len(rows), **tta.record(views)}
     if skipped:
         files.write_text_atomic(skipped_path(out), to_csv_table(["input", "error"], skipped))
         result.update(skipped=[name for name, _ in skipped], skipped_file=str(skipped_path(out)))
     else:  # a list left by an earlier run would describe files that are now fine
         skipped_path(out).unlink(missing_ok=True)
     note = f"; {len(skipped)} unreadable skipped: {skipped_path(out)}" if skipped else ""
+    note += f"; test-time augmentation: {tta.label(views)}, {tta.count(views)} views averaged" if views else ""
     console.console.print(f"{len(rows)} predictions: {out}{note}")
     return result
 
@@ -293,7 +298,7 @@ def _batches(module, loader, dev: torch.device, total: int, progress_bar: bool):
         task = progress.add_task("predict", total=total)
         for x, y in loader:
             x = {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
-            scores = module.task.predict_scores(module(x), y.to(dev)).float().cpu().numpy()
+            scores = module.task.predict_scores(module.eval_logits(x), y.to(dev)).float().cpu().numpy()
             yield start, scores
             start += len(scores)
             progress.advance(task, len(scores))

@@ -4,7 +4,11 @@ For each candidate: build the backbone, build the data module with that backbone
 transforms (augmentation off), extract pooled features of the train and val splits once
 (eval mode, no gradients), and score them with LogME, H-score and a linear probe
 (tlcli.reporting.transferability). The table is sorted by LogME; rank.json and rank.csv go to the
-run dir.
+run dir, with a recommendation: the top candidate, and the runner-up too when their LogME gap is
+within noise (the paired gap over disjoint folds of train is under two standard errors).
+
+With feature_cache=true the features of every split go through the feature cache (the file a
+linear probe reads), so `tlcli fit backbone=@rank:RUN_DIR finetune=linear_probe` starts at once.
 """
 
 from __future__ import annotations
@@ -12,26 +16,31 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tlcli import console
+from tlcli import build, console
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T
 from tlcli.training import distributed
-from tlcli.training.features import extract
+from tlcli.training.features import FeatureCache, extract, subset_indices
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("rank", "candidate", "name", "weights", "num_features", "logme", "hscore", "probe_acc", "seconds")
+FOLDS = 5  # disjoint stratified folds of train for the LogME gap's standard error
+NOISE_SE = 2.0  # a gap under this many standard errors is within noise
+# a fine-tuning step (forward + backward + update) costs about this many forward passes
+TRAIN_STEP_FORWARDS = 3.0
 EXAMPLE = "e.g. backbones=[lite0_offline,lite0_offline@none,test_resnet]"
 
 
@@ -39,24 +48,36 @@ EXAMPLE = "e.g. backbones=[lite0_offline,lite0_offline@none,test_resnet]"
 class Candidate:
     spec: str  # as the user wrote it: NAME or NAME@WEIGHTS
     backbone: DictConfig  # the composed backbone node, as `tlcli fit backbone=NAME` would build it
+    max_epochs: int = 10  # the epochs `tlcli fit backbone=NAME` would train (its recipe's, else the default)
 
 
 def rank(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    started = time.perf_counter()
     candidates = parse_candidates(cfg.backbones)  # every bad name reported before any work starts
     if not distributed.launched_rank_zero():
         # one process ranks (`srun` with several tasks, torchrun): the others would extract the same features again
         log.info("rank: rank 0 of this launch scores the backbones; this process has nothing to do")
         return {}
     scored = [score(c, cfg) for c in candidates]
-    rows = sorted((row for row, _ in scored), key=lambda r: -r["logme"])
+    folds = {row["candidate"]: fold for row, _, fold in scored}
+    rows = sorted((row for row, _, _ in scored), key=lambda r: -r["logme"])
     for i, row in enumerate(rows, start=1):
         row["rank"] = i
     # Same split and seed for every candidate, so the data summary is the same too.
-    result = {"sorted_by": "logme", "data": scored[0][1], "candidates": rows}
+    data = scored[0][1]
+    result = {
+        "sorted_by": "logme",
+        "data": data,
+        "candidates": rows,
+        "recommendation": recommend(rows, folds),
+        "time": time_saved(rows, time.perf_counter() - started),
+        "fit_command": fit_command(run_dir),
+    }
     files.write_json_atomic(run_dir / "rank.json", result)
     files.write_text_atomic(run_dir / "rank.csv", to_csv(rows))
-    print_table(rows, result["data"])
+    print_table(rows, data)
+    print_recommendation(result)
     console.console.print(f"run dir: {run_dir}")
     return result
 
@@ -71,7 +92,9 @@ def parse_candidates(specs) -> list[Candidate]:
         name, _, weights = spec.partition("@")
         overrides = [f"backbone={name}"] + ([f"backbone.weights={weights}"] if weights else [])
         try:
-            out.append(Candidate(spec, _compose(overrides).backbone))
+            composed = _compose(overrides)
+            epochs = composed.backbone.get("recipe", {}).get("trainer.max_epochs", composed.trainer.max_epochs)
+            out.append(Candidate(spec, composed.backbone, int(epochs)))
         except TlcliError as err:
             problems += [f"backbones[{i}]={spec}: {p}" for p in err.problems]
     if problems:
@@ -94,21 +117,20 @@ def _compose(overrides: list[str]) -> DictConfig:
         restore_gh_from_backup(backup)
 
 
-def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the candidate's row, a summary of the data it was scored on)."""
+def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    """(the candidate's row, a summary of the data it was scored on, LogME on each fold of train)."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # random-init candidates (weights none) get the same init every run
-    backbone = instantiate(candidate.backbone).eval()
-    # Augmentation off: scores must describe the features of the data, not of random crops.
-    datamodule = instantiate(cfg.data, data_config=backbone.data_config(), augment=False)
-    datamodule.setup("fit")
+    backbone, datamodule = build.frozen(candidate.backbone, cfg.data)
     if datamodule.labels != "class":
         raise ConfigError(
             "rank scores single-label classification data (data=imagefolder, or data=csv with one label column): "
             f"this data holds {datamodule.labels} targets"
         )
-    ftr, ytr = extract(backbone, datamodule, "train", cfg)
-    fva, yva = extract(backbone, datamodule, "val", cfg)
+    extract_start = time.perf_counter()
+    (ftr, ytr), (fva, yva), forwards = _features(backbone, datamodule, cfg)
+    per_example_s = (time.perf_counter() - extract_start) / max(forwards, 1)
+    n_train, n_val = (len(datamodule.samples[s]) for s in ("train", "val"))
     row = {
         "candidate": candidate.spec,
         "name": str(candidate.backbone.name),
@@ -118,6 +140,9 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
         "hscore": T.hscore(ftr, ytr, shrinkage=cfg.hscore_shrinkage),
         "probe_acc": T.linear_probe_accuracy(ftr, ytr, fva, yva, c=cfg.probe_c, max_iter=cfg.probe_max_iter),
         "seconds": round(time.perf_counter() - start, 2),
+        # what fine-tuning this candidate would cost here: its epochs of a training pass over train
+        # (a forward pass's time x TRAIN_STEP_FORWARDS per example) and an evaluation pass over val
+        "fit_estimate_s": round(candidate.max_epochs * per_example_s * (TRAIN_STEP_FORWARDS * n_train + n_val), 1),
     }
     data = {
         "num_classes": datamodule.num_classes,
@@ -128,7 +153,89 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     log.info(
         "%s: LogME %.4f, H-score %.3f, probe acc %.3f", candidate.spec, row["logme"], row["hscore"], row["probe_acc"]
     )
-    return row, data
+    return row, data, logme_folds(ftr, ytr, cfg.seed)
+
+
+def _features(backbone, datamodule, cfg: DictConfig):
+    """((train features, labels), (val features, labels), examples passed through the backbone).
+
+    feature_cache=true: every split through the feature cache under data.feature_cache_dir (a
+    later probe on this backbone, same data and seed, reads the same file), then the scored
+    subset of at most max_samples; otherwise only that subset of train and val is extracted."""
+    cache_dir = getattr(datamodule, "feature_cache_dir", None)
+    if not (cfg.feature_cache and cache_dir):
+        ftr, ytr = extract(backbone, datamodule, "train", cfg)
+        fva, yva = extract(backbone, datamodule, "val", cfg)
+        return (ftr, ytr), (fva, yva), len(ytr) + len(yva)
+    splits = FeatureCache(cache_dir).features(backbone, datamodule)
+    out = []
+    for split in ("train", "val"):
+        feats, targets = splits[split]
+        labels = targets.numpy().astype(np.int64)
+        idx = subset_indices(labels, cfg.max_samples, cfg.seed)  # the subset extract() would score
+        out.append((feats.numpy()[idx].astype(np.float64), labels[idx]))
+    return out[0], out[1], sum(len(t) for _, t in splits.values())
+
+
+def logme_folds(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = FOLDS) -> list[float]:
+    """LogME on each of `folds` disjoint stratified folds of train (the same folds for every
+    candidate: they see the same examples in the same order); [] when a fold would be too small."""
+    if len(labels) < 4 * folds:
+        return []
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(labels), dtype=int)
+    offset = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold_of[idx] = (np.arange(len(idx)) + offset) % folds  # the offset spreads small classes evenly
+        offset += len(idx)
+    return [T.logme(features[fold_of == k], labels[fold_of == k]) for k in range(folds)]
+
+
+def recommend(rows: list[dict[str, Any]], folds: dict[str, list[float]]) -> dict[str, Any]:
+    """The candidate to fine-tune, and the runner-up as well when the LogME gap is within noise."""
+    best = rows[0]
+    out: dict[str, Any] = {"candidate": best["candidate"], "runner_up": None}
+    if len(rows) == 1:
+        return {**out, "reason": "the only candidate"}
+    second = rows[1]
+    gap = best["logme"] - second["logme"]
+    a, b = folds.get(best["candidate"], []), folds.get(second["candidate"], [])
+    if not a or not b:
+        return {
+            **out,
+            "logme_gap": gap,
+            "reason": f"highest LogME; too few train examples for {FOLDS} folds, so the gap's noise is not known",
+        }
+    diffs = np.asarray(a) - np.asarray(b)
+    se = float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    out.update(logme_gap=gap, gap_se=se, folds=len(diffs))
+    if gap < NOISE_SE * se:
+        out["runner_up"] = second["candidate"]
+        out["reason"] = (
+            f"LogME {best['logme']:.4f} against {second['logme']:.4f}: a gap of {gap:.4f} is under "
+            f"{NOISE_SE:g} standard errors ({se:.4f}, paired over {len(diffs)} folds of train), within noise; "
+            "fine-tune both if you can"
+        )
+    else:
+        out["reason"] = (
+            f"LogME {best['logme']:.4f}, ahead of {second['candidate']} by {gap:.4f} "
+            f"({gap / se if se > 0 else float('inf'):.1f} standard errors over {len(diffs)} folds of train)"
+        )
+    return out
+
+
+def time_saved(rows: list[dict[str, Any]], rank_s: float) -> dict[str, Any]:
+    """Ranking's wall time against fine-tuning every candidate (estimated from the measured forward time)."""
+    all_s = sum(r["fit_estimate_s"] for r in rows)
+    return {"rank_s": round(rank_s, 1), "fit_all_estimate_s": round(all_s, 1)}
+
+
+def fit_command(run_dir: Path) -> str:
+    """`tlcli fit backbone=@rank:RUN_DIR` with the data (and seed) this ranking ran on."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in ("data", "seed") or o.startswith("data.")]
+    return " ".join(["tlcli fit", f"backbone=@rank:{run_dir}", *(shlex.quote(o) for o in keep)])
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -137,6 +244,31 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _duration(seconds: float) -> str:
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.0f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
+
+
+def print_recommendation(result: dict[str, Any]) -> None:
+    rec, t, rows = result["recommendation"], result["time"], result["candidates"]
+    chosen = [rec["candidate"]] + ([rec["runner_up"]] if rec["runner_up"] else [])
+    say = console.console.print
+    say(f"recommendation: fine-tune {' and '.join(chosen)} ({rec['reason']})")
+    if len(rows) > 1:
+        fit_chosen = sum(r["fit_estimate_s"] for r in rows if r["candidate"] in chosen)
+        say(
+            f"ranking took {_duration(t['rank_s'])}; fine-tuning all {len(rows)} candidates would take about "
+            f"{_duration(t['fit_all_estimate_s'])} here, the recommendation alone about {_duration(fit_chosen)} "
+            f"(estimate: each candidate's epochs x {TRAIN_STEP_FORWARDS:g} forward passes per train example)"
+        )
+    say(f"next: {result['fit_command']}", soft_wrap=True, markup=False, highlight=False)  # one line to copy
 
 
 def print_table(rows: list[dict[str, Any]], data: dict[str, Any]) -> None:

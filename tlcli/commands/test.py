@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tlcli import console, restore
+from tlcli import build, console, restore
+from tlcli.errors import ConfigError
 from tlcli.evaluation import check_classes, device, require, write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
+from tlcli.training import tta
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +27,25 @@ log = logging.getLogger(__name__)
 def test(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
+    views = tta.parse(cfg.tta)
     if OmegaConf.select(cfg, "finetune") is not None:
         from tlcli import zero_shot
 
+        if views:
+            what = f"tta={tta.label(views)} applies to a trained checkpoint, not to finetune=zero_shot"
+            raise ConfigError(f"{what}: set tta=null")
         return zero_shot.baseline(cfg)
     require(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt = restore.resolve(cfg.ckpt)
     module, config = restore.load_module(ckpt)
-    datamodule = instantiate(
+    tta.check(views, module.backbone.data_config()["modality"], module.task)
+    module.tta = views
+    datamodule = build.data(
         OmegaConf.create(data_for_test(OmegaConf.select(cfg, "data"), config["data"])),
-        data_config=module.backbone.data_config(),
+        module.backbone.data_config(),
+        "test",
     )
-    datamodule.setup("test")
     check_classes(module, datamodule)
     trainer = L.Trainer(
         accelerator="gpu" if device(cfg.accelerator).type == "cuda" else "cpu",
@@ -53,7 +60,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     )
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = {k: float(v) for k, v in results[0].items()}
-    metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt))
+    metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt), **tta.record(views))
     if not trainer.is_global_zero:  # every rank holds the same metrics and outputs; rank 0 writes them
         return metrics
     write_test_report(run_dir, module, datamodule.test_split)

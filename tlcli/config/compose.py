@@ -28,11 +28,43 @@ def description(path: Path) -> str:
     return ""
 
 
-def _backbone_rewrite(overrides: list[str]) -> list[str]:
-    """`backbone=NAME` with no preset file means any timm model (or an HF id with a '/')."""
-    presets = set(groups().get("backbone", []))
+RANK_PREFIX = "backbone=@rank:"
+
+
+def _rank_rewrite(overrides: list[str]) -> list[str]:
+    """`backbone=@rank:RUN_DIR`: the candidate `tlcli rank` recommended there (NAME, or NAME and its
+    weights), reading that run's cached features unless data.feature_cache_dir is given."""
     out = []
     for o in overrides:
+        if not o.startswith(RANK_PREFIX):
+            out.append(o)
+            continue
+        import json
+
+        run_dir = Path(o[len(RANK_PREFIX) :]).expanduser().resolve()
+        saved = run_dir / "rank.json"
+        if not saved.is_file():
+            raise ConfigError(f"{o}: {run_dir} holds no rank.json; pass the run dir `tlcli rank` printed")
+        try:
+            spec = str(json.loads(saved.read_text())["recommendation"]["candidate"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{o}: {saved} has no recommendation ({type(exc).__name__}: {exc}); run `tlcli rank` again to write one"
+            ) from exc
+        name, _, weights = spec.partition("@")
+        out += [f"backbone={name}"] + ([f"backbone.weights={weights}"] if weights else [])
+        features = run_dir / "features"
+        if features.is_dir() and not any(a.startswith("data.feature_cache_dir=") for a in overrides):
+            out.append(f"data.feature_cache_dir={features}")
+    return out
+
+
+def _backbone_rewrite(overrides: list[str]) -> list[str]:
+    """`backbone=NAME` with no preset file means any timm model (or an HF id with a '/');
+    `backbone=@rank:RUN_DIR` means the candidate `tlcli rank` recommended there."""
+    presets = set(groups().get("backbone", []))
+    out = []
+    for o in _rank_rewrite(overrides):
         m = re.fullmatch(r"backbone=([^,\[\]]+)", o)
         if not m or m.group(1) in presets:
             out.append(o)

@@ -65,6 +65,12 @@ def validate_problems(cfg: DictConfig) -> list[str]:
     problems += _missing_logger_packages(cfg)
     if OmegaConf.select(cfg, "finetune._target_") == LORA:
         problems += peft_problems()
+    balanced = (OmegaConf.select(cfg, "data.sampler"), OmegaConf.select(cfg, "task.class_weights"))
+    if balanced == ("balanced", "balanced"):
+        problems.append(
+            "data.sampler=balanced and task.class_weights=balanced both correct class imbalance: together the "
+            "rare classes weigh more than the common ones; keep one (e.g. task.class_weights=null)"
+        )
     if cfg.monitor not in MONITORS:
         problems.append(
             f"monitor={cfg.monitor} is not a logged metric; choose one of {', '.join(MONITORS)}."

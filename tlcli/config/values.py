@@ -15,6 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+# kept here (not imported from tlcli.data.augment / tlcli.training.tta): this module imports nothing of tlcli
+AUGMENT_PRESETS = ("none", "light", "randaug", "trivial", "autoaug", "strong")
+TTA_VIEWS = ("flip", "crops")
+
 
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -28,6 +32,12 @@ def _bool(v: Any) -> bool:
     return isinstance(v, bool)
 
 
+def _tta(v: Any) -> bool:
+    if isinstance(v, ListConfig | list):
+        return len(v) > 0 and all(x in TTA_VIEWS for x in v)
+    return v is None or v == "none" or v in TTA_VIEWS
+
+
 # key -> (accepts the value?, what it must be, an example)
 RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "seed": (lambda v: _int(v) and v >= 0, "a non-negative integer", "0"),
@@ -35,6 +45,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "auto_resume": (_bool, "true or false", "true"),
     "baseline": (_bool, "true or false", "true"),
     "head_init": (lambda v: v in ("random", "baseline"), "random or baseline", "baseline"),
+    "ema_decay": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0 = off)", "0.999"),
     "compile": (_bool, "true or false", "false"),
     "channels_last": (lambda v: _bool(v) or v == "auto", "auto, true or false", "auto"),
     "progress_bar": (_bool, "true or false", "false"),
@@ -63,6 +74,17 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "max_bad_fraction": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]", "0.01"),
     "max_image_pixels": (lambda v: v is None or (_int(v) and v >= 1), "null or a positive integer", "200000000"),
     "data.num_workers": (lambda v: v == "auto" or (_int(v) and v >= 0), "auto or an integer >= 0", "auto"),
+    "data.augment": (
+        lambda v: _bool(v) or v in AUGMENT_PRESETS or (isinstance(v, str) and v.startswith("rand-")),
+        "a preset: none, light, randaug, trivial, autoaug, strong (true = light, false = none), or a timm "
+        "RandAugment string such as rand-m9-mstd0.5-inc1",
+        "randaug",
+    ),
+    "data.mixup_alpha": (lambda v: v is None or (_num(v) and v >= 0), "null (the augment preset's) or >= 0", "0.8"),
+    "data.cutmix_alpha": (lambda v: v is None or (_num(v) and v >= 0), "null (the augment preset's) or >= 0", "1.0"),
+    "data.mixup_prob": (lambda v: v is None or (_num(v) and 0 <= v <= 1), "null or a number in [0, 1]", "1.0"),
+    "data.sampler": (lambda v: v in ("shuffle", "balanced"), "shuffle or balanced", "balanced"),
+    "tta": (_tta, "null (off), flip, crops or [flip,crops]", "flip"),
     "callbacks.early_stopping.patience": (lambda v: _int(v) and v >= 0, "an integer >= 0", "3"),
     "distill.alpha": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]", "0.5"),
     "distill.temperature": (lambda v: _num(v) and v > 0, "a positive number", "4.0"),
@@ -86,7 +108,9 @@ def range_problems(cfg: DictConfig) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, DictConfig | ListConfig):
+    if isinstance(value, ListConfig | list | tuple):  # as an override writes it: [flip,zoom]
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    if isinstance(value, DictConfig):
         value = OmegaConf.to_container(value)
     if value is None:
         return "null"

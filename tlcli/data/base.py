@@ -18,16 +18,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tlcli.data import augment as presets
 from tlcli.data import kshot
 from tlcli.data.text import TextCollate, TextDataset, as_target
 from tlcli.data.transforms import Transform, find_unreadable, image_transforms, load_rgb, pixel_limit
-from tlcli.errors import ConfigError, DataError
+from tlcli.errors import ConfigError, DataError, did_you_mean
 from tlcli.training import distributed
 from tlcli.training.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
 
 MAX_SHOWN = 5  # files/rows named per problem line; the rest are counted
+SAMPLERS = ("shuffle", "balanced")
 
 
 def listing(items: Sequence[Any]) -> str:
@@ -133,6 +135,10 @@ class TransferDataModule(L.LightningDataModule):
     max_image_pixels: images with more pixels count as unreadable (null: Pillow's own limit,
     about 89 million); also Pillow's decompression-bomb limit where images are loaded.
     bucket_by_length (text): training batches of texts of similar length (less padding).
+    augment (images): a preset of tlcli.data.augment (true = light, false = none); mixup_alpha,
+    cutmix_alpha, mixup_prob: batch mixing (null: the preset's; strong mixes, the others do not).
+    sampler: "shuffle" (every example once per epoch) or "balanced" (classes drawn equally often:
+    inverse class frequency, with replacement, the same number of draws per epoch).
     After setup, unreadable / non_images / skipped_links / truncated say what was left out or cut
     (summarised in the "data:" log line and in data_report.json).
     """
@@ -145,7 +151,7 @@ class TransferDataModule(L.LightningDataModule):
         val_fraction: float,
         batch_size: int,
         num_workers: int | str,
-        augment: bool,
+        augment: bool | str,
         image_size: int | None,
         seed: int,
         data_config: dict[str, Any] | None,
@@ -155,6 +161,10 @@ class TransferDataModule(L.LightningDataModule):
         max_bad_fraction: float = 0.01,
         bucket_by_length: bool = False,
         max_image_pixels: int | None = None,
+        mixup_alpha: float | None = None,
+        cutmix_alpha: float | None = None,
+        mixup_prob: float | None = None,
+        sampler: str = "shuffle",
     ):
         super().__init__()
         pixel_limit(max_image_pixels)  # ConfigError now, not at the first image
@@ -170,7 +180,17 @@ class TransferDataModule(L.LightningDataModule):
         self.val_fraction = float(val_fraction)
         self.batch_size = batch_size
         self.num_workers = resolve_num_workers(num_workers)
-        self.augment, self.image_size, self.seed = bool(augment), image_size, int(seed)
+        if sampler not in SAMPLERS:
+            raise ConfigError(
+                f"data.sampler={sampler} is not a sampler: use shuffle (every example once per epoch) or balanced "
+                "(classes drawn equally often)." + did_you_mean(str(sampler), SAMPLERS)
+            )
+        # the preset's name (data.augment=true is "light"); augment: whether training images are augmented
+        self.augment_preset, self.augment_value = presets.preset(augment), augment
+        self.augment = self.augment_preset != "none"
+        self.mixing = presets.mixing(self.augment_preset, mixup_alpha, cutmix_alpha, mixup_prob)
+        self.sampler = sampler
+        self.image_size, self.seed = image_size, int(seed)
         # (epoch, samples to skip) for the first training iteration; set when resuming mid-epoch
         self.train_start: tuple[int, int] = (0, 0)
         self.data_config = data_config
@@ -227,6 +247,7 @@ class TransferDataModule(L.LightningDataModule):
                 "drop data.bucket_by_length"
             )
         splits = self._load()
+        self._check_training_options()
         self._drop_unreadable(splits)
         train = splits["train"]
         if splits["val"] is None:
@@ -248,6 +269,33 @@ class TransferDataModule(L.LightningDataModule):
                 self.truncated[name] = self.datasets[name].truncated
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.samples.items())
         log.info("data: %d classes; %s%s", self.num_classes, sizes, self._left_out())
+
+    def _check_training_options(self) -> None:
+        """Augmentation, mixing and sampling against the data's modality and kind of targets."""
+        problems = presets.data_problems(self.augment_value, self.mixing, self.modality, self.labels)
+        if self.sampler == "balanced" and self.labels != "class":
+            problems.append(
+                "data.sampler=balanced draws every class equally often, which needs one class per example, "
+                f"but the targets are {presets.TARGETS[self.labels]}: set data.sampler=shuffle"
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    def batch_mixer(self) -> presets.BatchMixer | None:
+        """mixup / cutmix for training batches (tlcli.module applies it), or None when off."""
+        if self.mixing is None:
+            return None
+        self.setup("fit")
+        return presets.BatchMixer(self.mixing, self.num_classes, self.labels == "multi", self.seed)
+
+    def sample_weights(self) -> np.ndarray | None:
+        """data.sampler=balanced: each training example's draw weight, 1 / (examples of its class), so
+        every class is drawn equally often; None for shuffle."""
+        if self.sampler != "balanced":
+            return None
+        targets = np.asarray(self.samples["train"].targets)
+        counts = np.bincount(targets, minlength=self.num_classes)
+        return 1.0 / counts[targets]
 
     def _left_out(self) -> str:
         """'; skipped 1 unreadable image, 2 non-image files; 12 texts truncated to 128 tokens (train 12)'."""
@@ -367,7 +415,7 @@ class TransferDataModule(L.LightningDataModule):
     def _dataset(self, samples: Samples, train: bool) -> Dataset:
         if self.modality == "text":
             return self.text_dataset(samples, self.data_config)
-        train_tf, eval_tf = image_transforms(self.data_config, augment=self.augment, image_size=self.image_size)
+        train_tf, eval_tf = image_transforms(self.data_config, augment=self.augment_preset, image_size=self.image_size)
         return ImageDataset(samples, train_tf if train else eval_tf, self.image_loader)
 
     def _require_image_backbone(self, data_key: str) -> None:
@@ -467,6 +515,7 @@ class TransferDataModule(L.LightningDataModule):
                 batch_size=self.batch_size,
                 num_replicas=size,
                 rank=rank,
+                weights=self.sample_weights(),
             )
             dataset = SeededDataset(dataset) if random_items else IgnoreSeed(dataset)
         else:  # several processes: each evaluates its own examples, none twice (tlcli.training.distributed)

@@ -44,13 +44,17 @@ class DigitsDataModule(TransferDataModule):
         limit_per_class: int | None = None,
         batch_size: int = 32,
         num_workers: int | str = "auto",
-        augment: bool = False,
+        augment: bool | str = False,
         image_size: int | None = None,
         seed: int = 42,
         data_config: dict[str, Any] | None = None,
         k_shot: int | str | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        mixup_alpha: float | None = None,
+        cutmix_alpha: float | None = None,
+        mixup_prob: float | None = None,
+        sampler: str = "shuffle",
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -63,6 +67,10 @@ class DigitsDataModule(TransferDataModule):
             k_shot=k_shot,
             feature_cache=feature_cache,
             feature_cache_dir=feature_cache_dir,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mixup_prob=mixup_prob,
+            sampler=sampler,
         )
         if not 0.0 < float(test_fraction) < 1.0 or val_fraction + test_fraction >= 1.0:
             raise ConfigError(

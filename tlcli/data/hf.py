@@ -84,7 +84,7 @@ class HFDataModule(TransferDataModule):
         val_fraction: float = 0.2,
         batch_size: int = 32,
         num_workers: int | str = "auto",
-        augment: bool = True,
+        augment: bool | str = True,
         image_size: int | None = None,
         seed: int = 42,
         data_config: dict[str, Any] | None = None,
@@ -94,6 +94,10 @@ class HFDataModule(TransferDataModule):
         max_bad_fraction: float = 0.01,
         bucket_by_length: bool = False,
         max_image_pixels: int | None = None,
+        mixup_alpha: float | None = None,
+        cutmix_alpha: float | None = None,
+        mixup_prob: float | None = None,
+        sampler: str = "shuffle",
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -109,6 +113,10 @@ class HFDataModule(TransferDataModule):
             max_bad_fraction=max_bad_fraction,
             bucket_by_length=bucket_by_length,
             max_image_pixels=max_image_pixels,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mixup_prob=mixup_prob,
+            sampler=sampler,
         )
         if importlib.util.find_spec("datasets") is None:
             raise ConfigError("data=hf needs the datasets package, which is not installed: pip install 'tlcli[hf]'")

@@ -150,7 +150,7 @@ class ImageFolderDataModule(TransferDataModule):
         val_fraction: float = 0.2,
         batch_size: int = 32,
         num_workers: int | str = "auto",
-        augment: bool = True,
+        augment: bool | str = True,
         image_size: int | None = None,
         seed: int = 42,
         data_config: dict[str, Any] | None = None,
@@ -159,6 +159,10 @@ class ImageFolderDataModule(TransferDataModule):
         feature_cache_dir: str | None = None,
         max_bad_fraction: float = 0.01,
         max_image_pixels: int | None = None,
+        mixup_alpha: float | None = None,
+        cutmix_alpha: float | None = None,
+        mixup_prob: float | None = None,
+        sampler: str = "shuffle",
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -173,6 +177,10 @@ class ImageFolderDataModule(TransferDataModule):
             feature_cache_dir=feature_cache_dir,
             max_bad_fraction=max_bad_fraction,
             max_image_pixels=max_image_pixels,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            mixup_prob=mixup_prob,
+            sampler=sampler,
         )
         self.root = Path(root).expanduser()
 

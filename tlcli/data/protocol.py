@@ -67,6 +67,9 @@ class DataModule(Protocol):
 
     def test_dataloader(self) -> Any: ...
 
+    # Optional: batch_mixer() -> None, or a callable (x, y, key) -> (x, soft targets) that mixes each
+    # training batch (tlcli.data.augment.BatchMixer: mixup / cutmix); key = (epoch, batch, rank).
+
 
 @runtime_checkable
 class ExampleData(DataModule, Protocol):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tlcli.data.augment import mask_safe
 from tlcli.data.base import MAX_SHOWN, Samples, TransferDataModule, listing, plural
 from tlcli.data.imagefolder import list_images
 from tlcli.data.protocol import IGNORE_INDEX
@@ -71,7 +72,7 @@ class SegFolderDataModule(TransferDataModule):
         val_fraction: float = 0.2,
         batch_size: int = 8,
         num_workers: int | str = "auto",
-        augment: bool = True,
+        augment: bool | str = True,
         image_size: int | None = None,
         crop_scale: Sequence[float] = (0.25, 1.0),
         seed: int = 42,
@@ -94,6 +95,7 @@ class SegFolderDataModule(TransferDataModule):
             max_bad_fraction=max_bad_fraction,
             max_image_pixels=max_image_pixels,
         )
+        mask_safe(augment)  # crop and flip only: the mask must follow every change of the image
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
             raise ConfigError(f"data.ignore_index={ignore_index} must be an integer >= 0 (e.g. 255)")
         scale = list(crop_scale) if isinstance(crop_scale, Sequence) else []
@@ -244,7 +246,7 @@ class SegFolderDataModule(TransferDataModule):
         return lut
 
     def _dataset(self, samples: Samples, train: bool) -> Dataset:
-        kw = {"augment": self.augment, "image_size": self.image_size, "crop_scale": self.crop_scale}
+        kw = {"augment": self.augment_preset, "image_size": self.image_size, "crop_scale": self.crop_scale}
         train_tf, eval_tf = segmentation_transforms(self.data_config, lut=self._lut(), **kw)
         return SegmentationDataset(samples, train_tf if train else eval_tf, self.image_loader)
 

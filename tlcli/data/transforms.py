@@ -243,9 +243,14 @@ def _interpolation(name: str) -> T.InterpolationMode:
 
 
 def image_transforms(
-    data_config: dict[str, Any], *, augment: bool, image_size: int | None = None
+    data_config: dict[str, Any], *, augment: bool | str, image_size: int | None = None
 ) -> tuple[Transform, Transform]:
-    """(train, eval) transforms for PIL RGB images; train == eval when augment is off."""
+    """(train, eval) transforms for PIL RGB images; train == eval when augment is off.
+
+    augment: a data.augment value (tlcli.data.augment: true = light, false = none, or a preset)."""
+    from tlcli.data import augment as presets
+
+    name = presets.preset(augment)
     h, w = _input_hw(data_config, image_size)
     interpolation = _interpolation(data_config["interpolation"])
     crop_pct = float(data_config["crop_pct"])
@@ -263,17 +268,11 @@ def image_transforms(
             normalize,
         ]
     )
-    if not augment:
+    if name == "none":
         return eval_tf, eval_tf
-    train_tf = T.Compose(
-        [
-            T.RandomResizedCrop((h, w), interpolation=interpolation),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            normalize,
-        ]
-    )
-    log.debug("image transforms: input %dx%d, %s, crop_pct %.3f", h, w, interpolation.value, crop_pct)
+    mean, std = data_config["mean"], data_config["std"]
+    train_tf = presets.train_transform(name, (h, w), interpolation, data_config["interpolation"], mean, std)
+    log.debug("image transforms: %s, input %dx%d, %s, crop_pct %.3f", name, h, w, interpolation.value, crop_pct)
     return train_tf, eval_tf
 
 
@@ -328,23 +327,30 @@ class JointTransform:
 def segmentation_transforms(
     data_config: dict[str, Any],
     *,
-    augment: bool,
+    augment: bool | str,
     image_size: int | None = None,
     crop_scale: Sequence[float] = (0.25, 1.0),
     lut=None,
 ) -> tuple[JointTransform, JointTransform]:
     """(train, eval) joint transforms. Train: one random resized crop (area share in crop_scale)
     and one horizontal flip for image and mask; eval: both resized to the input size (no crop: the
-    mask must cover the whole image). Normalised with the backbone's mean and std."""
+    mask must cover the whole image). Normalised with the backbone's mean and std.
+
+    augment: true / light or false / none; any other preset changes the image alone (rotations,
+    shears, erasing, mixing), which would move it off its mask: refused, naming the fix."""
     import torch
     from torchvision.transforms import v2
+
+    from tlcli.data import augment as presets
+
+    name = presets.mask_safe(augment)
 
     h, w = _input_hw(data_config, image_size)
     interpolation = _interpolation(data_config["interpolation"])
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data_config["mean"]), list(data_config["std"]))]
     resize = v2.Resize((h, w), interpolation=interpolation, antialias=True)
     eval_tf = JointTransform(v2.Compose([v2.ToImage(), resize, *tail]), lut)
-    if not augment:
+    if name == "none":
         return eval_tf, eval_tf
     lo, hi = (float(v) for v in crop_scale)
     crop = v2.RandomResizedCrop((h, w), scale=(lo, hi), interpolation=interpolation, antialias=True)

@@ -50,9 +50,7 @@ def dataset_name(config: dict[str, Any]) -> str:
 
 def front_matter(module, layout: Layout, metrics: dict[str, Any], config: dict[str, Any], opts: dict) -> str:
     modality = module.backbone.modality
-    pipeline = "image-classification" if modality == "image" else "text-classification"
-    if type(module.task).__name__ == "Regression":
-        pipeline = None  # no Hub pipeline reads regression values
+    pipeline = module.task.hub_pipelines.get(modality)  # None: no Hub pipeline reads this task's outputs
     tags = [t for t in (pipeline, layout.library if layout.library != "tlcli" else None) if t]
     tags += ["tlcli", "transfer-learning", type(module.task).__name__.lower()]
     meta: dict[str, Any] = {"library_name": layout.library, "tags": list(dict.fromkeys(tags))}
@@ -161,7 +159,7 @@ def model_card(
 ) -> str:
     repo = opts["repo"]
     names = list(module.class_names)
-    what = "targets" if type(module.task).__name__ == "Regression" else "classes"
+    what = "targets" if module.task.labels == "numeric" else "classes"
     shown = ", ".join(f"`{n}`" for n in names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
     intro = (
         f"# {repo.split('/', 1)[1]}\n\n`{config['backbone'].get('name')}` fine-tuned with tlcli on "

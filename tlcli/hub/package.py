@@ -174,11 +174,7 @@ def write_transformers(module, config: dict[str, Any], out_dir: Path, repo: str)
     hf_config = copy.deepcopy(encoder.config)
     hf_config.id2label = dict(enumerate(names))
     hf_config.label2id = {n: i for i, n in enumerate(names)}
-    hf_config.problem_type = {
-        "Classification": "single_label_classification",
-        "MultiLabel": "multi_label_classification",
-        "Regression": "regression",
-    }.get(type(module.task).__name__)
+    hf_config.problem_type = module.task.hf_problem_type
     pair = isinstance(config["data"].get("input_column"), list)
     hf_config.tlcli = {
         "pooling": backbone.pooling,
@@ -279,10 +275,4 @@ load_model(model, f"{{folder}}/model.safetensors", strict=False)
 
 
 def _output_notes(module) -> list[str]:
-    name = type(module.task).__name__
-    if name == "Regression":
-        return ["The outputs are the targets in their own unit: the training standardisation is folded in."]
-    if name == "MultiLabel":
-        thresholds = module.task.export_info(list(module.class_names))["threshold"]
-        return [f"The outputs are logits: sigmoid gives each label's score, a label is on at >= {thresholds}."]
-    return ["The outputs are logits: softmax gives the class probabilities."]
+    return [module.task.output_note(list(module.class_names))]

@@ -13,12 +13,16 @@ which task it holds; it calls these methods:
 - auto_counts(label_counts, names): what `finetune=auto` weighs (default: the training
   examples of each class; token classification: the entities of each type).
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
-- loss / metrics / metric_inputs: training and the logged val/ and test/ metrics.
+- loss / metrics / metric_inputs: training and the logged val/ and test/ metrics. A task whose
+  data can be mixed (data.augment=strong: mixup/cutmix) takes class distributions (N, C) as
+  training targets too.
+- merge_views / spatial_outputs: test-time augmentation (tlcli.training.tta) merges the outputs of
+  several views of a batch into one logits-shaped tensor; spatial outputs (maps) are flipped back.
 - scores(logits): what predict turns into its rows per example (probabilities, or values).
 - kept(logits, y): what test keeps of each batch for the report (default: y and the scores;
   segmentation keeps the predicted class map, not a probability per pixel and class; token
   classification the words' first sub-tokens, IGNORE_INDEX-padded).
-- predict_scores(logits, y): what predict and serve keep of each batch, one row per input
+- predict_scores(logits, y): what `tlcli predict` keeps of each batch, one row per input
   (default: the scores; token classification: the words' first sub-tokens, which the
   placeholder targets y mark).
 - report(y_true, y_score, names, split): the per-class / per-target rows, summary numbers and
@@ -104,6 +108,12 @@ class Task(nn.Module):
     # distillation, zero-shot and rank compare class scores: single-label classification only
     single_label: ClassVar[bool] = False
     headline: ClassVar[tuple[tuple[str, bool], ...]] = ()
+    # transformers' config.problem_type of a model packaged for the Hub (tlcli push); None: not one of its heads
+    hf_problem_type: ClassVar[str | None] = None
+    # the Hub's pipeline tag per backbone modality (a model card's metadata); none: no Hub pipeline reads it
+    hub_pipelines: ClassVar[dict[str, str]] = {}
+    # outputs are maps over the image (segmentation): a flipped test-time view is flipped back
+    spatial_outputs: ClassVar[bool] = False
 
     def __init__(self, labels: str | None = None):
         super().__init__()
@@ -150,6 +160,10 @@ class Task(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """outputs (views, *logits shape) -> one logits tensor for the views together (default: the mean)."""
+        return outputs.mean(0)
+
     def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(targets, scores) of a test batch, on the CPU, for the report. Rows may have a position
         axis (dim 1) whose width varies from batch to batch: the batches are then padded to the
@@ -185,6 +199,10 @@ class Task(nn.Module):
 
     def export_info(self, names: list[str]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def output_note(self, names: list[str]) -> str:
+        """One sentence for a model card (tlcli push): what the exported model's outputs are."""
+        return "The outputs are logits."
 
     def output_layer(self) -> nn.Module:
         """logits -> the exported model's outputs (identity: the exported model gives logits)."""

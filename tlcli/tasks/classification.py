@@ -32,6 +32,10 @@ from tlcli.errors import ConfigError
 from tlcli.tasks.base import Report, Task
 
 COLUMNS = ("class", "precision", "recall", "f1", "support")
+# single-label, when the largest class of the split has more than IMBALANCED times the examples of the
+# smallest: accuracy mostly counts the large classes, so the report leads with recall and macro-F1
+IMBALANCED = 3.0
+IMBALANCED_COLUMNS = ("class", "recall", "f1", "precision", "support")
 SUMMARY_ROWS = ("macro avg", "weighted avg", "micro avg")
 
 
@@ -100,6 +104,12 @@ def per_class_report(
     return rows
 
 
+def imbalance(class_rows: list[dict]) -> float | None:
+    """Largest / smallest support among the classes present; None with fewer than two present."""
+    support = [r["support"] for r in class_rows if r["support"] > 0]
+    return max(support) / min(support) if len(support) > 1 else None
+
+
 def accuracy(y_true, y_pred) -> float:
     """Top-1 accuracy, or exact-match accuracy for (N, C) multi-label matrices."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -107,6 +117,21 @@ def accuracy(y_true, y_pred) -> float:
         return 0.0
     hit = y_true == y_pred
     return float((hit.all(axis=1) if hit.ndim == 2 else hit).mean())
+
+
+def soft_cross_entropy(logits, target, weight=None, label_smoothing: float = 0.0):
+    """Cross-entropy against class distributions (N, C), e.g. mixup/cutmix targets.
+
+    Computed as F.cross_entropy computes it for class ids, so a one-hot target gives that loss:
+    smoothing mixes the uniform distribution into the target, (1 - e) t + e / C; class weights
+    scale each class's term; the mean divides by the targets' total weight, sum_i sum_c w_c t_ic
+    (N without weights).
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    t = target.float()
+    w = torch.ones(t.shape[-1], device=t.device) if weight is None else weight.to(t.device).float()
+    smoothed = t * (1.0 - label_smoothing) + label_smoothing / t.shape[-1]
+    return -(smoothed * w * logp).sum() / (t * w).sum()
 
 
 # ---------------------------------------------------------------- confusion matrix PNG
@@ -201,6 +226,7 @@ class _Classes(Task):
     """What single- and multi-label classification share: reports, predict rows, export info."""
 
     multilabel: bool = False
+    hub_pipelines = {"image": "image-classification", "text": "text-classification"}
 
     def threshold_value(self):
         return 0.5
@@ -218,11 +244,22 @@ class _Classes(Task):
         summary: dict[str, Any] = {"accuracy": accuracy(y_true, y_pred), "num_examples": len(y_pred)}
         # "macro avg" -> macro_f1, "weighted avg" -> weighted_f1, "micro avg" -> micro_f1
         summary.update({f"{r['class'].split()[0]}_f1": r["f1"] for r in rows[len(names) :]})
+        columns, caption = COLUMNS, f"{self.accuracy_name()} {summary['accuracy']:.4f} on {len(y_pred)} examples"
+        ratio = None if self.multilabel else imbalance(rows[: len(names)])
+        if ratio is not None and ratio > IMBALANCED:
+            # mean recall over the classes present: accuracy with every class weighing the same
+            summary["balanced_accuracy"] = float(np.mean([r["recall"] for r in rows[: len(names)] if r["support"]]))
+            summary["imbalance_ratio"] = ratio
+            columns = IMBALANCED_COLUMNS
+            caption = (
+                f"imbalanced classes (the largest has {ratio:.1f}x the examples of the smallest): macro-F1 "
+                f"{summary['macro_f1']:.4f}, mean per-class recall {summary['balanced_accuracy']:.4f}; {caption}"
+            )
         return Report(
-            columns=COLUMNS,
+            columns=columns,
             rows=rows,
             summary=summary,
-            caption=f"{self.accuracy_name()} {summary['accuracy']:.4f} on {len(y_pred)} examples",
+            caption=caption,
             figure=confusion_matrix_figure(y_true, y_pred, names, f"Confusion matrix ({split} split)"),
             figure_name="confusion_matrix.png",
             summary_rows=SUMMARY_ROWS,
@@ -235,7 +272,7 @@ class _Classes(Task):
         n = len(names)
         avg = ["avg first" if k == n else ("avg" if k > n else "") for k in range(len(report.rows))]
         cells = [
-            [_esc(r["class"]), *(f"{r[c]:.4f}" for c in ("precision", "recall", "f1")), str(r["support"])]
+            [_esc(r["class"]), *(f"{r[c]:.4f}" if c != "support" else str(r[c]) for c in report.columns[1:])]
             for r in report.rows
         ]
         what = (
@@ -245,7 +282,7 @@ class _Classes(Task):
         )
         return [
             f"<h2>Per class ({_esc(split)} split)</h2><p>{_esc(report.caption)}</p>"
-            + table(COLUMNS, cells, classes=avg),
+            + table(report.columns, cells, classes=avg),
             f"<h2>Confusion matrix</h2><p>{what}</p>"
             f"<img class=plot alt='confusion matrix' src='{png_data_uri(report.figure)}'>",
         ]
@@ -300,6 +337,11 @@ class _Classes(Task):
             "threshold": self.thresholds if self.multilabel else None,
         }
 
+    def output_note(self, names) -> str:
+        if self.multilabel:
+            return f"The outputs are logits: sigmoid gives each label's score, a label is on at >= {self.thresholds}."
+        return "The outputs are logits: softmax gives the class probabilities."
+
 
 class Classification(_Classes):
     """Single-label classification: cross-entropy with optional label smoothing and class weights."""
@@ -308,6 +350,7 @@ class Classification(_Classes):
     single_label = True
     headline = (("acc", True), ("f1_macro", True))
     multilabel = False
+    hf_problem_type = "single_label_classification"
 
     def __init__(
         self, label_smoothing: float = 0.0, class_weights: str | list | None = None, labels: str | None = None
@@ -342,10 +385,17 @@ class Classification(_Classes):
             self.weight = torch.tensor([float(w) for w in cw])
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.ndim == logits.ndim:  # class distributions: mixed training batches (data.augment=strong)
+            return soft_cross_entropy(logits, y, self.weight, self.label_smoothing)
         return F.cross_entropy(logits, y, weight=self.weight, label_smoothing=self.label_smoothing)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
+
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The log of the views' mean softmax probabilities (see tlcli.training.tta)."""
+        probs = outputs.float().softmax(dim=-1).mean(0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def metrics(self, num_classes: int) -> torchmetrics.MetricCollection:
         kw = {"task": "multiclass", "num_classes": num_classes}
@@ -376,6 +426,7 @@ class MultiLabel(_Classes):
     labels = "multi"
     headline = (("acc", True), ("f1_macro", True))
     multilabel = True
+    hf_problem_type = "multi_label_classification"
 
     def __init__(self, threshold: float | list[float] = 0.5, labels: str | None = None):
         super().__init__(labels)
@@ -398,6 +449,10 @@ class MultiLabel(_Classes):
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
+
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The logit of the views' mean sigmoid probabilities, per label."""
+        return torch.logit(outputs.float().sigmoid().mean(0), eps=1e-7)
 
     def metrics(self, num_classes: int) -> torchmetrics.MetricCollection:
         kw = {"task": "multilabel", "num_labels": num_classes}

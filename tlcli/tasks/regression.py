@@ -73,6 +73,7 @@ class Regression(Task):
 
     labels = "numeric"
     headline = (("rmse", False), ("r2", True))
+    hf_problem_type = "regression"
 
     def __init__(self, loss: str = "mse", huber_delta: float = 1.0, labels: str | None = None):
         super().__init__(labels)
@@ -201,6 +202,9 @@ class Regression(Task):
             "train_mean": self.mean.tolist(),
             "train_std": self.std.tolist(),
         }
+
+    def output_note(self, names) -> str:
+        return "The outputs are the targets in their own unit: the training standardisation is folded in."
 
     def output_layer(self) -> nn.Module:
         return Destandardise(self.mean, self.std)

@@ -67,8 +67,10 @@ def per_image_miou(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> 
 class Segmentation(Task):
     """Per-pixel classification: cross-entropy with ignored pixels; mIoU and pixel accuracy."""
 
+    hub_pipelines = {"image": "image-segmentation"}
     labels = "mask"
     headline = (("miou", True), ("pixel_acc", True))
+    spatial_outputs = True
 
     def mismatch(self, data_labels: str) -> str:
         return (
@@ -96,6 +98,11 @@ class Segmentation(Task):
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)
+
+    def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per pixel, the log of the views' mean class probabilities (outputs: views, N, C, H, W)."""
+        probs = outputs.float().softmax(dim=2).mean(0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
     def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # class maps, not (classes x pixels) probabilities: 2 bytes a pixel for the whole test split
@@ -192,6 +199,9 @@ class Segmentation(Task):
             "a pixel's class is the argmax over axis 1",
             "scores": "softmax over axis 1",
         }
+
+    def output_note(self, names) -> str:
+        return "The outputs are per-pixel class logits at the input's size: the argmax over the classes is the mask."
 
     # -- the frozen-features baseline --
     def baseline_inputs(self, output, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,6 +99,7 @@ class TokenClassification(Task):
 
     labels = "tags"
     headline = (("f1", True), ("acc", True))
+    hub_pipelines = {"text": "token-classification"}
 
     def __init__(self, labels: str | None = None, recipe: dict | None = None):
         # recipe: numbers `tlcli fit` trains this task with where the user set none (tlcli.config.recipes)
@@ -255,6 +256,12 @@ class TokenClassification(Task):
             "outputs": "per-token logits (batch, tokens, tags); a word's tag is the argmax at its first sub-token",
             "scores": "softmax",
         }
+
+    def output_note(self, names) -> str:
+        return (
+            "The outputs are per-token tag logits (IOB2): a word's tag is the argmax at its first sub-token "
+            "(the words tokenised with is_split_into_words=True)."
+        )
 
     def baseline_inputs(self, output, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return first_subtokens(output, y)  # a row per word, as test keeps them

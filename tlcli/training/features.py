@@ -62,6 +62,11 @@ def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[Fe
             "data.feature_cache=true needs data.augment=false: random crops and flips give new features every "
             "epoch; set data.augment=false or data.feature_cache=false"
         )
+    elif datamodule.mixing is not None:
+        problems.append(
+            "data.feature_cache=true cannot mix batches: mixup and cutmix mix images, not their features; set "
+            "data.mixup_alpha=0 data.cutmix_alpha=0 or data.feature_cache=false"
+        )
     if getattr(backbone, "features", "pooled") == "pyramid":  # a feature per token (tokens) is cached, padded
         problems.append(
             "data.feature_cache=true caches pooled features, but backbone.features=pyramid gives feature maps "

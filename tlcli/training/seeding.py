@@ -15,16 +15,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
 
-def _mix(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (stable across processes, unlike hash())."""
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 class EpochSeededSampler(DistributedSampler):
     """Shuffles with a permutation that depends only on (seed, epoch); yields (index, sample seed).
+
+    weights (data.sampler=balanced): instead of a permutation, each epoch draws as many indices as
+    there are samples, with replacement, in proportion to the weights (torch's WeightedRandomSampler
+    with a generator seeded from (seed, epoch)): the same epoch length, the same resumable stream.
 
     Lightning calls set_epoch(epoch) before every training epoch, resumed runs included.
     Several processes (DDP): rank r of W takes items r, r + W, ... of that one order, padded with
@@ -45,12 +49,14 @@ class EpochSeededSampler(DistributedSampler):
         batch_size: int = 1,
         num_replicas: int = 1,
         rank: int = 0,
+        weights: np.ndarray | None = None,
     ):
         # DistributedSampler's bookkeeping (self.num_samples: this rank's share); range() gives only the length
         super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
         self.size, self.seed, self.shuffle = num_samples, seed, shuffle
         # lengths (text): batches of similar length, see bucketed()
         self.lengths, self.batch_size = lengths, batch_size
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
         # A run resumed mid-epoch continues `epoch` after the `skip` samples it had already seen.
         # The epoch is set here too: with worker processes, the first iterator draws its indices
         # before Lightning calls set_epoch.
@@ -63,20 +69,27 @@ class EpochSeededSampler(DistributedSampler):
         return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 2))
+            order = list(WeightedRandomSampler(self.weights, self.size, replacement=True, generator=g))
+        elif self.shuffle:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
         if self.lengths is not None:
-            order = bucketed(order, self.lengths, self.batch_size, _mix(self.seed, self.epoch, 1))
+            order = bucketed(order, self.lengths, self.batch_size, mix_seed(self.seed, self.epoch, 1))
+        items = list(enumerate(order))  # (place in the epoch, index)
         if self.num_replicas > 1:
-            padded = order * -(-self.total_size // max(1, len(order)))  # enough copies to pad
-            order = padded[: self.total_size][self.rank :: self.num_replicas]
+            padded = items * -(-self.total_size // max(1, len(items)))  # enough copies to pad
+            items = padded[: self.total_size][self.rank :: self.num_replicas]
         if self.skip and self.epoch == self.resume_epoch:
-            order, self.skip = order[self.skip // self.num_replicas :], 0
-        for i in order:
-            yield i, _mix(self.seed, self.epoch, i)
+            items, self.skip = items[self.skip // self.num_replicas :], 0
+        for place, i in items:
+            # a weighted draw repeats indices: there a draw's seed also depends on its place in the
+            # epoch, so two copies of an image get different augmentations
+            key = (i,) if self.weights is None else (i, place)
+            yield i, mix_seed(self.seed, self.epoch, *key)
 
 
 BUCKET_BATCHES = 50  # batches per bucketing chunk: wide enough to group lengths, narrow enough to stay random
