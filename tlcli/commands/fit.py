@@ -25,7 +25,7 @@ from tlcli.data.protocol import ExampleData
 from tlcli.evaluation import write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, features, head_init, tta
+from tlcli.training import baseline, features, folds, head_init, tta
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
 from tlcli.training.ema import EMA
@@ -187,6 +187,10 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 },
             )
         html_report.write_html(run_dir, module, datamodule, metrics, epochs)
+        source = getattr(datamodule, "source", datamodule)  # the feature cache serves the source's splits
+        if cfg.test_after_fit and getattr(source, "num_folds", None) and trainer.world_size == 1:
+            # k-fold: the best checkpoint (loaded by the test above) predicts its held-out fold
+            log.info("k-fold: out-of-fold predictions in %s", folds.write(run_dir, module, datamodule))
         line = baseline.console_line(metrics, task.headline)
         if line:
             console.console.print(line)
