@@ -22,11 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from tlcli import build, console, lock
 from tlcli.config.validate import validate_all
 from tlcli.data.protocol import ExampleData
-from tlcli.evaluation import write_test_report
+from tlcli.evaluation import split_metrics, write_test_report
 from tlcli.module import TransferModule
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, features, head_init
+from tlcli.training import baseline, calibrate, features, head_init
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
 
@@ -113,6 +113,11 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             files.write_json_atomic(run_dir / name, record)
         files.write_json_atomic(run_dir / "environment.json", environment(cfg.seed))
         console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
+        if cfg.calibrate and task.calibrates:
+            console.console.print(
+                "calibration: after training, temperature scaling of each kept checkpoint on the val split "
+                "(calibrate=false: off)"
+            )
 
     # 3. train, early-stopped on validation; SIGTERM / Ctrl-C leave a resumable checkpoint
     started = time.perf_counter()
@@ -157,11 +162,16 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics[f"best_val/{cfg.monitor}"] = best[cfg.monitor]
         metrics["best_val/epoch"] = int(best["epoch"])
 
-    # 4. test the best checkpoint (on val when the data has no test split, and say so)
+    # 4. calibrate: a temperature for each kept checkpoint, fitted on val (tlcli.training.calibrate)
+    ckpt = _best_checkpoint(trainer)
+    if cfg.calibrate:
+        metrics.update(calibrate.checkpoints(trainer, module, datamodule, tested=ckpt))
+
+    # 5. test the best checkpoint (on val when the data has no test split, and say so)
     if cfg.test_after_fit:
-        ckpt = _best_checkpoint(trainer)
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics.update(split_metrics(module))
         metrics["tested_checkpoint"] = ckpt
         if trainer.is_global_zero:
             write_test_report(run_dir, module, datamodule.test_split)
@@ -179,9 +189,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 },
             )
         html_report.write_html(run_dir, module, datamodule, metrics, epochs)
-        line = baseline.console_line(metrics, task.headline)
-        if line:
-            console.console.print(line)
+        for line in (baseline.console_line(metrics, task.headline), calibrate.console_line(metrics)):
+            if line:
+                console.console.print(line)
         console.console.print(f"run dir: {run_dir}")
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
         import wandb

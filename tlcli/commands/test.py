@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tlcli import console, restore
-from tlcli.evaluation import check_classes, device, require, write_test_report
+from tlcli.evaluation import check_classes, device, require, split_metrics, write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
 
@@ -53,6 +53,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     )
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = {k: float(v) for k, v in results[0].items()}
+    metrics.update(split_metrics(module))
     metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt))
     if not trainer.is_global_zero:  # every rank holds the same metrics and outputs; rank 0 writes them
         return metrics

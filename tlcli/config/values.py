@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "test_after_fit": (_bool, "true or false", "true"),
     "auto_resume": (_bool, "true or false", "true"),
     "baseline": (_bool, "true or false", "true"),
+    "calibrate": (_bool, "true or false", "true"),
     "head_init": (lambda v: v in ("random", "baseline"), "random or baseline", "baseline"),
     "compile": (_bool, "true or false", "false"),
     "channels_last": (lambda v: _bool(v) or v == "auto", "auto, true or false", "auto"),

@@ -73,12 +73,15 @@ def linear_head(module) -> nn.Linear | None:
 
 def _output_weights(module, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(weight, bias) of the linear head with the task's output layer folded in, or None."""
+    from tlcli.tasks.calibration import Temperature
     from tlcli.tasks.regression import Destandardise
 
     weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
     out = module.task.output_layer()
     if isinstance(out, nn.Identity):
         return weight, bias
+    if isinstance(out, Temperature):  # calibrated logits = (W x + b) / T
+        return weight / out.t, bias / out.t
     if isinstance(out, Destandardise):  # values = (W x + b) * std + mean
         std, mean = out.std.reshape(-1), out.mean.reshape(-1)
         return weight * std[:, None], bias * std + mean
@@ -270,6 +273,7 @@ spec = json.load(open(f"{{folder}}/config.json"))
 backbone = instantiate({{**spec["backbone"], "weights": "none"}})
 head = instantiate(spec["head"])(in_features=backbone.num_features, num_classes=spec["num_classes"])
 model = Classifier(backbone, head)  # regression: Classifier(backbone, head, Destandardise(mean, std))
+# a "temperature" in config.json's tlcli block: Classifier(backbone, head, tlcli.tasks.calibration.Temperature(t))
 load_model(model, f"{{folder}}/model.safetensors", strict=False)
 ```"""
     notes = [f"Written in tlcli's own layout because {why}; config.json's `preprocess` is the input recipe."]
@@ -283,4 +287,10 @@ def _output_notes(module) -> list[str]:
     if name == "MultiLabel":
         thresholds = module.task.export_info(list(module.class_names))["threshold"]
         return [f"The outputs are logits: sigmoid gives each label's score, a label is on at >= {thresholds}."]
+    t = module.task.export_info(list(module.class_names)).get("temperature", 1.0)
+    if t != 1.0:
+        return [
+            f"The outputs are logits divided by the temperature T = {t:.4g} (temperature scaling, fitted on the "
+            "validation split): softmax gives the calibrated class probabilities; the predicted class is the same."
+        ]
     return ["The outputs are logits: softmax gives the class probabilities."]
