@@ -49,9 +49,13 @@ def checkpoints(trainer, module, datamodule, tested: str | None) -> dict[str, An
         logits = validation_logits(trainer, module, datamodule, paths[0])
         if logits is None or len(logits[1]) == 0:  # e.g. trainer.limit_val_batches=0: the same on every rank
             return {"calibration/skipped": NO_VALIDATION}
-        numbers = task.calibrate(*logits)
+        mine = task.calibrate(*logits)
         state = {k: v.detach().cpu() for k, v in task.state_dict().items()}
-        numbers, state = trainer.strategy.broadcast((numbers, state), src=0)
+        numbers, state = trainer.strategy.broadcast((mine, state), src=0)
+        if mine != numbers:  # the same logits in the same order: only a nondeterministic fit could differ
+            log.warning(
+                "calibrate: rank %d fitted %s, rank 0 %s: every rank uses rank 0's", trainer.global_rank, mine, numbers
+            )
         task.load_state_dict(state)
         if trainer.is_global_zero:
             for path in paths:
