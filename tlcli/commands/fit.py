@@ -125,27 +125,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ckpt_path = _resume_from(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except BaseException:
-        if preemption.signal is None:
-            raise
-        code = 143 if preemption.signal == "SIGTERM" else 130
-        # stopping already: the SIGTERM a launcher sends the ranks still exiting (torchrun, as soon as
-        # one rank has left) must not cut the message or turn the exit code into -15
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if trainer.is_global_zero:  # one line per run, not one per DDP process
-            console.err_console.print(
-                f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, "
-                f"step {trainer.global_step}; "
-                + (
-                    f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
-                    if preemption.saved
-                    else "before the first epoch was complete: nothing to resume, run the same command again"
-                )
-            )
-        if preemption.together:  # DDP ranks that stopped at the same batch also leave together
-            import torch.distributed as dist
-
-            dist.barrier()
-        raise SystemExit(code) from None
+        _exit_if_preempted(trainer, preemption, run_dir)
+        raise
     time_fit_end = time.perf_counter()  # train + validation of this process's epochs
     metrics: dict[str, Any] = {
         "epochs_trained": trainer.current_epoch,
@@ -165,7 +146,11 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # 4. calibrate: a temperature for each kept checkpoint, fitted on val (tlcli.training.calibrate)
     ckpt = _best_checkpoint(trainer)
     if cfg.calibrate:
-        metrics.update(calibrate.checkpoints(trainer, module, datamodule, tested=ckpt))
+        try:  # a signal while calibrating leaves the run as resumable as one in training (last.ckpt is whole)
+            metrics.update(calibrate.checkpoints(trainer, module, datamodule, tested=ckpt))
+        except BaseException:
+            _exit_if_preempted(trainer, preemption, run_dir)
+            raise
 
     # 5. test the best checkpoint (on val when the data has no test split, and say so)
     if cfg.test_after_fit:
@@ -198,6 +183,31 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         wandb.finish()  # flush now: the next job of an in-process sweep starts its own run
     return metrics
+
+
+def _exit_if_preempted(trainer: L.Trainer, preemption: Preemption, run_dir: Path) -> None:
+    """After an exception: SystemExit 143 / 130 with how to resume when SIGTERM / Ctrl-C caused it."""
+    if preemption.signal is None:
+        return
+    code = 143 if preemption.signal == "SIGTERM" else 130
+    # stopping already: the SIGTERM a launcher sends the ranks still exiting (torchrun, as soon as
+    # one rank has left) must not cut the message or turn the exit code into -15
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if trainer.is_global_zero:  # one line per run, not one per DDP process
+        console.err_console.print(
+            f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}; "
+            + (
+                f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
+                if preemption.saved
+                else "before the first epoch was complete: nothing to resume, run the same command again"
+            )
+        )
+    if preemption.together:  # DDP ranks that stopped at the same batch also leave together
+        import torch.distributed as dist
+
+        dist.barrier()
+    raise SystemExit(code) from None
 
 
 def _warm_start(head, weights) -> str:
