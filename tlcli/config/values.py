@@ -44,6 +44,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "test_after_fit": (_bool, "true or false", "true"),
     "auto_resume": (_bool, "true or false", "true"),
     "baseline": (_bool, "true or false", "true"),
+    "calibrate": (_bool, "true or false", "true"),
     "head_init": (lambda v: v in ("random", "baseline"), "random or baseline", "baseline"),
     "ema_decay": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (0 = off)", "0.999"),
     "compile": (_bool, "true or false", "false"),
