@@ -4,9 +4,11 @@ fit (`parts`, then `module`), the checkpoint restore behind test/predict/export/
 (`module` with tlcli.trust's checked builder), rank and `test finetune=zero_shot` (`frozen`),
 test (`data`) and check all build through these functions, so a part is wired one way.
 
-`parts` order matters: the backbone's recipe first (its data transforms and numbers), then the
-data (finetune=auto needs its class counts), then the strategy's recipe, which may change data
-keys (a probe caches features without augmentation): the data is rebuilt only then.
+
+`parts` order matters: the backbone's recipe first (its data transforms and numbers) and the
+task's over it, then the data (finetune=auto needs its class counts, counted as the task says),
+then the strategy's recipe, which may change data keys (a probe caches features without
+augmentation): the data is rebuilt only then.
 """
 
 from __future__ import annotations
@@ -102,13 +104,18 @@ def module(
 def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """(backbone, datamodule set up for fit, notes for metrics.json); cfg is completed in place."""
     explicit, choices = user_choices()
-    sources = recipes.apply(cfg, explicit, choices, groups=("backbone",))
+    # the backbone's recipe, then the task's (what the problem needs beats what the family likes)
+    sources = recipes.apply(cfg, explicit, choices, groups=("backbone", "task"))
     model = backbone(cfg.backbone)
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = data(cfg.data, model.data_config())
     notes: dict[str, Any] = {}
     if cfg.finetune._target_ == AUTO:
-        name, reason = instantiate(cfg.finetune).choose(datamodule.label_counts(), model.modality)
+        # what is counted per class is the task's to say (token classification: entities per type)
+        counted = instantiate(cfg.task).auto_counts(datamodule.label_counts(), datamodule.class_names)
+        name, reason = instantiate(cfg.finetune).choose(
+            list(counted.counts.values()), model.modality, counted.per, counted.unit
+        )
         from tlcli.config.paths import conf_dir
 
         with open_dict(cfg):
@@ -132,7 +139,7 @@ def _cache_only_without_inputs(cfg: DictConfig, explicit: set[str], sources: dic
     if "feature_cache" not in node or not node.feature_cache or "data.feature_cache" in explicit:
         return
     why = _input_changes(node) or ("distill.teacher" if cfg.distill.teacher else None)
-    if OmegaConf.select(cfg, "backbone.features", default="pooled") != "pooled":
+    if OmegaConf.select(cfg, "backbone.features", default="pooled") == "pyramid":
         why = "backbone.features=pyramid (feature maps, too large to cache)"
     if why:
         with open_dict(cfg):

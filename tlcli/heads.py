@@ -1,7 +1,8 @@
 """Task heads: nn.Modules built as `head(in_features=..., num_classes=...)` by commands/fit.py.
 
-in_features is the backbone's num_features: an int for pooled features (LinearHead, MLPHead),
-a tuple of channel counts for a feature pyramid (FPNHead, built for backbone.features=pyramid).
+in_features is the backbone's num_features: an int for pooled features (LinearHead, MLPHead; with
+backbone.features=tokens they apply to each token's feature), a tuple of channel counts for a
+feature pyramid (FPNHead, built for backbone.features=pyramid).
 """
 
 from __future__ import annotations

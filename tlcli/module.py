@@ -12,6 +12,7 @@ import torch
 import torchmetrics
 from torch import nn
 
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError, DivergedError
 from tlcli.finetune.base import FinetuneStrategy
 from tlcli.training import distributed, tta
@@ -196,21 +197,26 @@ class TransferModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         if not self._test_buffers:
             return
-        # several processes: each holds a shard of the split; every rank gets all of it, in data order
-        y = distributed.gather_in_order(self, torch.cat([b[0] for b in self._test_buffers]))
-        scores = distributed.gather_in_order(self, torch.cat([b[1] for b in self._test_buffers]))
+        # several processes: each holds a shard of the split; every rank gets all of it, in data order.
+        # Rows with a position per token differ in width from batch to batch: padded to the widest.
+        y = distributed.gather_in_order(
+            self, distributed.cat_padded([b[0] for b in self._test_buffers], IGNORE_INDEX), IGNORE_INDEX
+        )
+        scores = distributed.gather_in_order(self, distributed.cat_padded([b[1] for b in self._test_buffers]))
         self.test_outputs = {"y_true": y, "y_score": scores}
 
     # -- predict (`tlcli predict` on several devices): scores in input order, on every rank --
     def predict_step(self, batch, batch_idx, dataloader_idx=0) -> None:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        self._predict_buffers.append(self.task.scores(self.eval_logits(x)).detach().float().cpu())
+        x, y = batch if isinstance(batch, (list, tuple)) else (batch, None)
+        logits = self.eval_logits(x)
+        scores = self.task.scores(logits) if y is None else self.task.predict_scores(logits, y)
+        self._predict_buffers.append(scores.detach().float().cpu())
 
     def on_predict_epoch_start(self) -> None:
         self._predict_buffers = []
 
     def on_predict_epoch_end(self) -> None:
-        self.predict_scores = distributed.gather_in_order(self, torch.cat(self._predict_buffers))
+        self.predict_scores = distributed.gather_in_order(self, distributed.cat_padded(self._predict_buffers))
 
     # -- optimizer: all groups built once; freezing is an LR factor per group --
     def optimizer_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -88,7 +88,7 @@ def load_module(path: str | Path, key: str = "ckpt"):
     class_names = list(saved["class_names"])
     label_counts = list(saved["label_counts"])
     task = trust.build(config["task"])
-    task.build(len(class_names), label_counts)
+    task.build(len(class_names), label_counts, names=class_names)
     module = build.module(config, backbone, task, class_names, label_counts, make=trust.build)
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:

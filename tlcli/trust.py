@@ -25,6 +25,7 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
         "tlcli.tasks.MultiLabel",
         "tlcli.tasks.Regression",
         "tlcli.tasks.Segmentation",
+        "tlcli.tasks.TokenClassification",
     ),
     "finetune": (
         "tlcli.finetune.full.Full",
@@ -46,6 +47,7 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
         "tlcli.data.DigitsDataModule",
         "tlcli.data.HFDataModule",
         "tlcli.data.SegFolderDataModule",
+        "tlcli.data.CoNLLDataModule",
     ),
 }
 # Hydra keys a saved part may carry: _partial_ (optimizers, heads) only
@@ -74,12 +76,12 @@ def _objects() -> dict[str, Any]:
 
     objects = [
         timm.TimmBackbone, hf.HFBackbone, heads.LinearHead, heads.MLPHead, heads.FPNHead, tasks.Classification,
-        tasks.MultiLabel, tasks.Regression, tasks.Segmentation,
+        tasks.MultiLabel, tasks.Regression, tasks.Segmentation, tasks.TokenClassification,
         full.Full, linear_probe.LinearProbe, freeze_unfreeze.FreezeUnfreeze, gradual_unfreeze.GradualUnfreeze,
         llrd.LayerDecay, lp_ft.LPFT, partial.Partial, l2sp.L2SP, bitfit.BitFit, lora.LoRA,
         torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, schedules.WarmupCosine,
         data.ImageFolderDataModule, data.CSVDataModule, data.DigitsDataModule, data.HFDataModule,
-        data.SegFolderDataModule,
+        data.SegFolderDataModule, data.CoNLLDataModule,
     ]  # fmt: skip
     names = [n for group in ALLOWED_TARGETS.values() for n in group]
     return dict(zip(names, objects, strict=True))

@@ -1,4 +1,4 @@
-"""Recipes fill what the user left unset (backbone < strategy < user), finetune=auto picks a strategy
+"""Recipes fill what the user left unset (backbone < task < strategy < user), finetune=auto picks a strategy
 from the data and says why, and every run records where its numbers came from."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def _cfg(tmp_path, overrides):
     return compose_fit([*TINY, "data=imagefolder", f"data.root={root}", *overrides], tmp_path / "run")
 
 
-def _with_recipes(cfg, backbone=None, finetune=None):
+def _with_recipes(cfg, backbone=None, finetune=None, task=None):
     from omegaconf import open_dict
 
     with open_dict(cfg):
@@ -26,6 +26,8 @@ def _with_recipes(cfg, backbone=None, finetune=None):
             cfg.backbone.recipe = backbone
         if finetune is not None:
             cfg.finetune.recipe = finetune
+        if task is not None:
+            cfg.task.recipe = task
     return cfg
 
 
@@ -45,6 +47,26 @@ def test_layers_backbone_then_strategy_then_user(tmp_path):
         "trainer.max_epochs": {"value": 2, "source": "your setting"},
     }
     assert "recipe" not in cfg.backbone and "recipe" not in cfg.finetune  # the parts never see it
+
+
+def test_the_task_recipe_beats_the_backbone_and_yields_to_the_strategy(tmp_path):
+    cfg = _with_recipes(
+        _cfg(tmp_path, []),
+        backbone={"optimizer.lr": 5e-5, "trainer.max_epochs": 4, "data.batch_size": 32},
+        task={"optimizer.lr": 1e-4, "data.batch_size": 4, "optimizer.weight_decay": 0.02},
+        finetune={"optimizer.weight_decay": 0.0},
+    )
+    choices = {"backbone": "hf", "task": "token_cls", "finetune": "probe"}
+    sources = recipes.apply(cfg, explicit={"data.batch_size"}, choices=choices)
+    assert (cfg.optimizer.lr, cfg.trainer.max_epochs, cfg.optimizer.weight_decay) == (1e-4, 4, 0.0)
+    assert cfg.data.batch_size == 8  # the user's (TINY's) setting beats every recipe
+    assert sources == {
+        "optimizer.lr": {"value": 1e-4, "source": "task=token_cls recipe"},
+        "trainer.max_epochs": {"value": 4, "source": "backbone=hf recipe"},
+        "data.batch_size": {"value": 8, "source": "your setting"},
+        "optimizer.weight_decay": {"value": 0.0, "source": "finetune=probe recipe"},
+    }
+    assert "recipe" not in cfg.task  # the task is built without it
 
 
 def test_an_override_of_a_whole_node_covers_its_keys(tmp_path):
@@ -71,7 +93,9 @@ def test_every_shipped_recipe_names_real_keys(tmp_path):
 
     for group in recipes.RECIPE_GROUPS:
         for path in sorted((conf_dir() / group).glob("*.yaml")):
-            if "recipe" not in OmegaConf.load(path) or path.stem == "zero_shot":
+            node = OmegaConf.load(path)
+            node = node[group] if group in node else node  # a global package (task=segmentation, token_cls)
+            if "recipe" not in node or path.stem == "zero_shot":
                 continue
             cfg = compose_fit([*TINY, f"{group}={path.stem}"], tmp_path / path.stem)
             recipes.apply(cfg, explicit=set(), groups=(group,))  # raises on a key that does not exist

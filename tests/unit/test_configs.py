@@ -88,6 +88,8 @@ def _instantiate_one(group: str, node, tmp_path: Path):
         }
         if node._target_.endswith(("CSVDataModule", "HFDataModule")):
             return  # needs a CSV file / a dataset: tests/unit/test_data.py, tests/integration/test_hf_data.py
+        if node._target_.endswith("CoNLLDataModule"):
+            return  # needs a CoNLL file and a text backbone: covered by tests/unit/test_conll.py
         dm = instantiate(node, data_config=dc, num_workers=0)
         dm.setup("fit")
         assert dm.num_classes >= 2

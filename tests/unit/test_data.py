@@ -383,7 +383,7 @@ def test_imagefolder_yaml_instantiates_with_root_seed(imagefolder):
 
 def test_every_data_yaml_starts_with_a_description_and_has_a_target():
     files = sorted((conf_dir() / "data").glob("*.yaml"))
-    assert [f.stem for f in files] == ["csv", "digits", "hf", "imagefolder", "segfolder"]
+    assert [f.stem for f in files] == ["conll", "csv", "digits", "hf", "imagefolder", "segfolder"]
     for f in files:
         first = f.read_text().splitlines()[0]
         assert first.startswith("# ") and len(first) > 10

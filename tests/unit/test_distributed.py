@@ -238,3 +238,52 @@ def test_a_foreign_data_module_with_the_padding_sampler_is_warned_about(monkeypa
         "test on 2 processes with a DistributedSampler: it repeats examples to give every process as many, so "
         "the metrics count those twice; serve the loader with tlcli.training.distributed.eval_sampler"
     ]
+
+
+def test_batches_of_different_widths_concatenate_padded():
+    """Rows with a position per token (token_cls): each test or predict batch is as wide as its
+    longest sentence; targets are padded with IGNORE_INDEX, scores with 0. Same widths: torch.cat."""
+    from tlcli.data.protocol import IGNORE_INDEX as _
+
+    tags = distributed.cat_padded([torch.tensor([[1, 2], [3, _]]), torch.tensor([[4, 5, 6]])], _)
+    assert tags.tolist() == [[1, 2, _], [3, _, _], [4, 5, 6]]
+    scores = distributed.cat_padded([torch.ones(2, 1, 3), torch.full((1, 2, 3), 0.5)])
+    assert scores.shape == (3, 2, 3) and scores[:2, 1].abs().sum() == 0 and (scores[2] == 0.5).all()
+    same = [torch.arange(4).reshape(2, 2), torch.arange(2).reshape(1, 2)]
+    assert torch.equal(distributed.cat_padded(same), torch.cat(same))
+
+
+def test_shards_of_different_widths_gather_padded_in_data_order(monkeypatch):
+    """Two ranks, one thread each, through a stand-in all_gather with the collective's contract
+    (equal shapes on every rank): rank 0 holds examples 0, 2, 4 two words wide, rank 1 examples
+    1, 3 three wide; every rank gets all five, three wide, in data order."""
+    import threading
+
+    from tlcli.data.protocol import IGNORE_INDEX as _
+
+    world, barrier, local = 2, threading.Barrier(2), threading.local()
+    slots: list = [None] * world
+
+    def all_gather(out, tensor):
+        slots[local.rank] = tensor.clone()
+        barrier.wait()
+        for r, t in enumerate(slots):
+            out[r].copy_(t)  # raises unless every rank sent the same shape
+        barrier.wait()
+
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather)
+    module = SimpleNamespace(trainer=SimpleNamespace(world_size=world), device=torch.device("cpu"))
+    shards = [torch.tensor([[0, 0], [2, _], [4, 4]]), torch.tensor([[1, 1, 1], [3, _, _]])]
+    got: dict = {}
+
+    def rank(r):
+        local.rank = r
+        got[r] = distributed.gather_in_order(module, shards[r], _)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    expected = [[0, 0, _], [1, 1, 1], [2, _, _], [3, _, _], [4, 4, _]]
+    assert got[0].tolist() == got[1].tolist() == expected

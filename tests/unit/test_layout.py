@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "tlcli"
-TASK_NAMES = ("Classification", "MultiLabel", "Regression", "Segmentation")
+TASK_NAMES = ("Classification", "MultiLabel", "Regression", "Segmentation", "TokenClassification")
 
 
 def sources(exclude: tuple[str, ...] = ()) -> dict[str, str]:

@@ -7,7 +7,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-FEATURES = ("pooled", "pyramid")
+# what forward returns (backbone.features): pooled features, a feature pyramid (image backbones,
+# task=segmentation) or a feature per token (text backbones, task=token_cls)
+FEATURES = ("pooled", "pyramid", "tokens")
 
 
 class FeatureMaps(NamedTuple):
@@ -26,6 +28,8 @@ class Backbone(nn.Module):
     attention_mask, ...) for modality "text". An image backbone built with
     features="pyramid" returns FeatureMaps instead, and num_features is then the tuple of
     the maps' channel counts (finest first): what a dense head (tlcli.heads.FPNHead) is built for.
+    A text backbone built with features="tokens" returns (batch, tokens, num_features): one
+    feature vector per token, unpooled, for a task that predicts per token (task=token_cls).
     """
 
     modality: str = "image"

@@ -1,4 +1,4 @@
-"""Any Hugging Face transformer encoder as a pooled-feature text backbone."""
+"""Any Hugging Face transformer encoder as a text backbone: pooled features, or one per token."""
 
 from __future__ import annotations
 
@@ -18,16 +18,19 @@ from tlcli.errors import ConfigError, WeightsError
 log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
+TEXT_FEATURES = ("pooled", "tokens")
 
 
 class HFBackbone(Backbone):
-    """transformers.AutoModel + AutoTokenizer; forward(dict of token tensors) -> (B, hidden_size).
+    """transformers.AutoModel + AutoTokenizer; forward(dict of token tensors) -> (B, hidden_size),
+    or (B, T, hidden_size) with features="tokens".
 
     weights: "hub" (download `name`, cached), "none" (random init from the config),
     "pkg:NAME" (a model directory shipped in a pip package) or a local model directory.
     pooling: "cls" (first token) or "mean" (average over non-padding tokens).
-    features: "pooled" only (a text encoder has no feature pyramid; the key is accepted so that
-    task=segmentation, which asks for pyramid, gets a clear error rather than an unknown key).
+    features: "pooled", or "tokens" (set by task=token_cls): no pooling, forward returns the last
+    hidden state (B, T, hidden_size), one vector per sub-token, and the head is applied to each.
+    A text encoder has no feature pyramid: "pyramid" (task=segmentation) gets a clear error.
     """
 
     modality = "text"
@@ -44,14 +47,17 @@ class HFBackbone(Backbone):
     ):
         # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.config.recipes)
         super().__init__()
-        if features != "pooled":
+        if features == "pyramid":
             raise ConfigError(
                 f"backbone.features={features}: backbone={name} is a text encoder and gives pooled features "
-                "only; feature maps (task=segmentation) need an image backbone, e.g. backbone=lite0_offline"
+                "or one per token; feature maps (task=segmentation) need an image backbone, e.g. backbone=lite0_offline"
             )
+        if features not in TEXT_FEATURES:
+            raise ConfigError(f"backbone.features={features} must be pooled or tokens")
         if pooling not in POOLINGS:
             raise ConfigError(f"backbone.pooling={pooling} is not supported: use one of {', '.join(POOLINGS)}")
         self.name, self.weights, self.pooling, self.max_length = name, str(weights), pooling, max_length
+        self.features = features
         source = _resolve_source(name, self.weights)
         self.model, self.tokenizer = _load(name, source, self.weights == "none", trust_remote_code)
         # We pool ourselves; a model pooler would be parameters that never get gradients,
@@ -67,6 +73,8 @@ class HFBackbone(Backbone):
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in x.items() if k in self._input_names}
         hidden = self.model(**inputs).last_hidden_state
+        if self.features == "tokens":
+            return hidden
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = x["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -46,6 +46,11 @@ class TimmBackbone(Backbone):
         # recipe: numbers `tlcli fit` trains this family with where the user set none (tlcli.config.recipes)
         super().__init__()
         _check_name(name)
+        if features == "tokens":
+            raise ConfigError(
+                f"backbone.features=tokens: backbone={name} is an image model and gives no feature per token "
+                "(task=token_cls): use a Hugging Face text backbone, e.g. backbone=minilm_offline"
+            )
         if features not in FEATURES:
             raise ConfigError(f"backbone.features={features} must be pooled or pyramid")
         self.name, self.weights, self.features = name, str(weights), features

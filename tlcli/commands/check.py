@@ -260,11 +260,13 @@ def _data(node, data_config: dict[str, Any], found: Findings) -> None:
     if not isinstance(dm, TransferDataModule):  # a data module of the user's own: no examples to count
         found.rows.append(("data", "ok", f"{type(dm).__name__}: {dm.num_classes} outputs; its examples are its own"))
         return
-    for split in dm.samples:  # examples per class (positives per label, images holding the class for masks)
+    # examples per class (positives per label, images holding the class for masks, words per tag)
+    for split in dm.samples:
         found.counts[split] = dict(zip(dm.class_names, dm.split_counts(split)))
     sizes = ", ".join(f"{s} {len(v)}" for s, v in dm.samples.items())
     note = "" if dm.test_split == "test" else "; no test split (the test report will use val)"
-    what = f"{dm.num_classes} numeric target(s)" if dm.labels == "numeric" else f"{dm.num_classes} classes"
+    kind = {"numeric": "numeric target(s)", "tags": "tags"}.get(dm.labels, "classes")
+    what = f"{dm.num_classes} {kind}"
     found.rows.append(("data", "ok", f"{what}; {sizes}{note}"))
     links = dm.skipped_links
     if links:  # loops and links out of a class folder: fit does not follow them either

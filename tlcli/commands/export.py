@@ -79,8 +79,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    if cfg.format == "safetensors":  # the architecture to load the weights into
-        rebuild = {"backbone": config["backbone"], "head": config["head"], "num_classes": len(module.class_names)}
+    if cfg.format == "safetensors":  # the architecture to load the weights into (the task says what it outputs)
+        rebuild = {
+            "backbone": config["backbone"],
+            "head": config["head"],
+            "task": config["task"],
+            "num_classes": len(module.class_names),
+        }
         files.write_json_atomic(out_dir / "model.json", rebuild)
     pre = preprocess(spec, image_size(config), out_dir, trust.target(config["data"]))
     files.write_json_atomic(out_dir / "preprocess.json", pre)
@@ -144,11 +149,12 @@ def preprocess(spec: dict[str, Any], size: int | None, out_dir: Path, data_class
     }
 
 
-def _dynamic_axes(example: tuple[torch.Tensor, ...]) -> tuple[list[str], dict[str, dict[int, str]]]:
+def _dynamic_axes(example: tuple[torch.Tensor, ...], per_token: bool = False) -> tuple[list[str], dict]:
+    """Input and output names with their variable axes; per_token: logits (batch, sequence, classes)."""
     if len(example) == 1:
         return ["x"], {"x": {0: "batch"}, "logits": {0: "batch"}}
     axes = {name: {0: "batch", 1: "sequence"} for name in TEXT_INPUTS}
-    return list(TEXT_INPUTS), {**axes, "logits": {0: "batch"}}
+    return list(TEXT_INPUTS), {**axes, "logits": {0: "batch", 1: "sequence"} if per_token else {0: "batch"}}
 
 
 def write_safetensors(model: Classifier, example, path: Path) -> None:
@@ -166,7 +172,9 @@ def write_torchscript(model: Classifier, example, path: Path) -> None:
 
 
 def write_onnx(model: Classifier, example, path: Path) -> None:
-    names, axes = _dynamic_axes(example)
+    with torch.no_grad():
+        per_token = model(*example).ndim == 3  # a logit vector per token (token classification)
+    names, axes = _dynamic_axes(example, per_token)
     with warnings.catch_warnings():
         # The TorchScript-based exporter needs only `onnx`; the dynamo one adds onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)

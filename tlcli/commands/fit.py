@@ -62,7 +62,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     views = tta.parse(cfg.tta)
     tta.check(views, backbone.modality, task)
     task.check_data(datamodule.labels)
-    task.build(datamodule.num_classes, datamodule.label_counts())
+    task.build(datamodule.num_classes, datamodule.label_counts(), names=datamodule.class_names)
     task.fit_targets(datamodule.train_targets())
     distiller = None
     if cfg.distill.teacher is not None:

@@ -52,13 +52,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     module.tta = views
     # by default the columns the model was trained on (data=csv), e.g. a sentence pair's two
     column = cfg.input_column if cfg.input_column is not None else config.get("data", {}).get("input_column")
-    names, inputs = list_inputs(cfg.input, spec["modality"], column)
+    # the data class the model was evaluated with reads and prepares the inputs (segmentation: no
+    # center crop; data=conll: sentences of words, aligned to their sub-tokens)
+    data_class = trust.target(config["data"])
+    names, inputs = list_inputs(cfg.input, spec["modality"], column, data_class)
     skipped: list[tuple[str, str]] = []
     if spec["modality"] == "image":
         names, inputs, skipped = drop_unreadable(names, inputs, cfg, skipped_path(out))
     workers = resolve_num_workers(cfg.num_workers)
-    # the data class the model was evaluated with prepares the images (segmentation: no center crop)
-    data_class = trust.target(config["data"])
     loader = _loader(inputs, spec, config, cfg.batch_size, workers, cfg.max_image_pixels, data_class)
     dev = device(cfg.accelerator)
     task, top_k = module.task, min(cfg.top_k, len(module.class_names))
@@ -146,11 +147,17 @@ def output_path(value: str) -> Path:
 PAIR_SEP = " ||| "  # joins a sentence pair in predict's "input" column
 
 
-def list_inputs(value: str, modality: str, column: str | list[str] | None) -> tuple[list[str], list[Any]]:
-    """(names to write, inputs to load): image paths, texts or text pairs, in a stable order."""
+def list_inputs(
+    value: str, modality: str, column: str | list[str] | None, data_class=None
+) -> tuple[list[str], list[Any]]:
+    """(names to write, inputs to load): image paths, texts or text pairs, in a stable order; or
+    what the checkpoint's data class reads itself (data=conll: sentences of words)."""
     from tlcli.data.imagefolder import describe_links, links_warning, list_images
     from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
 
+    own = _data_class(data_class).predict_inputs(value, column)
+    if own is not None:
+        return own
     column = column or ("text" if modality == "text" else "image")
     p = Path(value).expanduser()
     csv_kind = (
@@ -247,25 +254,35 @@ def _loader(
 def eval_dataset(inputs: list[Any], spec: dict[str, Any], config: dict[str, Any], max_pixels=None, data_class=None):
     """(dataset of (input, dummy target) items, collate or None): fit's eval-split preparation of
     image paths or file objects, texts or text pairs (`tlcli serve` prepares its requests here too).
-    data_class: the checkpoint's data module class, whose eval_image_transform that was."""
+    data_class: the checkpoint's data module class, whose eval_image_transform (text_dataset) that was."""
     import functools
 
-    from tlcli.data.base import ImageDataset, Samples, TransferDataModule
-    from tlcli.data.text import TextCollate, TextDataset
+    from tlcli.data.base import ImageDataset, Samples
+    from tlcli.data.text import TextCollate
     from tlcli.data.transforms import load_rgb
 
     samples = Samples(list(inputs), np.zeros(len(inputs), dtype=np.int64))
+    data_class = _data_class(data_class)
     if spec["modality"] == "text":
-        dataset, collate = TextDataset(samples, spec["tokenizer"], spec["max_length"]), TextCollate(spec["tokenizer"])
+        dataset, collate = data_class.text_dataset(samples, spec), TextCollate(spec["tokenizer"])
     else:
         # .get: a custom datamodule's saved config need not have an image_size key at all
         image_size = config["data"].get("image_size")
-        if data_class is None or not issubclass(data_class, TransferDataModule):
-            data_class = TransferDataModule
         eval_tf = data_class.eval_image_transform(spec, image_size)
         loader = functools.partial(load_rgb, max_pixels=max_pixels, key="max_image_pixels")  # workers get the limit
         dataset, collate = ImageDataset(samples, eval_tf, loader), None
     return dataset, collate
+
+
+def _data_class(data_class):
+    """The checkpoint's data class when it is tlcli's, else TransferDataModule (its default preparation)."""
+    from tlcli.data.base import TransferDataModule
+
+    return (
+        data_class
+        if isinstance(data_class, type) and issubclass(data_class, TransferDataModule)
+        else TransferDataModule
+    )
 
 
 def _batches(module, loader, dev: torch.device, total: int, progress_bar: bool):
@@ -279,9 +296,9 @@ def _batches(module, loader, dev: torch.device, total: int, progress_bar: bool):
         torch.inference_mode(),
     ):
         task = progress.add_task("predict", total=total)
-        for x, _ in loader:
+        for x, y in loader:
             x = {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
-            scores = module.task.scores(module.eval_logits(x)).float().cpu().numpy()
+            scores = module.task.predict_scores(module.eval_logits(x), y.to(dev)).float().cpu().numpy()
             yield start, scores
             start += len(scores)
             progress.advance(task, len(scores))

@@ -1,15 +1,20 @@
-"""Recipes: the numbers a backbone family and a strategy train best with, where the user set none.
+"""Recipes: the numbers a backbone family, a task and a strategy train best with, where the user set none.
 
-A backbone or strategy YAML may carry `recipe:`, a mapping of dotted config keys to values:
+A backbone, task or strategy YAML may carry `recipe:`, a mapping of dotted config keys to values:
 
-    # conf/backbone/hf.yaml                       # conf/finetune/linear_probe.yaml
-    recipe:                                       recipe:
-      optimizer.lr: 5e-5                            optimizer.lr: 1e-2
-                                                    data.feature_cache: true
+    # conf/backbone/hf.yaml          # conf/task/token_cls.yaml     # conf/finetune/linear_probe.yaml
+    recipe:                          task:                          recipe:
+      optimizer.lr: 5e-5               recipe:                        optimizer.lr: 1e-3
+                                         optimizer.lr: 1e-4           data.feature_cache: true
+                                         data.batch_size: 8
 
-Layers, later wins: the group YAML defaults < the backbone's recipe < the strategy's recipe <
-what the user set (a command-line override, a sweep value, an experiment file). A preset
-declares its own recipe by overriding keys of its parent's (`recipe: {optimizer.lr: 1e-4}`).
+Layers, later wins: the group YAML defaults < the backbone's recipe < the task's recipe < the
+strategy's recipe < what the user set (a command-line override, a sweep value, an experiment
+file). The task beats the backbone: the backbone's numbers are for its family on whole-input
+tasks, the task knows its problem (a tag per token needs more optimizer steps than a label per
+sentence). The strategy beats both: it decides what trains (a probe's head alone takes a far
+larger learning rate). A preset declares its own recipe by overriding keys of its parent's
+(`recipe: {optimizer.lr: 1e-4}`).
 The recipe nodes are removed once applied, so the parts, the saved config and the checkpoint
 see plain values; `sources` says where each recipe key's value came from.
 """
@@ -22,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlcli.errors import ConfigError
 
-RECIPE_GROUPS = ("backbone", "finetune")
+RECIPE_GROUPS = ("backbone", "task", "finetune")
 
 
 def explicit_keys(overrides: list[str], experiment: str | None = None) -> set[str]:

@@ -4,6 +4,7 @@ Transforms and tokenization come from the backbone's data_config, passed in by c
 """
 
 from tlcli.data.base import TransferDataModule
+from tlcli.data.conll import CoNLLDataModule
 from tlcli.data.csv import CSVDataModule
 from tlcli.data.embedded import DigitsDataModule
 from tlcli.data.hf import HFDataModule
@@ -11,6 +12,7 @@ from tlcli.data.imagefolder import ImageFolderDataModule
 from tlcli.data.segfolder import SegFolderDataModule
 
 __all__ = [
+    "CoNLLDataModule",
     "CSVDataModule",
     "DigitsDataModule",
     "HFDataModule",

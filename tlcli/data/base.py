@@ -472,7 +472,7 @@ class TransferDataModule(L.LightningDataModule):
 
     def _dataset(self, samples: Samples, train: bool) -> Dataset:
         if self.modality == "text":
-            return TextDataset(samples, self.data_config["tokenizer"], self.data_config["max_length"])
+            return self.text_dataset(samples, self.data_config)
         train_tf, eval_tf = image_transforms(self.data_config, augment=self.augment_preset, image_size=self.image_size)
         return ImageDataset(samples, train_tf if train else eval_tf, self.image_loader)
 
@@ -498,7 +498,7 @@ class TransferDataModule(L.LightningDataModule):
 
     def label_counts(self) -> list[int]:
         """Training samples per class (positives per label for multi-label, examples per target
-        for numeric targets), for class weights and finetune=auto."""
+        for numeric targets; data=conll: words per tag), for class weights and finetune=auto."""
         self.setup("fit")
         return self.split_counts("train")
 
@@ -511,12 +511,24 @@ class TransferDataModule(L.LightningDataModule):
             return [len(targets)] * self.num_classes
         return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
 
-    # How predict and export prepare one image the way this data's evaluation does (a classmethod:
+    # How predict and export prepare one input the way this data's evaluation does (classmethods:
     # they know the data class from the checkpoint's config, and build no data module).
     @classmethod
     def eval_image_transform(cls, data_config: dict[str, Any], image_size: int | None) -> Transform:
         """PIL RGB image -> the model's input tensor."""
         return image_transforms(data_config, augment=False, image_size=image_size)[1]
+
+    @classmethod
+    def predict_inputs(cls, value: str, column: str | list[str] | None) -> tuple[list[str], list[Any]] | None:
+        """(names, inputs) of `tlcli predict`'s input when this data reads it its own way (data=conll:
+        sentences of words); None: predict lists image files or a CSV's texts itself."""
+        return None
+
+    @classmethod
+    def text_dataset(cls, samples: Samples, data_config: dict[str, Any]) -> Dataset:
+        """Texts (or text pairs) -> the dataset fit evaluates on, tokenised once; predict prepares
+        unlabelled texts with it too (their targets placeholders)."""
+        return TextDataset(samples, data_config["tokenizer"], data_config["max_length"])
 
     @classmethod
     def eval_geometry(cls, data_config: dict[str, Any], image_size: int | None) -> dict[str, Any]:

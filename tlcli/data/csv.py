@@ -24,9 +24,15 @@ SPLIT_KEYS = {"train": "train_csv", "val": "val_csv", "test": "test_csv"}
 MULTILABEL_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
 
 
-def label_kind(labels: str, label_columns: Sequence[str] | None) -> str:
+def label_kind(labels: str, label_columns: Sequence[str] | None, reader: str = "csv") -> str:
     """The kind of targets a table holds (tlcli.data.protocol): numbers when the task reads them
-    (labels=numeric), else 0/1 columns when label_columns is set, else one class per row."""
+    (labels=numeric), else 0/1 columns when label_columns is set, else one class per row.
+    reader: the data option, named in the error of a task it cannot serve."""
+    if labels == "tags":
+        raise ConfigError(
+            f"data={reader} holds a label per row, but the task reads a tag per word (data.labels=tags): "
+            "use data=conll with data.train_file=FILE (a token and its tag per line)"
+        )
     if labels not in ("class", "multi", "numeric"):
         raise ConfigError(f"data.labels={labels} must be class, multi or numeric (it follows the task)")
     if labels == "numeric":

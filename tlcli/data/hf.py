@@ -124,7 +124,7 @@ class HFDataModule(TransferDataModule):
         )
         if importlib.util.find_spec("datasets") is None:
             raise ConfigError("data=hf needs the datasets package, which is not installed: pip install 'tlcli[hf]'")
-        kind = label_kind(labels, label_columns)
+        kind = label_kind(labels, label_columns, reader="hf")
         self.path, self.name, self.data_files, self.revision = path, name, data_files, revision
         self.split_names = {"train": split_train, "val": split_val, "test": split_test}
         self.input_column, self.label_column = input_columns(input_column), label_column

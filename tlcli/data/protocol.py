@@ -20,10 +20,12 @@ import numpy as np
 
 from tlcli.errors import ConfigError
 
-LABEL_KINDS = ("class", "multi", "numeric", "mask")
-# "mask" targets: an int64 (H, W) class-id map per example, the same size as the image tensor;
-# pixels to leave out of the loss and the metrics hold IGNORE_INDEX (whatever value the files use
-# for them, e.g. data.ignore_index of data=segfolder, the data module maps it to this one).
+LABEL_KINDS = ("class", "multi", "numeric", "mask", "tags")
+# Targets with a value per position, "mask" (an int64 (H, W) class-id map per example, the same size
+# as the image tensor) and "tags" (an int64 id per sub-token of a sentence), hold IGNORE_INDEX where
+# a position has no target: pixels left out (whatever value the files use for them, e.g.
+# data.ignore_index of data=segfolder, the data module maps it to this one), and the special tokens
+# and every sub-token of a word but its first. The loss and the metrics skip it.
 IGNORE_INDEX = -1
 
 
@@ -32,8 +34,10 @@ class DataModule(Protocol):
     """Required of every data module.
 
     class_names: the classes in logit order (single/multi-label), or the targets' names (numeric).
-    labels: "class" (a class id per example), "multi" (a 0/1 vector), "numeric" (values) or
-    "mask" (a class id per pixel, IGNORE_INDEX where there is none).
+    labels: "class" (a class id per example), "multi" (a 0/1 vector), "numeric" (values),
+    "mask" (a class id per pixel, IGNORE_INDEX where there is none) or "tags" (a tag id per word
+    of a sentence: the inputs are lists of words, and the loaders yield a target per sub-token,
+    the word's tag on its first one and IGNORE_INDEX elsewhere; tlcli.data.text).
     test_split: the split the final report is on ("test", or "val" when there is none).
     """
 

@@ -1,4 +1,4 @@
-"""Text samples: tokenised once at setup, padded per batch."""
+"""Text samples: tokenised once at setup, padded per batch; tagged sentences with a tag per first sub-token."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from tlcli.data.protocol import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from tlcli.data.base import Samples
@@ -33,6 +35,9 @@ class TextDataset(Dataset):
             self.truncated += n_cut
             for key, values in enc.items():
                 rows.setdefault(key, []).extend(values)
+        self._pack(rows)
+
+    def _pack(self, rows: dict[str, list[list[int]]]) -> None:
         lengths = [len(r) for r in rows.get("input_ids", [])]
         self.offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         total = int(self.offsets[-1])
@@ -73,10 +78,86 @@ def _encode(tokenizer: Any, texts: Sequence[Any], max_length: int) -> tuple[dict
     return enc, len(long)
 
 
+class TaggedTextDataset(TextDataset):
+    """Sentences given as lists of words, with a tag id per word (samples.targets[i]: int array).
+
+    Tokenised once with is_split_into_words=True; a fast tokenizer's word_ids() maps each
+    sub-token to its word. The first sub-token of a word carries the word's tag, every other
+    sub-token and the special tokens carry IGNORE_INDEX, which the loss and the metrics skip
+    (as in Hugging Face's token-classification examples). A sentence longer than max_length
+    sub-tokens is cut: `truncated` counts the sentences that lost words. A word the tokenizer
+    turns into nothing (a zero-width space) is encoded as the unknown token, so that every
+    word keeps a position and predictions stay aligned with the words.
+    Items: (token ids, labels int64 (sub-tokens,)); TextCollate pads the labels with IGNORE_INDEX.
+    """
+
+    def __init__(self, samples: Samples, tokenizer: Any, max_length: int):
+        if not getattr(tokenizer, "is_fast", False):
+            from tlcli.errors import ConfigError
+
+            raise ConfigError(
+                f"tagging needs a fast tokenizer (it maps sub-tokens to words with word_ids()); "
+                f"{type(tokenizer).__name__} is not one: pick a backbone whose tokenizer has a fast version"
+            )
+        self.targets, self.max_length = samples.targets, max_length
+        rows: dict[str, list[list[int]]] = {}
+        labels: list[np.ndarray] = []
+        self.truncated = 0
+        for start in range(0, len(samples), ENCODE_CHUNK):
+            sentences = _visible_words(tokenizer, samples.inputs[start : start + ENCODE_CHUNK])
+            enc = _tokenize_words(tokenizer, sentences, max_length)
+            for j, words in enumerate(sentences):
+                word_ids = enc.word_ids(j)
+                labels.append(align_labels(word_ids, samples.targets[start + j]))
+                kept = max((w for w in word_ids if w is not None), default=-1) + 1
+                self.truncated += kept < len(words)
+            for key, values in enc.items():
+                rows.setdefault(key, []).extend(values)
+        self._pack(rows)
+        self.labels = np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32)
+
+    def __getitem__(self, i: int):
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return {key: v[a:b] for key, v in self.columns.items()}, self.labels[a:b].astype(np.int64)
+
+
+def align_labels(word_ids: Sequence[int | None], word_tags: Sequence[int]) -> np.ndarray:
+    """A label per sub-token: the word's tag on its first sub-token, IGNORE_INDEX elsewhere."""
+    out = np.full(len(word_ids), IGNORE_INDEX, dtype=np.int64)
+    previous = None
+    for k, w in enumerate(word_ids):
+        if w is not None and w != previous:
+            out[k] = word_tags[w]
+        previous = w
+    return out
+
+
+def _visible_words(tokenizer: Any, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The sentences with every word the tokenizer maps to no sub-token replaced by its unknown token."""
+    flat = [w for s in sentences for w in s]
+    if not flat:
+        return [list(s) for s in sentences]
+    empty = {w for w, ids in zip(flat, tokenizer(flat, add_special_tokens=False)["input_ids"]) if not ids}
+    unk = tokenizer.unk_token or "?"
+    return [[unk if w in empty else w for w in s] for s in sentences]
+
+
+def _tokenize_words(tokenizer: Any, sentences: list[list[str]], max_length: int):
+    try:
+        return tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length)
+    except (ValueError, TypeError) as exc:  # e.g. byte-level BPE built without add_prefix_space
+        from tlcli.errors import ConfigError
+
+        raise ConfigError(
+            f"the backbone's tokenizer ({type(tokenizer).__name__}) cannot encode sentences split into words: {exc}"
+        ) from exc
+
+
 class TextCollate:
     """Pads a batch of token-id rows to its longest row (dynamic padding), on the tokenizer's
-    padding side; LongTensors (B, longest). A class, not a closure, so workers can pickle it;
-    it keeps only the pad values, not the tokenizer.
+    padding side; LongTensors (B, longest). Targets with one value per token (int arrays, from
+    TaggedTextDataset) are padded the same way with IGNORE_INDEX. A class, not a closure, so
+    workers can pickle it; it keeps only the pad values, not the tokenizer.
     """
 
     def __init__(self, tokenizer: Any):
@@ -102,6 +183,14 @@ class TextCollate:
                 else:
                     out[row, :n] = e[key]
             x[key] = torch.from_numpy(out)
+        if isinstance(targets[0], np.ndarray):  # a target per token, aligned with the token ids
+            y = np.full((len(targets), width), IGNORE_INDEX, dtype=np.int64)
+            for row, t in enumerate(targets):
+                if self.left:
+                    y[row, width - len(t) :] = t
+                else:
+                    y[row, : len(t)] = t
+            return x, torch.from_numpy(y)
         return x, torch.utils.data.default_collate(list(targets))
 
 

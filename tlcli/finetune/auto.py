@@ -2,7 +2,10 @@
 
 It never trains itself: fit asks `choose` once the data is set up, swaps in the chosen
 strategy's own config (with its recipe) and records the choice and its reason in
-metrics.json. The thresholds are the suite's evidence (bench/results/suite.md).
+metrics.json. The thresholds are the suite's evidence (bench/results/suite.md). What is
+counted per class is the task's to say (Task.auto_counts): training examples per class, and
+for token classification training entities per entity type (bench/results/token_cls.md: words
+per tag made a rare I- tag look like a tiny data set).
 """
 
 from __future__ import annotations
@@ -13,24 +16,28 @@ from typing import Any
 class Auto:
     """Options of finetune=auto.
 
-    probe_max_per_class: with at most this many training examples in the smallest class, a
-    linear probe on frozen (cached) features; above it, full fine-tuning.
+    probe_max_per_class: with at most this many training examples in the smallest class (or
+    what the task counts instead, e.g. entities of the rarest type), a linear probe on frozen
+    (cached) features; above it, full fine-tuning.
     """
 
     def __init__(self, probe_max_per_class: int = 10):
         self.probe_max_per_class = probe_max_per_class
 
-    def choose(self, label_counts: list[int], modality: str) -> tuple[str, str]:
-        """(strategy option name, the reason in one sentence)."""
+    def choose(
+        self, label_counts: list[int], modality: str, per: str = "class", unit: str = "training examples"
+    ) -> tuple[str, str]:
+        """(strategy option name, the reason in one sentence). label_counts: the count of each
+        class, or of what the task counts per (Task.auto_counts: `per` and `unit` name them)."""
         smallest = min(label_counts) if label_counts else 0
         if smallest <= self.probe_max_per_class:
             return "linear_probe", (
-                f"the smallest class has {smallest} training examples (<= finetune.probe_max_per_class="
+                f"the smallest {per} has {smallest} {unit} (<= finetune.probe_max_per_class="
                 f"{self.probe_max_per_class}): a linear probe on frozen features, computed once, is the safest "
                 "use of so little data"
             )
         return "full", (
-            f"the smallest class has {smallest} training examples (> finetune.probe_max_per_class="
+            f"the smallest {per} has {smallest} {unit} (> finetune.probe_max_per_class="
             f"{self.probe_max_per_class}): enough to fine-tune the whole {modality} backbone"
         )
 

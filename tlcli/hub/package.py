@@ -53,6 +53,8 @@ def write(module, config: dict[str, Any], out_dir: Path, repo: str) -> Layout:
         why = f"the head ({type(module.head).__name__}) is not one linear layer"
     elif _output_weights(module, linear) is None:
         why = f"the task's output layer ({type(module.task.output_layer()).__name__}) cannot be folded into the head"
+    elif getattr(module.backbone, "features", "pooled") != "pooled":  # the layouts below pool
+        why = f"the backbone gives backbone.features={module.backbone.features}, not pooled features"
     if why is None and module.backbone.modality == "image" and hasattr(module.backbone.model, "pretrained_cfg"):
         layout = write_timm(module, config, out_dir, repo)
         if layout is not None:

@@ -156,7 +156,7 @@ def write_report(out_dir, report, *, task: str = "", split: str = "test", consol
     )
     log.info("wrote the %s report to %s", split, out)
     caption = report.caption if note is None else f"{note}\n{report.caption}"
-    first = "Per-class" if report.columns[0] == "class" else "Per-target"
+    first = {"class": "Per-class", "target": "Per-target"}.get(report.columns[0], f"Per-{report.columns[0]}")
     print_report(
         report.rows,
         console,

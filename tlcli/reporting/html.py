@@ -146,7 +146,7 @@ def run_summary(config: dict, metrics: dict[str, Any], data) -> dict[str, Any]:
 # ---------------------------------------------------------------- pieces
 HEADLINE = (("acc", True), ("f1_macro", True))  # classification's before/after columns
 TITLES = {"acc": "accuracy", "f1_macro": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE", "miou": "mIoU"}
-TITLES["pixel_acc"] = "pixel accuracy"
+TITLES.update(pixel_acc="pixel accuracy", f1="F1")
 
 
 def before_after(metrics: dict[str, Any], headline=HEADLINE) -> str:
@@ -260,7 +260,9 @@ def _card(example: tuple[Any, Any] | None, i: int, lines: list[str], modality: s
     else:
         sid, item = example
         if modality == "text":
-            text = " ⟂ ".join(item) if isinstance(item, tuple) else str(item)  # a sentence pair
+            # a sentence pair (tuple), a sentence as words (list: tagging), or a text
+            joiner = " ⟂ " if isinstance(item, tuple) else " " if isinstance(item, list) else None
+            text = joiner.join(item) if joiner else str(item)
             text = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "…"
             parts.append(f"<div class=text>{esc(text)}</div>")
         elif image_loader is not None:
@@ -308,7 +310,12 @@ def build_html(
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
         report = task.report(y_true, y_score, names, split)
         example = None
-        if examples is not None and image_loader is not None and modality == "image":
+        if examples is not None and modality == "text":
+
+            def example(i: int):  # (name, text) of test example i: a str, a pair, or a sentence's words
+                return examples[i]
+
+        elif examples is not None and image_loader is not None and modality == "image":
 
             def example(i: int):  # (name, PIL image) of test example i, for tasks that draw the images
                 return examples[i][0], image_loader(examples[i][1])
@@ -320,7 +327,7 @@ def build_html(
         out.append(f"<h2>Training curves</h2><img class=plot alt='training curves' src='{png_data_uri(fig)}'>")
 
     if outputs:
-        what, cards = task.wrong_examples(y_true, y_score, names)
+        what, cards = task.wrong_examples(y_true, y_score, names, example)
         if what:
             kind = "wrong" if what.endswith("wrong") else "examples"
             head = f"<h2>{esc(what)} ({min(n_wrong, len(cards))} of {len(cards)} {kind}, {esc(split)} split)</h2>"

@@ -63,6 +63,7 @@ class Predictor:
         self.ckpt = restore.resolve(ckpt)
         self.device = device(accelerator)
         module, self.config = restore.load_module(self.ckpt)
+        _require_plain_inputs(self.config, self.ckpt)
         self.module = module.to(self.device)
         self.task = module.task
         self.class_names = list(module.class_names)
@@ -153,6 +154,22 @@ class Predictor:
             "checkpoint": str(self.ckpt),
             "metrics": run_metrics(self.ckpt),
         }
+
+
+def _require_plain_inputs(config: dict[str, Any], ckpt: Path) -> None:
+    """ConfigError when the checkpoint's data reads `tlcli predict`'s input its own way (data=conll:
+    sentences of words, tagged per word): requests carry an image or a text, which it does not take."""
+    from tlcli import trust
+    from tlcli.data.base import TransferDataModule
+    from tlcli.errors import ConfigError
+
+    data_class = trust.target(config["data"])
+    if isinstance(data_class, type) and issubclass(data_class, TransferDataModule):
+        if data_class.predict_inputs.__func__ is not TransferDataModule.predict_inputs.__func__:
+            raise ConfigError(
+                f"ckpt={ckpt}: the model reads the inputs of {data_class.__name__} (e.g. sentences of words to "
+                f"tag), which tlcli serve does not take; predict with tlcli predict ckpt={ckpt} input=FILE"
+            )
 
 
 def run_metrics(ckpt: Path) -> dict[str, Any] | None:

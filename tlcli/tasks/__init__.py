@@ -8,5 +8,6 @@ from tlcli.tasks.base import Report, Task
 from tlcli.tasks.classification import Classification, MultiLabel
 from tlcli.tasks.regression import Regression
 from tlcli.tasks.segmentation import Segmentation
+from tlcli.tasks.token_classification import TokenClassification
 
-__all__ = ["Classification", "MultiLabel", "Regression", "Report", "Segmentation", "Task"]
+__all__ = ["Classification", "MultiLabel", "Regression", "Report", "Segmentation", "Task", "TokenClassification"]

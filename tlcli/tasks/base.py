@@ -5,10 +5,13 @@ the checkpoint's state_dict) built from `conf/task/<name>.yaml`. The rest of tlc
 which task it holds; it calls these methods:
 
 - labels: the kind of targets the data must provide — "class" (one class id per example),
-  "multi" (a 0/1 vector per example), "numeric" (one or more numbers per example) or "mask"
-  (a class id per pixel); the data module says which kind it holds (tlcli.data.protocol),
-  `check_data` compares them.
-- build(num_outputs, label_counts): fix what depends on the data (weights, thresholds).
+  "multi" (a 0/1 vector per example), "numeric" (one or more numbers per example), "mask"
+  (a class id per pixel) or "tags" (a tag per word of a sentence); the data module says which
+  kind it holds (tlcli.data.protocol), `check_data` compares them.
+- build(num_outputs, label_counts, names): fix what depends on the data (weights, thresholds,
+  the tag names).
+- auto_counts(label_counts, names): what `finetune=auto` weighs (default: the training
+  examples of each class; token classification: the entities of each type).
 - fit_targets(train_targets): statistics of the training targets (regression's scaling).
 - loss / metrics / metric_inputs: training and the logged val/ and test/ metrics. A task whose
   data can be mixed (data.augment=strong: mixup/cutmix) takes class distributions (N, C) as
@@ -17,13 +20,19 @@ which task it holds; it calls these methods:
   several views of a batch into one logits-shaped tensor; spatial outputs (maps) are flipped back.
 - scores(logits): what predict turns into its rows per example (probabilities, or values).
 - kept(logits, y): what test keeps of each batch for the report (default: y and the scores;
-  segmentation keeps the predicted class map, not a probability per pixel and class).
+  segmentation keeps the predicted class map, not a probability per pixel and class; token
+  classification the words' first sub-tokens, IGNORE_INDEX-padded).
+- predict_scores(logits, y): what predict and serve keep of each batch, one row per input
+  (default: the scores; token classification: the words' first sub-tokens, which the
+  placeholder targets y mark).
 - report(y_true, y_score, names, split): the per-class / per-target rows, summary numbers and
   figure written after testing (reporting.files writes them); y_score is what `kept` gave.
-- html_sections / wrong_examples: the task's part of report.html (html_sections may draw the
-  test images: `example(i)` gives test example i's name and PIL image when the data has images).
-- prediction_row: one row of `tlcli predict`'s output; `item` names the input's file and the
-  output file, for a task that writes a file per input (segmentation's mask PNGs).
+- html_sections / wrong_examples: the task's part of report.html; both may look at the test
+  inputs: `example(i)` gives test example i's name and its PIL image (image data) or its text
+  (a str, a pair, or a sentence's list of words).
+- prediction_row: one row of `tlcli predict`'s output; `item` names the input (its source: a
+  file, a text, a sentence's words) and the output file, for a task that writes a file per input
+  (segmentation's mask PNGs) or shows the input in its row (token classification's words).
 - export_info / output_layer: what `tlcli export` writes about the outputs, and the layer that
   turns logits into the exported model's outputs.
 - baseline_inputs / baseline: what the baseline keeps of each batch of frozen backbone outputs
@@ -37,13 +46,17 @@ which task it holds; it calls these methods:
   hands it the validation logits of each kept checkpoint, and its state_dict (buffers) then carries
   the fit into that checkpoint file. Training resets it, so checkpoints written while training are
   uncalibrated.
+
+A task's YAML may also say what the backbone must give (`backbone.features`: pyramid for
+segmentation, tokens for token classification) and carry a `recipe:` of training numbers, as
+backbones and strategies do (tlcli.config.recipes; a task with one accepts the `recipe` key).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -57,7 +70,17 @@ LABEL_KINDS = {
     "multi": "multi-label data (several 0/1 label columns)",
     "numeric": "numeric targets",
     "mask": "segmentation masks (a class id per pixel)",
+    "tags": "tagged sentences (a tag per word; data=conll)",
 }
+
+
+class AutoCounts(NamedTuple):
+    """What finetune=auto weighs: the smallest count decides (tlcli.finetune.auto). per: what is
+    counted per ("class", "entity type"); unit: what is counted ("training examples")."""
+
+    per: str
+    unit: str
+    counts: dict[str, int]
 
 
 @dataclass
@@ -123,8 +146,14 @@ class Task(nn.Module):
     def name_for_user(self) -> str:
         return f"task={type(self).__name__}"
 
-    def build(self, num_outputs: int, label_counts: list[int]) -> None:
-        """Fix what depends on the data; called before the weights are loaded."""
+    def build(self, num_outputs: int, label_counts: list[int], names: list[str] | None = None) -> None:
+        """Fix what depends on the data (names: the classes, targets or tags in output order);
+        called before the weights are loaded."""
+
+    def auto_counts(self, label_counts: list[int], names: list[str]) -> AutoCounts:
+        """What finetune=auto weighs (tlcli.finetune.auto): the training examples of each class
+        (positives per label; examples per target for numeric targets)."""
+        return AutoCounts("class", "training examples", dict(zip(map(str, names), label_counts)))
 
     def fit_targets(self, targets: np.ndarray) -> None:
         """Training-target statistics (called at fit only; restored from the state_dict after)."""
@@ -147,8 +176,15 @@ class Task(nn.Module):
         return outputs.mean(0)
 
     def kept(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(targets, scores) of a test batch, on the CPU, for the report."""
+        """(targets, scores) of a test batch, on the CPU, for the report. Rows may have a position
+        axis (dim 1) whose width varies from batch to batch: the batches are then padded to the
+        widest, targets with IGNORE_INDEX and scores with 0 (tlcli.training.distributed.cat_padded)."""
         return y.detach().cpu(), self.scores(logits).detach().float().cpu()
+
+    def predict_scores(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A predict batch's scores, a row per input, what prediction_row reads; y: the placeholder
+        targets the data's evaluation dataset gives unlabelled inputs."""
+        return self.scores(logits)
 
     # -- outputs --
     def report(self, y_true: np.ndarray, y_score: np.ndarray, names: list[str], split: str) -> Report:
@@ -156,11 +192,15 @@ class Task(nn.Module):
 
     def html_sections(self, report: Report, y_true, y_score, names: list[str], split: str, example=None) -> list[str]:
         """HTML blocks (escaped) for report.html, after the metrics table. example: None, or
-        example(i) -> (name, PIL RGB image) of test example i, when the data has images."""
+        example(i) -> (name, input) of test example i: a PIL RGB image when the data has images,
+        the text (a str, a (str, str) pair or a list of words) when it has text."""
         return []
 
-    def wrong_examples(self, y_true, y_score, names: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
-        """(section title, [(test index, HTML lines)]), worst first, for the examples grid."""
+    def wrong_examples(
+        self, y_true, y_score, names: list[str], example=None
+    ) -> tuple[str, list[tuple[int, list[str]]]]:
+        """(section title, [(test index, HTML lines)]), worst first, for the examples grid;
+        example as for html_sections."""
         return "", []
 
     def prediction_row(

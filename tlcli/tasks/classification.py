@@ -289,7 +289,7 @@ class _Classes(Task):
             f"<img class=plot alt='confusion matrix' src='{png_data_uri(report.figure)}'>",
         ]
 
-    def wrong_examples(self, y_true, y_score, names) -> tuple[str, list[tuple[int, list[str]]]]:
+    def wrong_examples(self, y_true, y_score, names, example=None) -> tuple[str, list[tuple[int, list[str]]]]:
         y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
         y_pred = self.decide(y_score)
         cards = []
@@ -382,7 +382,7 @@ class Classification(_Classes):
         state_dict.setdefault(prefix + "temperature", torch.ones(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def build(self, num_classes: int, label_counts: list[int]) -> None:
+    def build(self, num_classes: int, label_counts: list[int], names: list[str] | None = None) -> None:
         """Fix the class weights once the data (and its class counts) is known."""
         cw = self.class_weights
         if cw is None:
@@ -481,7 +481,7 @@ class MultiLabel(_Classes):
         self.threshold_cfg = threshold
         self.register_buffer("threshold", None, persistent=False)
 
-    def build(self, num_classes: int, label_counts: list[int]) -> None:
+    def build(self, num_classes: int, label_counts: list[int], names: list[str] | None = None) -> None:
         thr = self.threshold_cfg
         values = [float(thr)] * num_classes if isinstance(thr, (int, float)) else list(thr)
         if len(values) != num_classes or not all(0.0 < t < 1.0 for t in values):

@@ -91,7 +91,7 @@ class Regression(Task):
             "(or data.label_columns=[a,b] for several targets)"
         )
 
-    def build(self, num_outputs: int, label_counts: list[int]) -> None:
+    def build(self, num_outputs: int, label_counts: list[int], names: list[str] | None = None) -> None:
         self.num_outputs = num_outputs
         self.mean = torch.zeros(num_outputs)
         self.std = torch.ones(num_outputs)
@@ -164,7 +164,7 @@ class Regression(Task):
             f"<img class=plot alt='predicted vs true' src='{png_data_uri(report.figure)}'>",
         ]
 
-    def wrong_examples(self, y_true, y_score, names) -> tuple[str, list[tuple[int, list[str]]]]:
+    def wrong_examples(self, y_true, y_score, names, example=None) -> tuple[str, list[tuple[int, list[str]]]]:
         t = np.asarray(y_true, dtype=float).reshape(len(y_true), -1)
         p = np.asarray(y_score, dtype=float).reshape(len(y_score), -1)
         # error in standard deviations of each target, so targets in different units compare

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from tlcli import lock
 from tlcli.data.base import TransferDataModule
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.data.text import TextCollate
 from tlcli.reporting import transferability as T
 from tlcli.tasks.base import Task
@@ -73,7 +74,8 @@ def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = 
         (ftr, ytr), (fte, yte) = _features(backbone, datamodule, task)
         result = task.baseline(ftr, ytr, fte, yte, datamodule.num_classes, seed)
         if head and "baseline/C" in result:  # the regression as a linear head's starting weights
-            result["baseline/head"] = head_init.logistic_head(ftr, ytr, result["baseline/C"], datamodule.num_classes)
+            x, y = _rows(ftr, ytr)
+            result["baseline/head"] = head_init.logistic_head(x, y, result["baseline/C"], datamodule.num_classes)
     except _Skip as why:
         log.info("baseline skipped: %s", why)
         return {}
@@ -91,6 +93,15 @@ def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = 
 def _check_applies(datamodule) -> None:
     if not isinstance(datamodule, (TransferDataModule, features.FeatureDataModule)):
         raise _Skip(f"{type(datamodule).__name__} is not a tlcli data module: it has no samples to take features of")
+
+
+def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per target: features with a position axis (N, W, D) become the (M, D) rows whose
+    label is not IGNORE_INDEX (a tagger's words); pooled features (N, D) stay as they are."""
+    if features.ndim != 3:
+        return features, labels
+    keep = labels != IGNORE_INDEX
+    return features[keep], labels[keep]
 
 
 def _features(backbone, datamodule, task=None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -197,7 +208,7 @@ def gain_points(metrics: dict[str, Any], key: str = "acc", higher_is_better: boo
     return round(scale * (diff if higher_is_better else -diff), 9) + 0.0  # + 0.0: never "-0.0"
 
 
-POINTS = ("acc", "f1_macro", "miou", "pixel_acc")  # fractions, whose differences read as percentage points
+POINTS = ("acc", "f1_macro", "miou", "pixel_acc", "f1", "precision", "recall")  # fractions: differences in points
 
 
 def console_line(metrics: dict[str, Any], headline=(("acc", True),)) -> str | None:

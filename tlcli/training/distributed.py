@@ -125,11 +125,31 @@ def interleave(shards: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def gather_in_order(module, rows: torch.Tensor) -> torch.Tensor:
+def pad_to(rows: torch.Tensor, shape: tuple[int, ...], fill: float = 0) -> torch.Tensor:
+    """rows (N, ...) padded at the end of every axis but the first to `shape` (those axes' sizes)."""
+    if tuple(rows.shape[1:]) == tuple(shape):
+        return rows
+    out = rows.new_full((len(rows), *shape), fill)
+    out[(slice(None), *(slice(0, n) for n in rows.shape[1:]))] = rows
+    return out
+
+
+def cat_padded(batches: list[torch.Tensor], fill: float = 0) -> torch.Tensor:
+    """torch.cat of batches along the first axis, each padded with `fill` to the largest size of
+    every other axis: rows with a position per token differ in width from batch to batch (their
+    targets are padded with IGNORE_INDEX, their scores with 0). Same-shaped batches: torch.cat."""
+    import torch
+
+    shape = tuple(max(sizes) for sizes in zip(*(b.shape[1:] for b in batches)))
+    return torch.cat([pad_to(b, shape, fill) for b in batches])
+
+
+def gather_in_order(module, rows: torch.Tensor, fill: float = 0) -> torch.Tensor:
     """Every rank's `rows` (its shard of an evaluation split), all ranks', in data order, on every rank.
 
-    Shards may differ in length by one: each is padded to the longest for the all_gather
-    (which needs equal shapes) and cut back before interleaving.
+    Shards may differ in length by one, and rows with a position per token in width: each is
+    padded to the longest and widest for the all_gather (which needs equal shapes), the length
+    padding is cut back before interleaving, the width padding (`fill`) stays.
     """
     import torch
     import torch.distributed as dist
@@ -138,12 +158,13 @@ def gather_in_order(module, rows: torch.Tensor) -> torch.Tensor:
     if size == 1:
         return rows
     device = module.device  # NCCL gathers CUDA tensors only
-    count = torch.tensor([len(rows)], device=device)
-    counts = [torch.zeros_like(count) for _ in range(size)]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
-    padded = rows.new_zeros((max(sizes), *rows.shape[1:]), device=device)
-    padded[: len(rows)] = rows.to(device)
+    shape = torch.tensor(rows.shape, device=device)
+    shapes = [torch.zeros_like(shape) for _ in range(size)]
+    dist.all_gather(shapes, shape)
+    sizes = [int(s[0].item()) for s in shapes]
+    widest = tuple(int(n) for n in torch.stack(shapes).max(dim=0).values[1:].tolist())
+    padded = rows.new_full((max(sizes), *widest), fill, device=device)
+    padded[: len(rows)] = pad_to(rows, widest, fill).to(device)
     gathered = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(gathered, padded)
     return interleave([g[:n].cpu() for g, n in zip(gathered, sizes)])

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlcli.backbones.base import Backbone
+from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.training import distributed
@@ -66,7 +67,7 @@ def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[Fe
             "data.feature_cache=true cannot mix batches: mixup and cutmix mix images, not their features; set "
             "data.mixup_alpha=0 data.cutmix_alpha=0 or data.feature_cache=false"
         )
-    if getattr(backbone, "features", "pooled") != "pooled":
+    if getattr(backbone, "features", "pooled") == "pyramid":  # a feature per token (tokens) is cached, padded
         problems.append(
             "data.feature_cache=true caches pooled features, but backbone.features=pyramid gives feature maps "
             "(too large to keep for a whole split): set data.feature_cache=false"
@@ -83,7 +84,8 @@ def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[Fe
 
 
 class CachedBackbone(Backbone):
-    """The real backbone, except that a (B, num_features) feature tensor passes straight through.
+    """The real backbone, except that a feature tensor passes straight through: (B, num_features),
+    or (B, T, num_features) for a feature per token (backbone.features=tokens).
 
     The wrapped backbone's modules, parameters and buffers are registered here under their
     own names, so the state_dict matches the real backbone's key for key: a checkpoint from
@@ -104,7 +106,13 @@ class CachedBackbone(Backbone):
         object.__setattr__(self, "_source", backbone)
 
     def is_features(self, x: Any) -> bool:
-        return isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] == self.num_features
+        # images are (B, 3, H, W) and texts dicts of token ids: neither is taken for features
+        return (
+            isinstance(x, torch.Tensor)
+            and x.ndim in (2, 3)
+            and x.shape[-1] == self.num_features
+            and x.is_floating_point()
+        )
 
     def forward(self, x: Any) -> torch.Tensor:
         if self.is_features(x):
@@ -182,7 +190,8 @@ class FeatureCache:
         return FeatureDataModule(datamodule, self.features(backbone, datamodule))
 
     def features(self, backbone: Backbone, datamodule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{split: (features float32 (N, D), targets)}, from the cache or computed and stored."""
+        """{split: (features float32 (N, D), or (N, T, D) with a feature per token, targets)}, from
+        the cache or computed and stored."""
         datamodule.setup("fit")
         key = cache_key(backbone, datamodule)
         path = self.dir / f"{key}.pt"
@@ -248,7 +257,8 @@ def compute(
                 f, y = keep(f, y) if keep is not None else (f, y)
                 feats.append(f.float().cpu())
                 targets.append(y)
-            out[split] = (torch.cat(feats), torch.cat(targets))
+            # rows with a position per token are padded to the split's widest (targets: IGNORE_INDEX)
+            out[split] = (distributed.cat_padded(feats), distributed.cat_padded(targets, IGNORE_INDEX))
     backbone.to(home).train(was_training)
     return out
 
