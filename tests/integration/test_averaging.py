@@ -137,6 +137,37 @@ def test_wise_refusals_leave_no_run_dir(sweep, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_wise_with_a_head_that_is_not_one_linear_layer_interpolates_the_backbone_only(sweep, tmp_path):
+    from tlcli.heads import MLPHead
+
+    def mlp(ckpt):
+        state = ckpt["state_dict"]
+        width = state["head.0.weight"].shape[1]
+        for k in [k for k in state if k.startswith("head.")]:
+            del state[k]
+        torch.manual_seed(0)
+        state.update({f"head.{k}": v for k, v in MLPHead(width, 3, hidden=8).state_dict().items()})
+        ckpt["tlcli"]["config"]["head"] = {"_target_": "tlcli.heads.MLPHead", "_partial_": True, "hidden": 8}
+
+    _crafted(sweep.dir / "0", tmp_path / "mlp", [], mlp)
+    out = tmp_path / "wise"
+    assert main(["wise", f"ckpt={tmp_path / 'mlp'}", "alpha=0.5", "accelerator=cpu", f"hydra.run.dir={out}"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["wise/theta0/head"] == (
+        "the fine-tuned head: only the backbone is interpolated (the head is not one linear layer)"
+    )
+    assert metrics["wise/selection"] == "alpha=0.5 given (no search)" and len(metrics["wise/grid"]) == 1
+    assert not (out / "wise_ft.png").exists()  # one alpha: nothing to draw
+    finetuned, mixed = _state(tmp_path / "mlp"), _state(out)
+    torch.manual_seed(42)
+    pretrained = trust.build(restore.read(tmp_path / "mlp" / BEST)["tlcli"]["config"]["backbone"]).state_dict()
+    for k, v in mixed.items():
+        if k.startswith("head."):
+            assert torch.equal(v, finetuned[k]), k
+        elif k.startswith("backbone.") and v.is_floating_point():
+            assert torch.allclose(v, (pretrained[k[9:]] + finetuned[k]) / 2, atol=1e-6), k
+
+
 def _state(run: Path) -> dict:
     return restore.read(run / BEST)["state_dict"]
 

@@ -5,7 +5,7 @@ theta_0 and the arithmetic: tlcli.training.averaging. alpha is chosen on the val
 run's own data (its saved config: same split, same seed) by the run's own selection rule
 (monitor / monitor_mode), ties to the larger alpha; alpha=0.5 skips the search. The run dir is
 a normal one: checkpoints/best.ckpt for test/predict/export/serve/push, metrics.json, the test
-report, report.html and wise_ft.png. One process (no DDP).
+report, report.html and, with a search, wise_ft.png. One process (no DDP).
 """
 
 from __future__ import annotations

@@ -160,7 +160,10 @@ def starting_point(
     weights = str(config["backbone"].get("weights"))
     torch.manual_seed(int(config["seed"]))  # what fit's seed_everything did before it built the backbone
     start = restore.rebuild(ckpt, source, pretrained=True).eval()
-    before = baseline.before_fine_tuning(start.backbone, datamodule, int(config["seed"]), task, head=True)
+    linear = head_init.linear_layer(start.head) is not None
+    before = (
+        baseline.before_fine_tuning(start.backbone, datamodule, int(config["seed"]), task, head=True) if linear else {}
+    )
     before.pop("baseline/seconds", None)
     regression = before.pop("baseline/head", None)
     theta0 = {k: v.clone() for k, v in finetuned.items()}
@@ -180,8 +183,8 @@ def starting_point(
     else:
         why = (
             "the head is not one linear layer"
-            if head_init.linear_layer(start.head) is None
-            else f"{type(task).__name__} has no frozen-features logistic regression"
+            if not linear
+            else f"no frozen-features logistic regression for {type(task).__name__} on this data (see the log)"
         )
         notes["wise/theta0/head"] = f"the fine-tuned head: only the backbone is interpolated ({why})"
         log.warning("WiSE-FT interpolates the backbone only: %s", why)
