@@ -131,9 +131,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _positional(verb: str, args: list[str]) -> list[str]:
-    """`tlcli soup DIR ...` -> `tlcli soup sweep=DIR ...` (the first argument, when it is no override or flag)."""
-    if verb in POSITIONAL and args and "=" not in args[0] and not args[0].startswith("-"):
-        return [f"{POSITIONAL[verb]}={args[0]}", *args[1:]]
+    """`tlcli soup DIR ...` -> `tlcli soup sweep=DIR ...`: the first argument that is neither an
+    override, a flag nor a flag's value."""
+    if verb not in POSITIONAL:
+        return args
+    skip = False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+        elif a in HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif "=" not in a and not a.startswith("-"):
+            return [*args[:i], f"{POSITIONAL[verb]}={a}", *args[i + 1 :]]
     return args
 
 

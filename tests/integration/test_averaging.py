@@ -267,3 +267,19 @@ def test_soup_refusals(sweep, tmp_path, capsys):
         "job 1: TimmBackbone test_vit (pooled features)): a soup averages the weights of one architecture; sweep "
         "one backbone at a time (tlcli fit -m backbone=NAME optimizer.lr=...) and soup each sweep" in err(mixed, 2)
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["DIR", "method=uniform"], ["sweep=DIR", "method=uniform"]),
+        (["method=uniform", "DIR"], ["method=uniform", "sweep=DIR"]),
+        (["--cfg", "job", "DIR"], ["--cfg", "job", "sweep=DIR"]),
+        (["sweep=DIR"], ["sweep=DIR"]),
+    ],
+)
+def test_soup_takes_the_sweep_dir_as_a_bare_argument(args, expected):
+    from tlcli.cli import _positional
+
+    assert _positional("soup", args) == expected
+    assert _positional("wise", ["DIR"]) == ["DIR"]  # other verbs: Hydra's own error for a bare value
