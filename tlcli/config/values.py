@@ -53,6 +53,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "accelerator": (lambda v: v in ("auto", "cpu", "gpu"), "auto, cpu or gpu", "auto"),
     "devices": (lambda v: _int(v) and v >= 1, "a positive integer", "2"),
     "num_nodes": (lambda v: _int(v) and v >= 1, "a positive integer", "1"),
+    "alpha": (lambda v: v == "auto" or (_num(v) and 0 <= v <= 1), "auto or a number in [0, 1]", "0.5"),
+    "alphas": (
+        lambda v: isinstance(v, ListConfig) and len(v) > 0 and all(_num(a) and 0 <= a <= 1 for a in v),
+        "a list of numbers in [0, 1]",
+        "[0,0.25,0.5,0.75,1]",
+    ),
+    "method": (lambda v: v in ("greedy", "uniform"), "greedy or uniform", "greedy"),
     "top_k": (lambda v: _int(v) and v >= 1, "a positive integer", "5"),
     "batch_size": (lambda v: _int(v) and v >= 1, "a positive integer", "32"),
     "num_workers": (lambda v: v == "auto" or (_int(v) and v >= 0), "auto or an integer >= 0", "auto"),
