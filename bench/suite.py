@@ -1,13 +1,17 @@
-"""The real-data suite: every strategy, and a frozen-feature baseline, on five real classification sets.
+"""The real-data suite: every strategy, and a frozen-feature baseline, on five real classification sets
+(and, with --sets stsb wnut17 camvid, regression, token classification and segmentation: bench/suite_tasks.py).
 
     .venv/bin/python -m bench.suite                                # everything below, seeds 0 1 2
     .venv/bin/python -m bench.suite --sets flowers5 sms_spam --variants baseline defaults --seeds 0
     .venv/bin/python -m bench.suite --variants probe_loss --seeds 0 --results-name suite_candidates \\
         --extra-variant probe_loss@image='finetune=linear_probe monitor=val/loss monitor_mode=min'
     .venv/bin/python -m bench.suite --dry-run                      # print the commands, run nothing
+    .venv/bin/python -m bench.suite --sets stsb wnut17 camvid --seeds 0 1 2   # the task grid: suite_tasks.csv/.md
 
 Sets (from /work/shared/data, or --data-dir): flowers5, cats_vs_dogs, brain_tumor_mri (images,
-backbone=lite0_offline) and ag_news, sms_spam (text, backbone=minilm_offline).
+backbone=lite0_offline) and ag_news, sms_spam (text, backbone=minilm_offline). Task sets (one command runs
+either classification sets or task sets, not both; see bench/suite_tasks.py for their variants, baseline
+rows and result layout): stsb (task=regression), wnut17 (task=token_cls), camvid (task=segmentation).
 
 Variants:
   baseline          frozen pretrained features (tlcli's own feature extraction, eval preprocessing)
@@ -18,7 +22,7 @@ Variants:
                     freeze_unfreeze gradual_unfreeze partial; lora on text sets only)
   k5, k10           defaults + data.k_shot=5 / 10
   --extra-variant NAME='override ...'         one more variant (repeatable); NAME@image= or
-                                              NAME@text= runs it on those sets only
+                                              NAME@text= runs it on those sets only, NAME@<set>= on that set
 --variants selects by name among all of these (default: all, extras included).
 
 Every tlcli variant is a real `tlcli fit` process run in outputs/<results-name>/<set>/<variant>/seed<k>.
@@ -54,6 +58,9 @@ DATA = Path(os.environ.get("TLCLI_DATA", "/work/shared/data"))
 IMAGE_SETS = ("flowers5", "cats_vs_dogs", "brain_tumor_mri")
 TEXT_SETS = ("ag_news", "sms_spam")
 SETS = IMAGE_SETS + TEXT_SETS
+# tasks beyond classification, each with its own result layout and baseline: bench/suite_tasks.py
+TASK_SETS = ("stsb", "wnut17", "camvid")
+IMAGE_TASK_SETS = ("camvid",)
 BACKBONE = {"image": "backbone=lite0_offline", "text": "backbone=minilm_offline"}
 STRATEGIES = (
     "linear_probe",
@@ -91,10 +98,10 @@ COLUMNS = [
 class Variant:
     name: str
     overrides: tuple[str, ...]  # empty for the baseline, which runs in this process
-    modality: str | None = None  # "image" / "text": only on those sets; None: every set
+    modality: str | None = None  # "image" / "text" / a set name: only on those sets; None: every set
 
     def applies(self, set_name: str) -> bool:
-        return self.modality is None or modality(set_name) == self.modality
+        return self.modality is None or self.modality in (modality(set_name), set_name)
 
     def key(self, extra: list[str]) -> str:
         """What a finished row must match to be skipped on resume."""
@@ -102,7 +109,7 @@ class Variant:
 
 
 def modality(set_name: str) -> str:
-    return "image" if set_name in IMAGE_SETS else "text"
+    return "image" if set_name in IMAGE_SETS or set_name in IMAGE_TASK_SETS else "text"
 
 
 def data_overrides(set_name: str, data_dir: Path) -> list[str]:
@@ -120,11 +127,13 @@ def builtin_variants() -> list[Variant]:
 
 
 def parse_extra_variant(spec: str) -> Variant:
-    """NAME='a=1 b=2' or NAME@image='...' / NAME@text='...'."""
-    m = re.fullmatch(r"([A-Za-z0-9_.+-]+)(?:@(image|text))?=(.*)", spec, flags=re.S)
+    """NAME='a=1 b=2', NAME@image='...' / NAME@text='...', or NAME@<set>='...' (that set only)."""
+    scopes = "|".join(("image", "text", *SETS, *TASK_SETS))
+    m = re.fullmatch(rf"([A-Za-z0-9_.+-]+)(?:@({scopes}))?=(.*)", spec, flags=re.S)
     if not m:
         raise argparse.ArgumentTypeError(
-            f"--extra-variant {spec!r}: expected NAME='override1 override2' or NAME@image=... / NAME@text=..."
+            f"--extra-variant {spec!r}: expected NAME='override1 override2' or NAME@image=... / NAME@text=... "
+            "/ NAME@<set>=..."
         )
     name, mod, overrides = m.groups()
     return Variant(name, tuple(shlex.split(overrides)), mod)
@@ -145,6 +154,12 @@ def tlcli_command(set_name: str, variant: Variant, seed: int, extra: list[str], 
 
 
 def run_tlcli(cmd: list[str], run_dir: Path, timeout: float | None) -> dict:
+    wall = run_process(cmd, run_dir, timeout)
+    return wall if isinstance(wall, dict) else classification_row(run_dir, wall)
+
+
+def run_process(cmd: list[str], run_dir: Path, timeout: float | None) -> float | dict:
+    """Run one `tlcli fit` in a fresh run dir: its wall seconds, or a failed row when it left no metrics.json."""
     # A fresh directory: tlcli's auto_resume would otherwise continue a stopped or older run there.
     shutil.rmtree(run_dir, ignore_errors=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -155,10 +170,14 @@ def run_tlcli(cmd: list[str], run_dir: Path, timeout: float | None) -> dict:
         tail = (exc.stderr or b"")[-3000:]
         return failed(f"timed out after {timeout:.0f} s", tail.decode() if isinstance(tail, bytes) else tail)
     wall = time.perf_counter() - start
-    metrics_file = run_dir / "metrics.json"
-    if proc.returncode != 0 or not metrics_file.is_file():
+    if proc.returncode != 0 or not (run_dir / "metrics.json").is_file():
         return failed(f"exit code {proc.returncode}", proc.stderr[-3000:] or proc.stdout[-3000:])
-    m = json.loads(metrics_file.read_text())
+    return wall
+
+
+def classification_row(run_dir: Path, wall: float) -> dict:
+    """A finished classification run's row, from its metrics.json (and timing.json, config.yaml)."""
+    m = json.loads((run_dir / "metrics.json").read_text())
     if "test/acc" not in m:
         return failed("metrics.json has no test/acc", json.dumps(m))
     notes = []
@@ -181,8 +200,9 @@ def run_tlcli(cmd: list[str], run_dir: Path, timeout: float | None) -> dict:
     }
 
 
-def effective(config_file: Path) -> str:
-    """The settings the run really used (defaults and recipes change under a suite): from its saved config."""
+def effective(config_file: Path, extra_keys: tuple[str, ...] = ()) -> str:
+    """The settings the run really used (defaults and recipes change under a suite): from its saved config;
+    extra_keys (dotted) after the usual ones."""
     import yaml
 
     try:
@@ -207,6 +227,7 @@ def effective(config_file: Path) -> str:
         "callbacks.early_stopping.patience",
         "data.augment",
         "data.feature_cache",
+        *extra_keys,
     ):
         value = get(key)
         if value is not None:
@@ -497,19 +518,34 @@ def previous_commands(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        choices=SETS + TASK_SETS,
+        default=list(SETS),
+        help=f"classification sets (default: all of them) or task sets ({', '.join(TASK_SETS)}); not both at once",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=None, help="variant names to run (default: all)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="variant names to run (default: all; task sets: defaults and the extra variants)",
+    )
     p.add_argument(
         "--extra-variant",
         action="append",
         type=parse_extra_variant,
         default=[],
-        metavar="NAME[@image|@text]='OVERRIDES'",
+        metavar="NAME[@image|@text|@SET]='OVERRIDES'",
         help="one more variant: these overrides on top of the defaults (repeatable)",
     )
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every tlcli run (part of the row key)")
-    p.add_argument("--results-name", default="suite", help="result file stem under bench/results/ (default: suite)")
+    p.add_argument(
+        "--results-name",
+        default=None,
+        help="result file stem under bench/results/ (default: suite; suite_tasks for task sets)",
+    )
     p.add_argument("--data-dir", type=Path, default=DATA)
     p.add_argument("--timeout", type=float, default=None, help="seconds before a tlcli run counts as failed")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -536,6 +572,19 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    tasks = [s for s in args.sets if s in TASK_SETS]
+    if tasks:
+        if len(tasks) < len(args.sets):
+            sys.exit(
+                f"--sets: {', '.join(tasks)} (tasks beyond classification) and "
+                f"{', '.join(s for s in args.sets if s not in TASK_SETS)} (classification) write different result "
+                "files; run them in two commands"
+            )
+        from bench import suite_tasks  # its own CSV layout, baseline rows and tables
+
+        args.results_name = args.results_name or "suite_tasks"
+        return suite_tasks.main(args, argv)
+    args.results_name = args.results_name or "suite"
     variants = select_variants(args)
     stem = args.results_name
     csv_path, md_path = RESULTS / f"{stem}.csv", RESULTS / f"{stem}.md"
@@ -543,6 +592,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped grid records the run it was in
     command = ".venv/bin/python -m bench.suite " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     rows = read_rows(csv_path)
+    if rows and "test_acc" not in rows[0]:
+        sys.exit(f"{csv_path} holds task-suite rows (no test_acc column); pick another --results-name")
     for r in rows:  # rows from before the effective column: read it from their run dir, when still there
         if r["status"] == "ok" and r["variant"] != "baseline" and not r.get("effective"):
             r["effective"] = effective(out_root / r["set"] / r["variant"] / f"seed{r['seed']}" / "config.yaml")

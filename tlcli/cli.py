@@ -39,6 +39,16 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "tlcli.commands.push:push",
         "package a run for the Hugging Face Hub (weights, config.json, model card) and upload it",
     ),
+    "wise": (
+        "hydra",
+        "tlcli.commands.wise:wise",
+        "WiSE-FT: interpolate a fine-tuned run with its pretrained start, alpha chosen on val",
+    ),
+    "soup": (
+        "hydra",
+        "tlcli.commands.soup:soup",
+        "model soup of a sweep's runs (tlcli soup SWEEP_DIR [method=greedy|uniform])",
+    ),
     "ls": (
         "plain",
         "tlcli.commands.ls:ls",
@@ -61,6 +71,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "preflight for CI: config, data layout, images, weights; no training",
     ),
 }
+# hydra verbs whose first argument may be a bare value: `tlcli soup DIR` means `tlcli soup sweep=DIR`
+POSITIONAL = {"soup": "sweep"}
 EXAMPLES = """examples:
   tlcli fit                                   # embedded digits, offline EfficientNet-Lite0
   tlcli fit backbone=resnet50 task=cls data=imagefolder data.root=DIR
@@ -111,11 +123,27 @@ def main(argv: list[str] | None = None) -> int:
         )
     kind, target, _ = VERBS[verb]
     if kind == "hydra":
-        return _hydra_verb(verb, rest)
+        return _hydra_verb(verb, _positional(verb, rest))
     try:
         return _load(target)(rest)
     except TlcliError as err:
         return _report(err)
+
+
+def _positional(verb: str, args: list[str]) -> list[str]:
+    """`tlcli soup DIR ...` -> `tlcli soup sweep=DIR ...`: the first argument that is neither an
+    override, a flag nor a flag's value."""
+    if verb not in POSITIONAL:
+        return args
+    skip = False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+        elif a in HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif "=" not in a and not a.startswith("-"):
+            return [*args[:i], f"{POSITIONAL[verb]}={a}", *args[i + 1 :]]
+    return args
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -211,6 +239,12 @@ def _preflight_values(verb: str, cfg, args: list[str]) -> None:
     problems = range_problems(cfg)
     if problems:
         raise ConfigError(problems)
+    import importlib
+
+    # a verb's own cheap checks (a path that must exist) before Hydra creates the run dir
+    check = getattr(importlib.import_module(VERBS[verb][1].split(":")[0]), "preflight", None)
+    if check is not None:
+        check(cfg)
 
 
 def _lock_run_dir(args: list[str]):

@@ -70,6 +70,15 @@ def write_test_report(run_dir: Path, module, split: str) -> dict | None:
     return summary
 
 
+def split_metrics(module) -> dict[str, float]:
+    """test/<name> of the task's numbers over the whole tested split (classification: test/ece), from
+    the last trainer.test's outputs (gathered on every rank)."""
+    if not module.test_outputs:
+        return {}
+    y, scores = module.test_outputs["y_true"].numpy(), module.test_outputs["y_score"].numpy()
+    return {f"test/{k}": float(v) for k, v in module.task.split_metrics(y, scores).items()}
+
+
 def device(accelerator: str) -> torch.device:
     if accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise ConfigError(f"accelerator={accelerator} is not supported: use auto, cpu or gpu")

@@ -82,6 +82,9 @@ class TransferModule(L.LightningModule):
         self._test_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._predict_buffers: list[torch.Tensor] = []
         self.predict_scores: torch.Tensor | None = None
+        # a calibration pass (tlcli.training.calibrate): each validation batch's (logits, y), then all of them
+        self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.val_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         strategy.setup(self)
         if channels_last not in (True, False, "auto"):
             raise ConfigError(f"channels_last={channels_last} must be auto, true or false")
@@ -153,6 +156,9 @@ class TransferModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
+        if self._val_batches is not None:  # a calibration pass: keep the logits, log nothing
+            self._val_batches.append((logits.detach().float().cpu(), y.detach().cpu()))
+            return
         self.val_loss.update(self.task.loss(logits, y), len(y))
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.val_metrics.update(self.task.metric_inputs(logits), y)
@@ -169,6 +175,20 @@ class TransferModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         distributed.warn_if_padded(self.trainer, self.trainer.val_dataloaders, "validation")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_batches is None:
+            return
+        # every rank validated a shard: every rank gets all of the split, in data order (one T for all)
+        empty = (torch.empty(0, len(self.class_names)), torch.empty(0, dtype=torch.long))
+        batches = self._val_batches or [empty]
+        y = distributed.gather_in_order(self, torch.cat([b[1] for b in batches]))
+        logits = distributed.gather_in_order(self, torch.cat([b[0] for b in batches]))
+        self.val_logits = (logits, y)
+
+    def collect_val_logits(self, on: bool) -> None:
+        """Turn a calibration pass on (validation keeps the logits in val_logits, logs nothing) or off."""
+        self._val_batches, self.val_logits = ([] if on else None), None
 
     def on_test_epoch_start(self) -> None:
         self._test_buffers = []
@@ -284,6 +304,8 @@ class TransferModule(L.LightningModule):
     def on_train_start(self) -> None:
         # re-apply the frozen-part eval modes: a resumed run must not train frozen BatchNorm
         self.train(True)
+        # what training writes is uncalibrated; tlcli.training.calibrate fits the kept checkpoints at the end
+        self.task.reset_calibration()
         if self._resume_rng is not None:
             set_rng_state(self._resume_rng)
             self._resume_rng = None

@@ -75,25 +75,39 @@ def read(path: Path, key: str = "ckpt") -> dict[str, Any]:
 
 def load_module(path: str | Path, key: str = "ckpt"):
     """(TransferModule in eval mode with the checkpoint's weights, the run config as a dict)."""
+    ckpt = read(resolve(path, key), key)
+    return loaded(ckpt, f"{key}={path}"), ckpt["tlcli"]["config"]
+
+
+def loaded(ckpt: dict[str, Any], source: str):
+    """The TransferModule of a read checkpoint, its weights loaded, in eval mode."""
+    module = rebuild(ckpt, source)
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source} does not match the model its config describes: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}"
+        )
+    return module.eval()
+
+
+def rebuild(ckpt: dict[str, Any], source: str, pretrained: bool = False):
+    """The TransferModule a read checkpoint's config describes, nothing of its state_dict loaded.
+
+    pretrained=False: the backbone's architecture only (its weights come from the checkpoint);
+    True: the backbone with the weights its config names (pkg:, hub, a file; backbone.weights=none
+    draws a random init from the torch RNG): where the fine-tuning started (WiSE-FT's theta_0)."""
     from tlcli import build
 
-    ckpt = read(resolve(path, key), key)
     saved = ckpt["tlcli"]
     config = saved["config"]
-    trust.require_trusted(config, REBUILT_GROUPS, f"{key}={path}")
+    trust.require_trusted(config, REBUILT_GROUPS, source)
     backbone_cfg = dict(config["backbone"])
-    if backbone_cfg["_target_"].endswith("TimmBackbone"):
+    if backbone_cfg["_target_"].endswith("TimmBackbone") and not pretrained:
         backbone_cfg["weights"] = "none"  # the architecture is enough: the weights come from the checkpoint
     backbone = trust.build(backbone_cfg)
     class_names = list(saved["class_names"])
     label_counts = list(saved["label_counts"])
     task = trust.build(config["task"])
     task.build(len(class_names), label_counts, names=class_names)
-    module = build.module(config, backbone, task, class_names, label_counts, make=trust.build)
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise WeightsError(
-            f"{key}={path} does not match the model its config describes: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}"
-        )
-    return module.eval(), config
+    return build.module(config, backbone, task, class_names, label_counts, make=trust.build)

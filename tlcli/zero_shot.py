@@ -211,6 +211,7 @@ def baseline(cfg) -> dict[str, Any]:
     metrics = {
         "test/acc": float(MF.accuracy(pred, target, task="multiclass", num_classes=n)),
         "test/f1_macro": float(MF.f1_score(pred, target, task="multiclass", num_classes=n, average="macro")),
+        **{f"test/{k}": v for k, v in task.split_metrics(y_true, scores).items()},
         "test_split": split,
         "num_examples": int(summary["num_examples"]),
         "baseline": method,

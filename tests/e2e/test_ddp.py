@@ -25,7 +25,9 @@ from tests.conftest import TINY, make_imagefolder
 
 REPO = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+# the repo on the path: configs name callbacks of these tests (tests.e2e.test_ddp.*) for every rank to import
+PYTHONPATH = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": PYTHONPATH}
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 # full fine-tuning, one short epoch: a model that gets some examples wrong, so that counting one
 # example twice would change accuracy as well as the loss and the per-class table
@@ -53,8 +55,17 @@ def wrong_examples(run_dir: Path) -> list[str]:
 
 def assert_same_metrics(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
-    for k in want:  # counts (accuracy, F1) exactly; the mean loss up to float summation order
-        assert got[k] == (pytest.approx(want[k], abs=1e-6) if k.endswith("loss") else want[k]), k
+    for k in want:  # counts (accuracy, F1) exactly; the mean loss and the ECE up to float summation order
+        close = k.endswith("loss") or "/ece" in k
+        assert got[k] == (pytest.approx(want[k], abs=1e-6) if close else want[k]), k
+
+
+class RecordTemperature(L.Callback):
+    """Each rank writes the T it tests with (the tested checkpoint's, once calibrated) into the run dir."""
+
+    def on_test_start(self, trainer, pl_module):
+        path = Path(trainer.default_root_dir) / f"temperature_rank{trainer.global_rank}.txt"
+        path.write_text(repr(float(pl_module.task.temperature)))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +74,10 @@ def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = make_imagefolder(root / "images", {"train": 8, "val": 3, "test": 3})
     run_dir = root / "run"
-    proc = tlcli("fit", *TINY, *DDP, *IMPERFECT, "data=imagefolder", f"data.root={data}", f"hydra.run.dir={run_dir}")
+    record = "+callbacks.record._target_=tests.e2e.test_ddp.RecordTemperature"
+    proc = tlcli(
+        "fit", *TINY, *DDP, *IMPERFECT, "data=imagefolder", f"data.root={data}", record, f"hydra.run.dir={run_dir}"
+    )
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
     return root, data, run_dir
 
@@ -109,6 +123,34 @@ def test_ddp_validation_scores_each_example_once(ddp_run):
     assert_same_metrics(seen, single)
     assert read_json(run_dir / "metrics.json")["best_val/val/loss"] == pytest.approx(single["val/loss"], abs=1e-6)
     assert 0.0 < single["val/acc"] < 1.0
+
+
+@pytest.mark.slow
+def test_ddp_calibrates_every_rank_alike_and_as_one_process_would(ddp_run):
+    """Each rank validated a shard of the 9 val images; gathered in data order, every rank fitted T on
+    all 9 and tested with the same T, the one a single process fits on the same checkpoint."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tlcli import restore
+    from tlcli.tasks import calibration
+    from tlcli.training import calibrate
+
+    _, _, run_dir = ddp_run
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    t = float(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["task.temperature"])
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["calibration/temperature"] == t != 1.0 and metrics["calibration/val_examples"] == 9  # not 10
+    tested = sorted(run_dir.glob("temperature_rank*.txt"))
+    assert [p.name for p in tested] == ["temperature_rank0.txt", "temperature_rank1.txt"]
+    assert [float(p.read_text()) for p in tested] == [t, t]
+
+    module, config = restore.load_module(ckpt)
+    datamodule = instantiate(OmegaConf.create(config["data"]), data_config=module.backbone.data_config())
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    logits, y = calibrate.validation_logits(trainer, module, datamodule, None)
+    assert len(y) == 9
+    assert calibration.fit_temperature(logits.numpy(), y.numpy())["temperature"] == pytest.approx(t, rel=1e-5)
 
 
 @pytest.mark.slow

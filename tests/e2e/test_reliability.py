@@ -90,6 +90,75 @@ def test_interrupted_then_resumed_equals_uninterrupted(imagefolder, tmp_path, ep
     assert resumed["best_val/epoch"] == straight["best_val/epoch"]
 
 
+class FailDuringCalibration(L.Callback):
+    """In the `nth` calibration pass after training: a crash (a kill, a lost node) in its second batch,
+    or SIGTERM as Lightning sees it (a flag its evaluation loop checks) after its first."""
+
+    def __init__(self, nth: int, how: str = "crash"):
+        self.nth, self.how, self.passes = nth, how, 0
+
+    def on_validation_start(self, trainer, pl_module):
+        self.passes += trainer.state.fn == "validate"
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.state.fn != "validate" or self.passes != self.nth:
+            return
+        if self.how == "sigterm" and batch_idx == 0:
+            trainer._signal_connector.received_sigterm = True
+        elif self.how == "crash" and batch_idx == 1:
+            raise RuntimeError("killed while calibrating")
+
+
+def temperatures(run_dir: Path) -> dict[str, torch.Tensor]:
+    """best.ckpt's and last.ckpt's T."""
+    ckpts = {name: run_dir / "checkpoints" / f"{name}.ckpt" for name in ("best", "last")}
+    return {name: torch.load(p, weights_only=True)["state_dict"]["task.temperature"] for name, p in ckpts.items()}
+
+
+@pytest.mark.parametrize("cut", ["mid-epoch", "calibrating-last", "sigterm-calibrating"])
+def test_a_resumed_run_fits_the_same_temperatures(imagefolder, tmp_path, cut, capsys):
+    """Each kept checkpoint's T, fitted after training, is the uninterrupted run's to the bit: after a
+    cut in training, after a crash between calibrating best.ckpt and last.ckpt, and after SIGTERM
+    while calibrating (exit 143 with the resume command, as in training)."""
+    common = [
+        *TINY,
+        *QUIET,
+        "data=imagefolder",
+        f"data.root={imagefolder}",
+        "finetune=full",  # a high LR, 3 epochs: best and last differ, some val examples are wrong
+        "optimizer.lr=3e-3",
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+    ]
+    straight = fit(compose_fit(common, tmp_path / "straight"))
+    want = temperatures(tmp_path / "straight")
+    assert want["best"] != want["last"] and 1.0 not in (float(want["best"]), float(want["last"]))
+    if cut == "mid-epoch":
+        stop = ["+callbacks.stop._target_=tests.e2e.test_reliability.InterruptAt", "+callbacks.stop.epoch=1"]
+        with pytest.raises(SystemExit):
+            fit(compose_fit([*common, *stop, "+callbacks.stop.batch=2"], tmp_path / "cut"))
+    elif cut == "calibrating-last":
+        stop = ["+callbacks.stop._target_=tests.e2e.test_reliability.FailDuringCalibration", "+callbacks.stop.nth=2"]
+        with pytest.raises(RuntimeError, match="killed while calibrating"):
+            fit(compose_fit([*common, *stop], tmp_path / "cut"))
+        half = temperatures(tmp_path / "cut")  # best.ckpt was calibrated, last.ckpt not yet
+        assert torch.equal(half["best"], want["best"]) and float(half["last"]) == 1.0
+    else:
+        stop = ["+callbacks.stop._target_=tests.e2e.test_reliability.FailDuringCalibration", "+callbacks.stop.nth=1"]
+        with pytest.raises(SystemExit) as exc:
+            fit(compose_fit([*common, *stop, "+callbacks.stop.how=sigterm"], tmp_path / "cut"))
+        assert exc.value.code == 143
+        err = " ".join(capsys.readouterr().err.split())
+        assert "tlcli: interrupted by SIGTERM at epoch 3, step " in err  # after the 3 epochs, while calibrating
+        assert f"Resume with: tlcli fit resume={tmp_path / 'cut'}" in err
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    resumed = fit(compose_fit([*common, f"ckpt_path={last}"], tmp_path / "cut"))
+    got = temperatures(tmp_path / "cut")
+    assert torch.equal(got["best"], want["best"]) and torch.equal(got["last"], want["last"])
+    for key in [k for k in straight if k.startswith("calibration/")] + ["test/ece", "test/ece_uncalibrated"]:
+        assert resumed[key] == straight[key], key
+
+
 def test_divergence_stops_with_exit_5_and_a_clear_message(imagefolder, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(

@@ -45,6 +45,15 @@ def model(trained):
     return module, config
 
 
+@pytest.fixture(scope="module")
+def temperature(trained) -> float:
+    """The T that best.ckpt holds: the fit calibrated it on the val split (calibrate: true)."""
+    saved = torch.load(trained[0] / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    t = float(saved["state_dict"]["task.temperature"])
+    assert t != 1.0
+    return t
+
+
 def outputs_by_hand(module, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels, logits) of root's test split at the trained resolution (32 px), no Lightning."""
     dm = ImageFolderDataModule(
@@ -69,10 +78,11 @@ def expected_metrics(module, root: Path) -> dict[str, float]:
     }
 
 
-def probs_by_hand(module, path: str) -> np.ndarray:
+def probs_by_hand(module, path: str, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) of one image."""
     _, eval_tf = image_transforms(module.backbone.data_config(), augment=False, image_size=32)
     with torch.no_grad():
-        return module(eval_tf(load_rgb(path))[None]).softmax(-1)[0].numpy()
+        return (module(eval_tf(load_rgb(path))[None]) / temperature).softmax(-1)[0].numpy()
 
 
 def run_test(run_dir: Path, overrides: list[str], out: Path) -> dict:
@@ -138,7 +148,7 @@ def test_test_refuses_data_with_other_classes(trained, tmp_path):
 
 
 def flip_averaged(module, x: torch.Tensor) -> torch.Tensor:
-    """The mean softmax of each image and its mirror: tta=flip by hand."""
+    """The mean softmax of each image and its mirror: tta=flip by hand (before the temperature)."""
     with torch.no_grad():
         return (module(x).softmax(-1) + module(x.flip(-1)).softmax(-1)) / 2
 
@@ -173,7 +183,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames), list(reader)
 
 
-def test_predict_a_folder_writes_ranked_classes_matching_the_model(trained, model, tmp_path):
+def test_predict_a_folder_writes_ranked_classes_matching_the_model(trained, model, temperature, tmp_path):
     run_dir, root = trained
     out = tmp_path / "preds.csv"
     result = run_predict(run_dir, [f"input={root / 'test'}", f"output={out}", "top_k=5", "batch_size=5"], tmp_path)
@@ -183,7 +193,7 @@ def test_predict_a_folder_writes_ranked_classes_matching_the_model(trained, mode
     assert header == ["input", "pred", "score", "top1", "top1_score", "top2", "top2_score", "top3", "top3_score"]
     assert [r["input"] for r in rows] == sorted(str(p) for p in (root / "test").rglob("*.png"))
     for r in rows:
-        probs = probs_by_hand(model[0], r["input"])
+        probs = probs_by_hand(model[0], r["input"], temperature)  # calibrated: softmax(logits / T)
         classes = model[0].class_names
         assert r["pred"] == r["top1"] == classes[int(probs.argmax())]
         assert float(r["score"]) == pytest.approx(float(probs.max()), abs=1e-5)
@@ -202,7 +212,7 @@ def test_predict_one_image_file_with_top_k(trained, model, tmp_path):
     assert rows[0]["pred"] == model[0].class_names[int(probs_by_hand(model[0], str(image)).argmax())]
 
 
-def test_predict_a_csv_to_jsonl_with_every_probability(trained, model, tmp_path):
+def test_predict_a_csv_to_jsonl_with_every_probability(trained, model, temperature, tmp_path):
     run_dir, root = trained
     rng = np.random.default_rng(3)
     for i in range(3):
@@ -215,7 +225,7 @@ def test_predict_a_csv_to_jsonl_with_every_probability(trained, model, tmp_path)
     for i, r in enumerate(records):
         assert set(r) == {"input", "pred", "score", "top", "probs"}
         assert list(r["probs"]) == ["cat", "dog", "fox"] and sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-6)
-        expected = probs_by_hand(model[0], str(tmp_path / "imgs" / f"{i}.jpg"))
+        expected = probs_by_hand(model[0], str(tmp_path / "imgs" / f"{i}.jpg"), temperature)
         np.testing.assert_allclose(list(r["probs"].values()), expected, atol=1e-5)
         assert r["pred"] == r["top"][0]["class"] == max(r["probs"], key=r["probs"].get)
         assert len(r["top"]) == 2 and r["score"] == r["top"][0]["score"]
@@ -229,7 +239,8 @@ def test_predict_with_tta_writes_the_averaged_probabilities(trained, model, tmp_
     _, eval_tf = image_transforms(model[0].backbone.data_config(), augment=False, image_size=32)
     for line in out.read_text().splitlines():
         record = json.loads(line)
-        by_hand = flip_averaged(model[0], eval_tf(load_rgb(record["input"]))[None])[0]
+        averaged = flip_averaged(model[0], eval_tf(load_rgb(record["input"]))[None])
+        by_hand = model[0].task.scores(averaged.log())[0]  # the checkpoint's temperature applies to the merge
         got = [record["probs"][c] for c in model[0].class_names]
         assert got == pytest.approx(by_hand.tolist(), abs=1e-6)
 

@@ -1,5 +1,5 @@
-"""`tlcli export`: each format reproduces the checkpoint module's logits within 1e-5, with the
-preprocessing and classes beside it; LoRA adapters are merged first."""
+"""`tlcli export`: each format reproduces the checkpoint module's outputs (logits divided by its
+temperature) within 1e-5, with the preprocessing and classes beside it; LoRA adapters are merged first."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     root = make_imagefolder(tmp / "data", splits={"train": 6, "test": 2})
     fit(compose_fit([*TINY, "data=imagefolder", f"data.root={root}", "trainer.max_epochs=1"], tmp / "run"))
+    # a known temperature: the fit's own may stay 1 (a tiny val split it gets all right has none to estimate)
+    for path in (tmp / "run" / "checkpoints").glob("*.ckpt"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["state_dict"]["task.temperature"] = torch.tensor(1.7)
+        torch.save(ckpt, path)
     return tmp / "run", root
 
 
@@ -41,10 +46,13 @@ def batch(n: int = 3, size: int = 32) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def reference(ckpt: Path, x) -> torch.Tensor:
+def reference(ckpt: Path, x, calibrated: bool = True) -> torch.Tensor:
+    """The checkpoint's outputs: its logits, divided by its temperature (the task's output layer)
+    unless `calibrated` is false."""
     module, _ = load_module(ckpt)
     with torch.no_grad():
-        return module(x)
+        logits = module(x)
+        return module.task.output_layer()(logits) if calibrated else logits
 
 
 def test_safetensors_loads_into_the_architecture_model_json_describes(trained, tmp_path):
@@ -59,13 +67,16 @@ def test_safetensors_loads_into_the_architecture_model_json_describes(trained, t
 
     missing, unexpected = load_model(rebuilt, str(tmp_path / "model.safetensors"))
     assert not missing and not unexpected
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt(batch()), reference(trained[0], batch()), atol=ATOL, rtol=0)
+    with torch.no_grad():  # the weights alone give the logits; classes.json has the temperature to divide by
+        torch.testing.assert_close(rebuilt(batch()), reference(trained[0], batch(), False), atol=ATOL, rtol=0)
+    temperature = float(load_module(trained[0])[0].task.temperature)
+    assert temperature == pytest.approx(1.7)
     assert json.loads((tmp_path / "classes.json").read_text()) == {
         "classes": ["cat", "dog", "fox"],
         "multilabel": False,
         "scores": "softmax",
         "threshold": None,
+        "temperature": temperature,
     }
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -117,6 +128,14 @@ def test_onnx_matches_the_checkpoint(trained, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"x": batch(4).numpy()})
     torch.testing.assert_close(torch.from_numpy(logits), reference(trained[0], batch(4)), atol=ATOL, rtol=0)
+    # the division by T is in the graph: softmax of its outputs is the checkpoint's calibrated probabilities
+    module, _ = load_module(trained[0])
+    assert float(module.task.temperature) != 1.0
+    with torch.no_grad():
+        probs = module.task.scores(module(batch(4)))
+    torch.testing.assert_close(torch.from_numpy(logits).softmax(-1), probs, atol=ATOL, rtol=0)
+    uncalibrated = reference(trained[0], batch(4), calibrated=False).softmax(-1)
+    assert not torch.allclose(probs, uncalibrated, atol=1e-3)
 
 
 def test_onnx_without_the_package_says_what_to_install(trained, tmp_path, monkeypatch):
@@ -172,6 +191,7 @@ def test_text_model_exports_with_its_tokenizer(tmp_path):
     scripted = torch.jit.load(str(tmp_path / "out" / "model.pt"))
     module, _ = load_module(tmp_path / "run")
     with torch.no_grad():
-        expected = module({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        logits = module({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        expected = module.task.output_layer()(logits)
         got = scripted(enc["input_ids"], enc["attention_mask"])
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)

@@ -16,6 +16,7 @@ from tlcli.commands import push as push_verb
 from tlcli.commands.fit import fit
 from tlcli.errors import ConfigError
 from tlcli.restore import load_module
+from tlcli.tasks.calibration import Temperature
 
 ATOL = 1e-5
 
@@ -72,7 +73,7 @@ def test_timm_folder_loads_back_with_timm_and_gives_the_checkpoints_logits(image
     module, _ = load_module(image_run)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = module(x)
+        expected = module.task.output_layer()(module(x))  # the fitted temperature is folded into the head
         by_dir = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
         torch.testing.assert_close(by_dir(x), expected, atol=ATOL, rtol=0)
         assert by_dir.pretrained_cfg["label_names"] == ["cat", "dog", "fox"]
@@ -213,13 +214,14 @@ def test_a_head_timm_cannot_hold_is_written_in_tlclis_layout(tmp_path):
     assert spec["library_name"] == "tlcli" and spec["preprocess"]["input_size"] == [3, 32, 32]
     backbone = instantiate(OmegaConf.create({**spec["backbone"], "weights": "none"}))
     head = instantiate(OmegaConf.create(spec["head"]))(in_features=backbone.num_features, num_classes=3)
-    model = Classifier(backbone, head).eval()
+    model = Classifier(backbone, head, Temperature(spec["tlcli"]["temperature"])).eval()  # as the usage says
     missing, unexpected = load_model(model, str(out / "model.safetensors"))
     assert not missing and not unexpected
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     module, _ = load_module(tmp_path / "run")
+    assert spec["tlcli"]["temperature"] == float(module.task.temperature) != 1.0
     with torch.no_grad():
-        torch.testing.assert_close(model(x), module(x), atol=ATOL, rtol=0)
+        torch.testing.assert_close(model(x), module.task.output_layer()(module(x)), atol=ATOL, rtol=0)
     meta, body = card_parts(out)
     assert meta["library_name"] == "tlcli"
     assert "Written in tlcli's own layout because the head (MLPHead) is not one linear layer" in body

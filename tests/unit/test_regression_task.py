@@ -109,3 +109,24 @@ def test_the_exported_output_layer_destandardises():
     layer = task.output_layer()
     torch.testing.assert_close(layer(torch.zeros(1, 2)), task.mean[None])
     assert task.export_info(["a", "b"])["train_mean"] == pytest.approx([25.0, 4.0])
+
+
+def test_ridge_baseline_scores_every_test_metric_with_the_same_definitions():
+    from tlcli.tasks.regression import ridge_baseline
+
+    rng = np.random.default_rng(0)
+    ftr, fte = rng.normal(size=(40, 5)), rng.normal(size=(20, 5))
+    w = np.array([1.0, -2.0, 0.5, 0.0, 0.0])
+    ytr, yte = ftr @ w + 0.3 * rng.normal(size=40), fte @ w + 0.3 * rng.normal(size=20)
+    out = ridge_baseline(ftr, ytr, fte, yte, seed=0)
+    assert {f"baseline/test/{k}" for k in ("mae", "rmse", "r2", "pearson", "spearman")} <= set(out)
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tlcli.tasks.regression import RIDGE_ALPHAS
+
+    pred = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(ftr, ytr).predict(fte)
+    assert out["baseline/test/pearson"] == pytest.approx(stats.pearsonr(pred, yte)[0], abs=1e-6)
+    assert out["baseline/test/spearman"] == pytest.approx(stats.spearmanr(pred, yte)[0], abs=1e-6)
+    assert out["baseline/test/rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - yte) ** 2))), abs=1e-6)

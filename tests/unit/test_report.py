@@ -213,9 +213,11 @@ def test_write_report_files_summary_and_table(tmp_path):
             "confusion_matrix": str(rep / "confusion_matrix.png"),
             "csv": str(rep / "per_class.csv"),
             "json": str(rep / "per_class.json"),
+            "reliability_diagram": str(rep / "reliability_diagram.png"),
         },
     }
-    assert sorted(os.listdir(rep)) == ["confusion_matrix.png", "per_class.csv", "per_class.json"]
+    files = ["confusion_matrix.png", "per_class.csv", "per_class.json", "reliability_diagram.png"]
+    assert sorted(os.listdir(rep)) == files
 
     data = json.loads((rep / "per_class.json").read_text())
     assert data["split"] == "test" and data["note"] is None and data["multilabel"] is False

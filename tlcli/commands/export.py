@@ -1,11 +1,13 @@
 """`tlcli export`: a trained checkpoint as a standalone model plus what it needs to be used.
 
 Written to the output folder:
-- the model (backbone + head, eval mode, logits out): model.safetensors (+ model.json, the
-  backbone and head configs to rebuild it), model.pt (TorchScript) or model.onnx;
+- the model (backbone + head + the task's output layer, eval mode, logits out; a calibrated
+  classifier's logits divided by its temperature): model.safetensors (+ model.json, the backbone
+  and head configs to rebuild it; the weights alone, without the division), model.pt
+  (TorchScript) or model.onnx;
 - preprocess.json: how raw inputs become the model's input (images: transparency and 16-bit
   handling, size, resize, crop, normalisation; texts: the tokenizer, saved beside it, and max_length);
-- classes.json: the class names in logit order and how logits become scores.
+- classes.json: the class names in logit order and how logits become scores (+ the temperature).
 LoRA adapters are merged into the base weights first, so the export is the plain architecture.
 """
 

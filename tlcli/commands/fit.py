@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from tlcli import build, console, lock
 from tlcli.config.validate import validate_all
 from tlcli.data.protocol import ExampleData
-from tlcli.evaluation import write_test_report
+from tlcli.evaluation import split_metrics, write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, features, head_init, tta
+from tlcli.training import baseline, calibrate, features, folds, head_init, tta
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
 from tlcli.training.ema import EMA
@@ -119,6 +119,11 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             files.write_json_atomic(run_dir / name, record)
         files.write_json_atomic(run_dir / "environment.json", environment(cfg.seed))
         console.print_model_summary(module, module.optimizer_groups(*module.optimizer_defaults()))
+        if cfg.calibrate and task.calibrates:
+            console.console.print(
+                "calibration: after training, temperature scaling of each kept checkpoint on the val split "
+                "(calibrate=false: off)"
+            )
 
     # 3. train, early-stopped on validation; SIGTERM / Ctrl-C leave a resumable checkpoint
     started = time.perf_counter()
@@ -126,27 +131,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ckpt_path = _resume_from(cfg, run_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except BaseException:
-        if preemption.signal is None:
-            raise
-        code = 143 if preemption.signal == "SIGTERM" else 130
-        # stopping already: the SIGTERM a launcher sends the ranks still exiting (torchrun, as soon as
-        # one rank has left) must not cut the message or turn the exit code into -15
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if trainer.is_global_zero:  # one line per run, not one per DDP process
-            console.err_console.print(
-                f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, "
-                f"step {trainer.global_step}; "
-                + (
-                    f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
-                    if preemption.saved
-                    else "before the first epoch was complete: nothing to resume, run the same command again"
-                )
-            )
-        if preemption.together:  # DDP ranks that stopped at the same batch also leave together
-            import torch.distributed as dist
-
-            dist.barrier()
-        raise SystemExit(code) from None
+        _exit_if_preempted(trainer, preemption, run_dir)
+        raise
     time_fit_end = time.perf_counter()  # train + validation of this process's epochs
     metrics: dict[str, Any] = {
         "epochs_trained": trainer.current_epoch,
@@ -163,12 +149,21 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics[f"best_val/{cfg.monitor}"] = best[cfg.monitor]
         metrics["best_val/epoch"] = int(best["epoch"])
 
-    # 4. test the best checkpoint (on val when the data has no test split, and say so)
+    # 4. calibrate: a temperature for each kept checkpoint, fitted on val (tlcli.training.calibrate)
+    ckpt = _best_checkpoint(trainer)
+    if cfg.calibrate:
+        try:  # a signal while calibrating leaves the run as resumable as one in training (last.ckpt is whole)
+            metrics.update(calibrate.checkpoints(trainer, module, datamodule, tested=ckpt))
+        except BaseException:
+            _exit_if_preempted(trainer, preemption, run_dir)
+            raise
+
+    # 5. test the best checkpoint (on val when the data has no test split, and say so)
     if cfg.test_after_fit:
-        ckpt = _best_checkpoint(trainer)
         module.tta = views  # the final test only: validation chose the checkpoint without
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics.update(split_metrics(module))
         metrics.update(tta.record(views))
         metrics["tested_checkpoint"] = ckpt
         if trainer.is_global_zero:
@@ -187,15 +182,44 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 },
             )
         html_report.write_html(run_dir, module, datamodule, metrics, epochs)
-        line = baseline.console_line(metrics, task.headline)
-        if line:
-            console.console.print(line)
+        source = getattr(datamodule, "source", datamodule)  # the feature cache serves the source's splits
+        if cfg.test_after_fit and getattr(source, "num_folds", None) and trainer.world_size == 1:
+            # k-fold: the best checkpoint (loaded by the test above) predicts its held-out fold
+            log.info("k-fold: out-of-fold predictions in %s", folds.write(run_dir, module, datamodule))
+        for line in (baseline.console_line(metrics, task.headline), calibrate.console_line(metrics)):
+            if line:
+                console.console.print(line)
         console.console.print(f"run dir: {run_dir}")
     if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
         import wandb
 
         wandb.finish()  # flush now: the next job of an in-process sweep starts its own run
     return metrics
+
+
+def _exit_if_preempted(trainer: L.Trainer, preemption: Preemption, run_dir: Path) -> None:
+    """After an exception: SystemExit 143 / 130 with how to resume when SIGTERM / Ctrl-C caused it."""
+    if preemption.signal is None:
+        return
+    code = 143 if preemption.signal == "SIGTERM" else 130
+    # stopping already: the SIGTERM a launcher sends the ranks still exiting (torchrun, as soon as
+    # one rank has left) must not cut the message or turn the exit code into -15
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if trainer.is_global_zero:  # one line per run, not one per DDP process
+        console.err_console.print(
+            f"tlcli: interrupted by {preemption.signal} at epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}; "
+            + (
+                f"resumable checkpoint: {preemption.saved}. Resume with: tlcli fit resume={run_dir}"
+                if preemption.saved
+                else "before the first epoch was complete: nothing to resume, run the same command again"
+            )
+        )
+    if preemption.together:  # DDP ranks that stopped at the same batch also leave together
+        import torch.distributed as dist
+
+        dist.barrier()
+    raise SystemExit(code) from None
 
 
 def _warm_start(head, weights) -> str:

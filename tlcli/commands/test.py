@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlcli import build, console, restore
 from tlcli.errors import ConfigError
-from tlcli.evaluation import check_classes, device, require, write_test_report
+from tlcli.evaluation import check_classes, device, require, split_metrics, write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
 from tlcli.training import tta
@@ -60,6 +60,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     )
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = {k: float(v) for k, v in results[0].items()}
+    metrics.update(split_metrics(module))
     metrics.update(test_split=datamodule.test_split, ckpt=str(ckpt), **tta.record(views))
     if not trainer.is_global_zero:  # every rank holds the same metrics and outputs; rank 0 writes them
         return metrics

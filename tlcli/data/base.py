@@ -84,6 +84,34 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
     return [np.sort(np.asarray(p, dtype=int)) for p in parts]
 
 
+def check_folds(num_folds: Any, fold: Any) -> tuple[int | None, int]:
+    """(num_folds, fold) checked: null, or K >= 2 with 0 <= fold < K."""
+    if num_folds is None:
+        return None, 0
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise ConfigError(f"data.num_folds={num_folds} must be null (no k-fold) or an integer >= 2, e.g. 5")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
+        raise ConfigError(
+            f"data.fold={fold} must be an integer from 0 to {num_folds - 1} (data.num_folds={num_folds}); "
+            f"sweep them all with -m data.fold='range({num_folds})'"
+        )
+    return num_folds, fold
+
+
+def fold_ids(labels: np.ndarray | None, n: int, num_folds: int, seed: int) -> np.ndarray:
+    """The fold (0..num_folds-1) of each of n examples: seeded, disjoint, and per class (labels given)
+    dealt round-robin, continuing where the previous class stopped, so fold sizes differ by at most 1."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(n, dtype=int)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    offset = 0
+    for idx in groups:
+        idx = rng.permutation(idx)
+        out[idx] = (np.arange(len(idx)) + offset) % num_folds
+        offset += len(idx)
+    return out
+
+
 def resolve_num_workers(value: int | str) -> int:
     """`auto`: one worker per spare core, at most 4 (the main process trains on the rest)."""
     if value == "auto":
@@ -165,6 +193,8 @@ class TransferDataModule(L.LightningDataModule):
         cutmix_alpha: float | None = None,
         mixup_prob: float | None = None,
         sampler: str = "shuffle",
+        num_folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__()
         pixel_limit(max_image_pixels)  # ConfigError now, not at the first image
@@ -178,6 +208,7 @@ class TransferDataModule(L.LightningDataModule):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
         self.val_fraction = float(val_fraction)
+        self.num_folds, self.fold = check_folds(num_folds, fold)
         self.batch_size = batch_size
         self.num_workers = resolve_num_workers(num_workers)
         if sampler not in SAMPLERS:
@@ -250,7 +281,14 @@ class TransferDataModule(L.LightningDataModule):
         self._check_training_options()
         self._drop_unreadable(splits)
         train = splits["train"]
-        if splits["val"] is None:
+        if self.num_folds is not None:
+            if splits["val"] is not None:
+                raise ConfigError(
+                    f"data.num_folds={self.num_folds}: this data has its own val split, and k-fold "
+                    "cross-validation draws the val folds from train: drop data.num_folds, or the val split"
+                )
+            splits["train"], splits["val"] = self._split_off_fold(train)
+        elif splits["val"] is None:
             splits["train"], splits["val"] = self._split_off_val(train)
         if self.k_shot is not None:
             splits["train"] = self._take_k_shot(splits["train"])
@@ -376,6 +414,26 @@ class TransferDataModule(L.LightningDataModule):
             "no val split: holding out %.0f%% of train per class (seed %d)",
             100 * self.val_fraction,
             self.seed,
+        )
+        return train.subset(rest), train.subset(val)
+
+    def _split_off_fold(self, train: Samples) -> tuple[Samples, Samples]:
+        """(train without fold `fold`, fold `fold`) of num_folds disjoint folds (stratified for classes)."""
+        k = self.num_folds
+        if self.labels == "class":
+            counts = np.bincount(train.targets, minlength=self.num_classes)
+            few = [f"{self.class_names[c]} ({n})" for c, n in enumerate(counts) if n < k]
+            if few:
+                raise DataError(
+                    f"data.num_folds={k} needs at least {k} training examples per class, so that every val fold "
+                    f"holds every class; too few: {', '.join(few)}. Use fewer folds or add examples"
+                )
+        val = np.flatnonzero(
+            fold_ids(train.targets if self.labels == "class" else None, len(train), k, self.seed) == self.fold
+        )
+        rest = np.setdiff1d(np.arange(len(train)), val)
+        log.info(
+            "k-fold: val is fold %d of %d folds of train (seed %d): %d examples", self.fold, k, self.seed, len(val)
         )
         return train.subset(rest), train.subset(val)
 

@@ -104,6 +104,8 @@ class CSVDataModule(TransferDataModule):
         cutmix_alpha: float | None = None,
         mixup_prob: float | None = None,
         sampler: str = "shuffle",
+        num_folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -123,6 +125,8 @@ class CSVDataModule(TransferDataModule):
             cutmix_alpha=cutmix_alpha,
             mixup_prob=mixup_prob,
             sampler=sampler,
+            num_folds=num_folds,
+            fold=fold,
         )
         if label_columns is not None and (isinstance(label_columns, str) or len(label_columns) < 1):
             raise ConfigError(

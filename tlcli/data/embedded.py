@@ -55,6 +55,8 @@ class DigitsDataModule(TransferDataModule):
         cutmix_alpha: float | None = None,
         mixup_prob: float | None = None,
         sampler: str = "shuffle",
+        num_folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -71,6 +73,8 @@ class DigitsDataModule(TransferDataModule):
             cutmix_alpha=cutmix_alpha,
             mixup_prob=mixup_prob,
             sampler=sampler,
+            num_folds=num_folds,
+            fold=fold,
         )
         if not 0.0 < float(test_fraction) < 1.0 or val_fraction + test_fraction >= 1.0:
             raise ConfigError(

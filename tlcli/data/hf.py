@@ -98,6 +98,8 @@ class HFDataModule(TransferDataModule):
         cutmix_alpha: float | None = None,
         mixup_prob: float | None = None,
         sampler: str = "shuffle",
+        num_folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -117,6 +119,8 @@ class HFDataModule(TransferDataModule):
             cutmix_alpha=cutmix_alpha,
             mixup_prob=mixup_prob,
             sampler=sampler,
+            num_folds=num_folds,
+            fold=fold,
         )
         if importlib.util.find_spec("datasets") is None:
             raise ConfigError("data=hf needs the datasets package, which is not installed: pip install 'tlcli[hf]'")

@@ -163,6 +163,8 @@ class ImageFolderDataModule(TransferDataModule):
         cutmix_alpha: float | None = None,
         mixup_prob: float | None = None,
         sampler: str = "shuffle",
+        num_folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__(
             val_fraction=val_fraction,
@@ -181,6 +183,8 @@ class ImageFolderDataModule(TransferDataModule):
             cutmix_alpha=cutmix_alpha,
             mixup_prob=mixup_prob,
             sampler=sampler,
+            num_folds=num_folds,
+            fold=fold,
         )
         self.root = Path(root).expanduser()
 

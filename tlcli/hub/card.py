@@ -34,6 +34,8 @@ METRIC_NAMES = {
     "r2": "R²",
     "pearson": "Pearson r",
     "spearman": "Spearman ρ",
+    "ece": "expected calibration error",
+    "ece_uncalibrated": "expected calibration error before temperature scaling",
 }
 
 

@@ -75,12 +75,15 @@ def linear_head(module) -> nn.Linear | None:
 
 def _output_weights(module, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(weight, bias) of the linear head with the task's output layer folded in, or None."""
+    from tlcli.tasks.calibration import Temperature
     from tlcli.tasks.regression import Destandardise
 
     weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
     out = module.task.output_layer()
     if isinstance(out, nn.Identity):
         return weight, bias
+    if isinstance(out, Temperature):  # calibrated logits = (W x + b) / T
+        return weight / out.t, bias / out.t
     if isinstance(out, Destandardise):  # values = (W x + b) * std + mean
         std, mean = out.std.reshape(-1), out.mean.reshape(-1)
         return weight * std[:, None], bias * std + mean
@@ -268,6 +271,7 @@ spec = json.load(open(f"{{folder}}/config.json"))
 backbone = instantiate({{**spec["backbone"], "weights": "none"}})
 head = instantiate(spec["head"])(in_features=backbone.num_features, num_classes=spec["num_classes"])
 model = Classifier(backbone, head)  # regression: Classifier(backbone, head, Destandardise(mean, std))
+# a "temperature" in config.json's tlcli block: Classifier(backbone, head, tlcli.tasks.calibration.Temperature(t))
 load_model(model, f"{{folder}}/model.safetensors", strict=False)
 ```"""
     notes = [f"Written in tlcli's own layout because {why}; config.json's `preprocess` is the input recipe."]

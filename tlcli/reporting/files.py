@@ -4,7 +4,7 @@ What the rows, the summary and the figure hold is the task's (tlcli.tasks: per-c
 precision/recall/F1 and a confusion matrix for classification, per-target errors and a
 predicted-vs-true scatter for regression); this module writes them, the same way for every task:
 per_class.json ({"split", "note", "task", "columns", "summary", "rows"} + the task's extras),
-per_class.csv (the rows) and the figure.
+per_class.csv (the rows) and the figures.
 
 Every file is written atomically (temp file in the same directory, fsync, os.replace), so a
 crash mid-write leaves the previous file intact, never a truncated one.
@@ -139,6 +139,8 @@ def write_report(out_dir, report, *, task: str = "", split: str = "test", consol
         write_png_atomic(paths[figure], report.figure)
     else:
         paths.pop(figure)
+    for name, fig in report.figures.items():  # e.g. reliability_diagram.png
+        paths[name.removesuffix(".png")] = write_png_atomic(out / name, fig)
     write_text_atomic(paths["csv"], _csv_text(report.rows, report.columns))
     write_json_atomic(
         paths["json"],

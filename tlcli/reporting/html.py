@@ -60,10 +60,23 @@ def esc(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- the run -> the page
-def write_html(run_dir, module, datamodule, metrics: dict[str, Any], history: list[dict] | None = None) -> Path | None:
-    """Write <run_dir>/report.html for the last fit/test; on any error log a warning, return None."""
+def write_html(
+    run_dir,
+    module,
+    datamodule,
+    metrics: dict[str, Any],
+    history: list[dict] | None = None,
+    *,
+    title: str | None = None,
+    sections: Sequence[str] = (),
+) -> Path | None:
+    """Write <run_dir>/report.html for the last fit/test; on any error log a warning, return None.
+    title: instead of "tlcli fit/test: BACKBONE"; sections: HTML blocks (escaped) after the metrics
+    (a verb's own tables and figures, e.g. WiSE-FT's score against alpha)."""
     try:
-        page = build_html(**_inputs(module, datamodule, metrics, history))
+        kw = _inputs(module, datamodule, metrics, history)
+        kw.update(sections=list(sections), **({"title": title} if title else {}))
+        page = build_html(**kw)
         path = files.write_text_atomic(Path(run_dir) / "report.html", page)
     except Exception as exc:  # a report is a convenience: never let it fail a finished run
         log.warning("report.html was not written (%s: %s); the other outputs are complete", type(exc).__name__, exc)
@@ -293,6 +306,7 @@ def build_html(
     modality: str = "image",
     image_loader: Callable[[Any], Any] | None = None,
     n_wrong: int = N_WRONG,
+    sections: Sequence[str] = (),
 ) -> str:
     """The whole page as one string. examples[i] = (id shown, input) for test output i."""
     names = [str(c) for c in class_names]
@@ -303,7 +317,10 @@ def build_html(
     if gain:
         out.append(gain)
     out.append("<h2>Run</h2>" + table(["", ""], [[esc(k), esc(v)] for k, v in summary.items()], numeric=False))
-    out.append("<h2>Metrics</h2>" + table(["metric", "value"], [[esc(k), _fmt(v)] for k, v in metrics.items()]))
+    # lists and tables (a verb's grid, its ingredients) are its own sections' to show
+    shown = [[esc(k), _fmt(v)] for k, v in metrics.items() if not isinstance(v, list | tuple | dict)]
+    out.append("<h2>Metrics</h2>" + table(["metric", "value"], shown))
+    out.extend(sections)
 
     outputs = task is not None and y_true is not None and y_score is not None
     if outputs:

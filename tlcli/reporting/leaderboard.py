@@ -23,6 +23,10 @@ from tlcli.errors import ConfigError
 
 USAGE = "usage: tlcli report SWEEP_DIR   (the directory of a `tlcli fit -m ...` sweep, e.g. outputs/multirun/DATE/TIME)"
 SEED = "seed"
+FOLD = "data.fold"
+# axes whose runs repeat one configuration: aggregated as mean ± std (seeds, k-fold folds)
+REPEATS = (SEED, FOLD)
+OOF_FILE = "oof_predictions.csv"
 LOG_TAIL = 5  # lines of a failed job's log shown
 
 
@@ -139,15 +143,15 @@ def rows(lb: Leaderboard, raw: bool = False, metrics: list[str] | None = None) -
 
 
 def aggregate(lb: Leaderboard, metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]] | None:
-    """Jobs that differ only in seed, as mean ± std (sample std); None without a seed axis."""
+    """Jobs that differ only in seed or k-fold fold, as mean ± std (sample std); None without either axis."""
     metrics = lb.metrics if metrics is None else metrics
-    if SEED not in lb.axes:
+    if not repeat_axes(lb):
         return None
-    others = [a for a in lb.axes if a != SEED]
+    others = [a for a in lb.axes if a not in REPEATS]
     groups: dict[tuple[str, ...], list[Job]] = {}
     for j in lb.jobs:
         groups.setdefault(tuple(j.overrides.get(a, "") for a in others), []).append(j)
-    header = [*others, "seeds", *metrics, "failed"]
+    header = [*others, count_column(lb), *metrics, "failed"]
     table = []
     for key, members in groups.items():
         done = [j for j in members if j.metrics]
@@ -160,6 +164,47 @@ def aggregate(lb: Leaderboard, metrics: list[str] | None = None) -> tuple[list[s
     sign = -1 if lb.mode == "max" else 1
     table.sort(key=lambda t: (math.isnan(t[0]), sign * t[0] if not math.isnan(t[0]) else 0))
     return header, [cells for _, cells in table]
+
+
+def repeat_axes(lb: Leaderboard) -> list[str]:
+    return [a for a in REPEATS if a in lb.axes]
+
+
+def count_column(lb: Leaderboard) -> str:
+    """The aggregate table's count column: seeds, folds, or runs when both axes repeat."""
+    axes = repeat_axes(lb)
+    return {SEED: "seeds", FOLD: "folds"}[axes[0]] if len(axes) == 1 else "runs"
+
+
+def repeats_label(lb: Leaderboard) -> str:
+    return " and ".join({SEED: "seeds", FOLD: "folds"}[a] for a in repeat_axes(lb))
+
+
+def out_of_fold(lb: Leaderboard) -> tuple[list[str], list[dict[str, str]], list[list[str]]] | None:
+    """k-fold sweeps: every finished job's oof_predictions.csv joined, with the non-fold axes as
+    columns, and per group (the other axes) the examples, folds and accuracy of the joined
+    predictions (pred == true); None when no job wrote one."""
+    others = [a for a in lb.axes if a != FOLD]
+    rows_out: list[dict[str, str]] = []
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for j in lb.jobs:
+        path = lb.sweep_dir / str(j.num) / OOF_FILE
+        if j.metrics is None or not path.is_file():
+            continue
+        key = tuple(j.overrides.get(a, "") for a in others)
+        with path.open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                row = {**dict(zip(others, key)), **r}
+                rows_out.append(row)
+                groups.setdefault(key, []).append(row)
+    if not rows_out:
+        return None
+    table = []
+    for key, members in groups.items():
+        folds = sorted({r["fold"] for r in members}, key=int)
+        acc = sum(r["pred"] == r["true"] for r in members) / len(members)
+        table.append([*key, str(len(members)), str(len(folds)), f"{acc:.4f}"])
+    return [*others, "examples", "folds", "oof acc"], rows_out, table
 
 
 def _mean_std(vals: list[float]) -> str:
@@ -186,7 +231,13 @@ def to_markdown(lb: Leaderboard) -> str:
     lines += ["", *_md_table(*rows(lb))]
     agg = aggregate(lb)
     if agg:
-        lines += ["", "## Mean ± std over seeds", "", *_md_table(*agg)]
+        lines += ["", f"## Mean ± std over {repeats_label(lb)}", "", *_md_table(*agg)]
+    oof = out_of_fold(lb)
+    if oof:
+        header, _, table = oof
+        title = f"## Out-of-fold predictions ({OOF_FILE}: each example predicted by the model that did not train on it)"
+        lines += ["", title, ""]
+        lines += _md_table(header, table)
     if lb.failed:
         lines += ["", "## Failed jobs (no metrics.json)"]
         for j in lb.failed:
@@ -215,13 +266,13 @@ def print_tables(lb: Leaderboard) -> None:
     shown = [m for m in lb.metrics if m == lb.sort_key or m.startswith("test/")] or lb.metrics
     tables = [(f"{lb.sweep_dir}: {len(lb.jobs)} jobs, {len(lb.failed)} failed, {sort}", rows(lb, metrics=shown))]
     if (agg := aggregate(lb, shown)) is not None:
-        tables.append(("mean ± std over seeds", agg))
+        tables.append((f"mean ± std over {repeats_label(lb)}", agg))
     for title, (header, body) in tables:
         table = Table(title=title)
         for i, col in enumerate(header):
             # numbers keep their width (headers fold instead); long override values fold too
             widest = max((len(r[i]) for r in body), default=1)
-            is_number = col in lb.metrics or col in ("job", "seeds", "failed")
+            is_number = col in lb.metrics or col in ("job", "seeds", "folds", "runs", "failed")
             table.add_column(
                 col,
                 justify="right" if is_number else "left",
@@ -239,14 +290,14 @@ def print_tables(lb: Leaderboard) -> None:
 
 def plot(lb: Leaderboard, path: Path) -> None:
     """y = test/acc (else the monitored metric) against a numeric axis, one line per value of the
-    other axes, mean ± std over seeds; a bar chart when no axis is numeric."""
+    other axes, mean ± std over seeds and folds; a bar chart when no axis is numeric."""
     from matplotlib.figure import Figure  # no pyplot: headless-safe, leaves a notebook's backend alone
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     done = [j for j in lb.jobs if j.metrics]
     y_key = "test/acc" if "test/acc" in lb.metrics else lb.sort_key or next(iter(lb.metrics), None)
-    others = [a for a in lb.axes if a != SEED]
+    others = [a for a in lb.axes if a not in REPEATS]
     numeric = [a for a in others if _numeric_axis([j.overrides.get(a, "") for j in lb.jobs])]
     x_axis = max(numeric, key=lambda a: len({j.overrides[a] for j in lb.jobs}), default=None)
     # data.k_shot=1,5,10,all: "all" (or null) goes last, the axis becomes ordered categories
@@ -283,7 +334,7 @@ def plot(lb: Leaderboard, path: Path) -> None:
     ax.set_ylabel(y_key or "")
     ax.set_title(
         f"{'/'.join(lb.sweep_dir.parts[-2:])}: {y_key or 'no metrics'}"
-        + (" (mean ± std over seeds)" if SEED in lb.axes else "")
+        + (f" (mean ± std over {repeats_label(lb)})" if repeat_axes(lb) else "")
     )
     fig.savefig(path, dpi=100)
 

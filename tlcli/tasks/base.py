@@ -39,6 +39,13 @@ which task it holds; it calls these methods:
   (default: the pooled features as they are), and the frozen-features "before" number
   (tlcli.training.baseline), or None.
 - headline: the (metric, higher is better) pairs of the before/after table.
+- split_metrics(y_true, y_score): numbers over the whole tested split, from what `kept` gave,
+  that metrics.json gets as test/<name> (classification: the expected calibration error).
+- calibrates / calibrate(logits, y) / reset_calibration(): a task whose scores can be calibrated
+  after training (single-label classification: temperature scaling) says so; tlcli.training.calibrate
+  hands it the validation logits of each kept checkpoint, and its state_dict (buffers) then carries
+  the fit into that checkpoint file. Training resets it, so checkpoints written while training are
+  uncalibrated.
 
 A task's YAML may also say what the backbone must give (`backbone.features`: pyramid for
 segmentation, tokens for token classification) and carry a `recipe:` of training numbers, as
@@ -89,7 +96,8 @@ class PredictItem:
 @dataclass
 class Report:
     """What reporting.files writes after a test: rows (per class / target, then summary rows
-    whose first column is in `summary_rows`), the summary numbers, a figure and its file name."""
+    whose first column is in `summary_rows`), the summary numbers, a figure and its file name,
+    and more figures by file name (classification's reliability_diagram.png)."""
 
     columns: tuple[str, ...]
     rows: list[dict[str, Any]]
@@ -99,6 +107,7 @@ class Report:
     figure_name: str = "confusion_matrix.png"
     summary_rows: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(nn.Module):
@@ -107,6 +116,8 @@ class Task(nn.Module):
     labels: ClassVar[str] = "class"
     # distillation, zero-shot and rank compare class scores: single-label classification only
     single_label: ClassVar[bool] = False
+    # whether calibrate() fits anything (tlcli.training.calibrate skips the other tasks)
+    calibrates: ClassVar[bool] = False
     headline: ClassVar[tuple[tuple[str, bool], ...]] = ()
     # transformers' config.problem_type of a model packaged for the Hub (tlcli push); None: not one of its heads
     hf_problem_type: ClassVar[str | None] = None
@@ -207,6 +218,19 @@ class Task(nn.Module):
     def output_layer(self) -> nn.Module:
         """logits -> the exported model's outputs (identity: the exported model gives logits)."""
         return nn.Identity()
+
+    def split_metrics(self, y_true, y_score) -> dict[str, float]:
+        """name -> number over the whole tested split (metrics.json's test/<name>); y_score: what `kept` gave."""
+        return {}
+
+    # -- calibration (tasks with calibrates = True) --
+    def calibrate(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Fit the calibration on validation (logits, targets), keep it in the task's buffers, and
+        return what was fitted (metrics.json's calibration/<name>)."""
+        raise NotImplementedError(f"{type(self).__name__} has no calibration")
+
+    def reset_calibration(self) -> None:
+        """Back to uncalibrated scores (called when training starts)."""
 
     def baseline_inputs(self, output: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, targets) the baseline keeps of one batch: the frozen backbone's output and y."""

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from torch import nn
 
 from tlcli.errors import ConfigError
+from tlcli.tasks import calibration
 from tlcli.tasks.base import Report, Task
 
 COLUMNS = ("class", "precision", "recall", "f1", "support")
@@ -330,16 +332,25 @@ class _Classes(Task):
         return record
 
     def export_info(self, names) -> dict[str, Any]:
-        return {
+        info = {
             "classes": list(names),
             "multilabel": self.multilabel,
             "scores": "sigmoid" if self.multilabel else "softmax",
             "threshold": self.thresholds if self.multilabel else None,
         }
+        if self.calibrates:  # model.pt / model.onnx divide by it already; safetensors holds the weights only
+            info["temperature"] = float(self.temperature)
+        return info
 
     def output_note(self, names) -> str:
         if self.multilabel:
             return f"The outputs are logits: sigmoid gives each label's score, a label is on at >= {self.thresholds}."
+        t = self.export_info(list(names)).get("temperature", 1.0)
+        if t != 1.0:
+            return (
+                f"The outputs are logits divided by the temperature T = {t:.4g} (temperature scaling, fitted on the "
+                "validation split): softmax gives the calibrated class probabilities; the predicted class is the same."
+            )
         return "The outputs are logits: softmax gives the class probabilities."
 
 
@@ -348,6 +359,7 @@ class Classification(_Classes):
 
     labels = "class"
     single_label = True
+    calibrates = True
     headline = (("acc", True), ("f1_macro", True))
     multilabel = False
     hf_problem_type = "single_label_classification"
@@ -361,6 +373,14 @@ class Classification(_Classes):
         self.label_smoothing = label_smoothing
         self.class_weights = class_weights
         self.register_buffer("weight", None, persistent=False)
+        # temperature scaling (tlcli.tasks.calibration): scores = softmax(logits / T), 1 = uncalibrated.
+        # Persistent: each checkpoint file carries the T fitted to its own weights (tlcli.training.calibrate).
+        self.register_buffer("temperature", torch.ones(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before calibration existed has no temperature: it is uncalibrated
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def build(self, num_classes: int, label_counts: list[int], names: list[str] | None = None) -> None:
         """Fix the class weights once the data (and its class counts) is known."""
@@ -390,10 +410,38 @@ class Classification(_Classes):
         return F.cross_entropy(logits, y, weight=self.weight, label_smoothing=self.label_smoothing)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(dim=-1)
+        return (logits / self.temperature).softmax(dim=-1)
+
+    # -- calibration: one temperature, fitted on validation logits after training --
+    def calibrate(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        fitted = calibration.fit_temperature(logits.numpy(), y.numpy())
+        self.temperature.fill_(fitted["temperature"])
+        return fitted
+
+    def reset_calibration(self) -> None:
+        self.temperature.fill_(1.0)
+
+    def output_layer(self) -> nn.Module:
+        t = float(self.temperature)
+        return nn.Identity() if t == 1.0 else calibration.Temperature(t)
+
+    def split_metrics(self, y_true, y_score) -> dict[str, float]:
+        return calibration.split_metrics(y_true, y_score, float(self.temperature))
+
+    def report(self, y_true, y_score, names, split: str) -> Report:
+        report = super().report(y_true, y_score, names, split)
+        figure = calibration.reliability_figure(calibration.panels(y_score, float(self.temperature)), y_true)
+        report.figures[calibration.FIGURE] = figure
+        return report
+
+    def html_sections(self, report: Report, y_true, y_score, names, split: str, example=None) -> list[str]:
+        numbers, figure = self.split_metrics(y_true, y_score), report.figures.get(calibration.FIGURE)
+        section = calibration.html_section(split, numbers, float(self.temperature), figure)
+        return [*super().html_sections(report, y_true, y_score, names, split, example), section]
 
     def merge_views(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The log of the views' mean softmax probabilities (see tlcli.training.tta)."""
+        """The log of the views' mean softmax probabilities (see tlcli.training.tta); the temperature
+        then rescales these merged logits like any others (scores = softmax(merged / T))."""
         probs = outputs.float().softmax(dim=-1).mean(0)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 

@@ -27,7 +27,8 @@ class History(L.Callback):
         self._lrs = {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(groups)}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        # training's epochs only: not the sanity check, nor a trainer.validate after fit (calibration)
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         row["epoch"] = trainer.current_epoch

@@ -1,0 +1,76 @@
+"""`tlcli wise ckpt=RUN_DIR`: WiSE-FT (Wortsman et al., CVPR 2022), the fine-tuned weights
+interpolated with the pretrained start, theta(alpha) = (1 - alpha) theta_0 + alpha theta_ft.
+
+theta_0 and the arithmetic: tlcli.training.averaging. alpha is chosen on the val split of the
+run's own data (its saved config: same split, same seed) by the run's own selection rule
+(monitor / monitor_mode), ties to the larger alpha; alpha=0.5 skips the search. The run dir is
+a normal one: checkpoints/best.ckpt for test/predict/export/serve/push, metrics.json, the test
+report, report.html and, with a search, wise_ft.png. One process (no DDP).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from tlcli import build, restore, trust
+from tlcli.evaluation import require
+from tlcli.reporting import averaging as report
+from tlcli.reporting import files
+from tlcli.training import averaging
+
+log = logging.getLogger(__name__)
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Before Hydra creates the run dir: the checkpoint exists and the alphas are valid."""
+    require(cfg)
+    restore.resolve(cfg.ckpt)
+    averaging.alpha_grid(cfg.alpha, cfg.alphas)
+
+
+def wise(cfg: DictConfig) -> dict[str, Any]:
+    require(cfg)
+    alphas = averaging.alpha_grid(cfg.alpha, cfg.alphas)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    path = restore.resolve(cfg.ckpt)
+    ckpt = restore.read(path)
+    module, config = restore.loaded(ckpt, f"ckpt={cfg.ckpt}"), ckpt["tlcli"]["config"]
+    finetuned = averaging.state_of(module)
+    datamodule = build.data(dict(config["data"]), module.backbone.data_config(), "fit", make=trust.build)
+    theta0, notes, before = averaging.starting_point(ckpt, f"ckpt={cfg.ckpt}", finetuned, datamodule, module.task)
+
+    evaluator = averaging.Evaluator(module, datamodule, run_dir, cfg.accelerator, cfg.progress_bar)
+    monitor, mode = config["monitor"], config["monitor_mode"]
+    grid = [{"alpha": a, **evaluator.val(averaging.interpolate(theta0, finetuned, a))} for a in alphas]
+    chosen = grid[averaging.best_index([averaging.monitored(g, monitor) for g in grid], mode)]["alpha"]
+    how = f"best {monitor} ({mode}) on val over {len(grid)} alphas, ties to the larger"
+    log.info("WiSE-FT: alpha %g (%s)", chosen, how if len(grid) > 1 else "given")
+    metrics: dict[str, Any] = {
+        "wise/alpha": chosen,
+        "wise/selection": how if len(grid) > 1 else f"alpha={chosen:g} given (no search)",
+        "wise/source": str(path),
+        **notes,
+        "wise/grid": grid,
+        # the frozen-features logistic regression theta_0's head comes from, on the test split
+        **{f"wise/{k}": v for k, v in before.items() if k != "baseline/C"},
+    }
+    metrics.update({f"finetuned/{k}": v for k, v in evaluator.test(finetuned).items()})
+
+    keys = report.wise_keys(grid, monitor, module.task.headline)
+    figure = report.wise_figure(grid, keys, chosen)
+    if figure is not None:
+        files.write_png_atomic(run_dir / "wise_ft.png", figure)
+    return averaging.write_run(
+        run_dir,
+        evaluator,
+        averaging.interpolate(theta0, finetuned, chosen),
+        ckpt["tlcli"],
+        metrics,
+        "tlcli wise: WiSE-FT",
+        lambda m: report.wise_sections(m, keys, figure),
+    )
