@@ -19,6 +19,7 @@ from tlcli.commands.fit import fit
 from tlcli.training import averaging
 
 BEST = Path("checkpoints") / "best.ckpt"
+TEMPERATURE = "task.temperature"  # refitted on val for every averaged model (tlcli.training.calibrate)
 
 
 def _job(job_dir: Path, overrides: list[str]) -> None:
@@ -109,7 +110,9 @@ def test_wise_chooses_alpha_on_val_and_writes_a_run_that_test_reproduces(sweep, 
     # the checkpoint: the interpolated weights, rebuilt by restore, and `tlcli test` gets the same numbers
     loaded, config = restore.load_module(out)
     expected = averaging.interpolate(theta0, finetuned, metrics["wise/alpha"])
-    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items() if k != TEMPERATURE)
+    # calibrated like the run: a temperature fitted to the interpolated weights, not the fine-tuned one's
+    assert float(loaded.state_dict()[TEMPERATURE]) == pytest.approx(metrics["calibration/temperature"])
     assert config == ckpt["tlcli"]["config"]
     saved = torch.load(out / BEST, map_location="cpu", weights_only=True)
     assert "optimizer_states" not in saved and saved["tlcli"]["averaging"]["wise/alpha"] == metrics["wise/alpha"]
@@ -117,6 +120,7 @@ def test_wise_chooses_alpha_on_val_and_writes_a_run_that_test_reproduces(sweep, 
     tested = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert tested["test/acc"] == metrics["test/acc"]
     assert tested["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    assert tested["test/ece"] == pytest.approx(metrics["test/ece"], rel=1e-6)
     assert (out / "wise_ft.png").stat().st_size > 1000 and (out / "per_class.json").is_file()
     assert "Val score for each alpha" in (out / "report.html").read_text()
 
@@ -196,6 +200,7 @@ def test_greedy_soup_leaves_out_an_ingredient_that_makes_val_worse(sweep, tmp_pa
     )
     states = [_state(sweep.dir / str(j)) for j in kept]
     soup = _state(out)
+    assert float(soup.pop(TEMPERATURE)) == pytest.approx(metrics["calibration/temperature"])
     for k, v in soup.items():
         if v.is_floating_point():
             assert torch.equal(v, (sum(s[k].double() for s in states) / len(states)).to(v.dtype)), k
@@ -217,6 +222,7 @@ def test_uniform_soup_of_two_runs_is_their_mean(sweep, tmp_path):
     assert metrics["soup/size"] == 2 and metrics["soup/left_out"] == []
     best = metrics["best_ingredient/job"]
     a, b, soup = _state(sweep.dir / "0"), _state(sweep.dir / "1"), _state(out)
+    assert float(soup.pop(TEMPERATURE)) == pytest.approx(metrics["calibration/temperature"])
     for k, v in soup.items():
         expected = (a[k] + b[k]) / 2 if v.is_floating_point() else (a, b)[best][k]
         assert torch.equal(v, expected), k

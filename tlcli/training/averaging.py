@@ -230,9 +230,30 @@ class Evaluator:
         return {k: float(v) for k, v in out[0].items()}
 
     def test(self, state: State) -> dict[str, float]:
+        """test/* as `tlcli test` reports them: the logged metrics and the task's split numbers (test/ece)."""
+        from tlcli.evaluation import split_metrics
+
         self.module.load_state_dict(state)
         out = self.trainer.test(self.module, dataloaders=self.datamodule.test_dataloader(), verbose=False)
-        return {k: float(v) for k, v in out[0].items()}
+        return {**{k: float(v) for k, v in out[0].items()}, **split_metrics(self.module)}
+
+    def calibrated(self, state: State, config: dict[str, Any]) -> tuple[State, dict[str, Any]]:
+        """`state` with the task's calibration fitted to these very weights on val, as fit does for
+        each checkpoint when the run calibrated (its `calibrate`), else reset; and calibration/*.
+        An average carries no valid temperature: its ingredients' were fitted to other weights."""
+        from tlcli.training.calibrate import validation_logits
+
+        task = self.module.task
+        if not task.calibrates:
+            return state, {}
+        self.module.load_state_dict(state)
+        task.reset_calibration()
+        fitted: dict[str, Any] = {}
+        if config.get("calibrate", False):  # .get: a checkpoint from before calibration has no key (off)
+            logits = validation_logits(self.trainer, self.module, self.datamodule, None)
+            fitted = task.calibrate(*logits) if logits is not None and len(logits[1]) else {}
+        task_state = {f"task.{k}": v.detach().cpu().clone() for k, v in task.state_dict().items()}
+        return {**state, **task_state}, {f"calibration/{k}": v for k, v in fitted.items()}
 
 
 def monitored(scores: dict[str, float], monitor: str) -> float:
@@ -254,15 +275,19 @@ def write_run(
     title: str,
     sections: Callable[[dict[str, Any]], list[str]] = lambda metrics: [],
 ) -> dict[str, Any]:
-    """Test `state`, then write checkpoints/best.ckpt (the saved tlcli config, no optimizer state),
-    the test report, metrics.json and report.html (with `sections(metrics)`): a run dir
-    test/predict/export/serve/push accept."""
+    """Calibrate `state` on val as the run did (Evaluator.calibrated) and test it, then write
+    checkpoints/best.ckpt (the saved tlcli config, no optimizer state), the test report,
+    metrics.json and report.html (with `sections(metrics)`): a run dir test/predict/export/serve/push
+    accept."""
     from tlcli import console
     from tlcli.evaluation import write_test_report
     from tlcli.reporting import files
     from tlcli.reporting import html as html_report
+    from tlcli.training import calibrate
     from tlcli.training.callbacks import SafeCheckpointIO
 
+    state, calibration = evaluator.calibrated(state, saved["config"])
+    metrics.update(calibration)
     metrics.update(evaluator.test(state))
     module, split = evaluator.module, evaluator.datamodule.test_split
     path = run_dir / "checkpoints" / "best.ckpt"
@@ -273,6 +298,9 @@ def write_run(
     write_test_report(run_dir, module, split)
     files.write_json_atomic(run_dir / "metrics.json", metrics)
     html_report.write_html(run_dir, module, evaluator.datamodule, metrics, title=title, sections=sections(metrics))
+    line = calibrate.console_line(metrics)
+    if line:
+        console.console.print(line)
     console.console.print(f"run dir: {run_dir}")
     return metrics
 
