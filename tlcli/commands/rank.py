@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from tlcli import build, console
+from tlcli.data.base import fold_ids
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T
@@ -182,13 +183,7 @@ def logme_folds(features: np.ndarray, labels: np.ndarray, seed: int, folds: int 
     candidate: they see the same examples in the same order); [] when a fold would be too small."""
     if len(labels) < 4 * folds:
         return []
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(labels), dtype=int)
-    offset = 0
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        fold_of[idx] = (np.arange(len(idx)) + offset) % folds  # the offset spreads small classes evenly
-        offset += len(idx)
+    fold_of = fold_ids(labels, len(labels), folds, seed)  # the folds k-fold cross-validation deals
     return [T.logme(features[fold_of == k], labels[fold_of == k]) for k in range(folds)]
 
 
