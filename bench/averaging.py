@@ -25,7 +25,6 @@ Rows: bench/results/averaging.csv, summary bench/results/averaging.md; finished 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -36,19 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.suite import RESULTS, ROOT, SETS, mean_sd, read_rows, tlcli_commit
+from bench.suite import RESULTS, ROOT, SETS, mean_sd, read_rows, tlcli_commit, write_csv
 
 COLUMNS = ["set", "seed", "method", "test_acc", "test_ece_uncalibrated", "test_ece", "alpha", "note", "wall_s"]
 METHODS = ("defaults", "ema", "wise", "soup")
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def metrics(run_dir: Path) -> dict:
@@ -212,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         new = calibrate_runs(args.calibrate)
         keep = {(r["set"], str(r["seed"])) for r in new}
         calib = [r for r in calib if (r["set"], str(r["seed"])) not in keep] + new
-        write_csv(calib, calib_path)
+        write_csv(calib, calib_path, COLUMNS)
     else:
         results = ROOT / "outputs" / args.results_name
         for seed in args.seeds:
@@ -221,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                 new = measure(results, set_name, seed, done)
                 fresh = {(r["set"], str(r["seed"]), r["method"]) for r in new}
                 rows = [r for r in rows if (r["set"], str(r["seed"]), r["method"]) not in fresh] + new
-                write_csv(rows, csv_path)
+                write_csv(rows, csv_path, COLUMNS)
                 write_md(rows, calib, md, commands)
                 print(f"{set_name} seed {seed}: {[(r['method'], r['test_acc']) for r in new]}", flush=True)
     write_md(rows, calib, md, commands)

@@ -368,14 +368,7 @@ def write_md(rows: list[dict], path: Path, command: str, data_dir: Path) -> None
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    import csv
-
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    base.write_csv(rows, path, COLUMNS)
 
 
 def headline_text(ts: TaskSet, row: dict) -> str:
