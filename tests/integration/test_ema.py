@@ -76,6 +76,34 @@ def test_the_checkpoint_holds_the_hand_computed_average_and_the_test_ran_on_it(i
     assert again["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-6)
 
 
+def test_calibration_is_fitted_to_the_tested_checkpoint_not_the_last_average(imagefolder, tmp_path):
+    from tlcli.tasks.calibration import nll
+    from tlcli.training.calibrate import validation_logits
+
+    run = tmp_path / "run"
+    # the best checkpoint by the highest val loss: an early epoch, whose average is not the last one
+    cfg = compose_fit(
+        [
+            *common(imagefolder),
+            "ema_decay=0.8",
+            "trainer.max_epochs=3",
+            "calibrate=true",
+            "callbacks.model_checkpoint.monitor=val/loss",
+            "callbacks.model_checkpoint.mode=max",
+        ],
+        run,
+    )
+    metrics = fit(cfg)
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    assert best["epoch"] < 2
+    module, config = load_module(run / "checkpoints" / "best.ckpt")
+    module.task.reset_calibration()
+    datamodule = build.data(config["data"], module.backbone.data_config(), "fit")
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    logits, y = validation_logits(trainer, module, datamodule, None)
+    assert metrics["calibration/val_nll_uncalibrated"] == pytest.approx(nll(logits.numpy(), y.numpy(), 1.0), rel=1e-5)
+
+
 def test_an_interrupted_ema_run_resumes_to_the_same_average(imagefolder, tmp_path):
     from tests.e2e.test_reliability import InterruptAt  # noqa: F401 - the callback named below
 

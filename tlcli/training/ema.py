@@ -42,6 +42,17 @@ class EMA(WeightAveraging):
         super().__init__(avg_fn=ema_avg_fn(decay), use_buffers=True)
         self.decay = decay
 
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        # Lightning's callback swaps its average in for every validation loop, also a
+        # trainer.validate(ckpt_path=best) after fit (calibration): that would score the last average
+        # instead of the checkpoint just loaded. Only fit's own validation sees the running average.
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_end(trainer, pl_module)
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # Fitting (a resume): restore the average and the raw weights both. Testing the best
         # checkpoint after fit: its state_dict is the average, which is what must be tested, so the
