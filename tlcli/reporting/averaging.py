@@ -44,9 +44,9 @@ def wise_sections(metrics: dict[str, Any], keys: list[str], figure) -> list[str]
     rows = [[f"{g['alpha']:g}"] + [_cell(g[k]) for k in cols] for g in grid]
     chosen = [("<b>" if g["alpha"] == metrics["wise/alpha"] else "") for g in grid]
     rows = [[f"{c}{r[0]}{'</b>' if c else ''}", *r[1:]] for c, r in zip(chosen, rows)]
-    rows = [("before: frozen features + logistic regression", "wise/baseline/test/")] if baseline else []
-    rows += [(f"WiSE-FT (alpha = {metrics['wise/alpha']:g})", "test/"), ("fine-tuned (alpha = 1)", "finetuned/test/")]
-    compare = [[esc(label)] + [_cell(metrics.get(prefix + k[4:], "–")) for k in keys] for label, prefix in rows]
+    models = [("before: frozen features + logistic regression", "wise/baseline/test/")] if baseline else []
+    models += [(f"WiSE-FT (alpha = {metrics['wise/alpha']:g})", "test/"), ("fine-tuned (alpha = 1)", "finetuned/test/")]
+    compare = [[esc(label)] + [_cell(metrics.get(prefix + k[4:], "–")) for k in keys] for label, prefix in models]
     out = [
         f"<h2>WiSE-FT: {esc(metrics['test_split'])} split</h2>"
         + table(["", *(f"test/{k[4:]}" for k in keys)], compare)
