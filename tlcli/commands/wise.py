@@ -37,14 +37,29 @@ def wise(cfg: DictConfig) -> dict[str, Any]:
     require(cfg)
     alphas = averaging.alpha_grid(cfg.alpha, cfg.alphas)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    path = restore.resolve(cfg.ckpt)
+    return interpolate_run(cfg.ckpt, alphas, run_dir, cfg.accelerator, cfg.progress_bar)
+
+
+def interpolate_run(
+    source: str | Path,
+    alphas: list[float],
+    run_dir: Path,
+    accelerator: str = "auto",
+    progress_bar: bool = False,
+    announce: bool = True,
+) -> dict[str, Any]:
+    """WiSE-FT of the checkpoint `source` (a .ckpt or a run dir): each of `alphas` scored on val,
+    the best written to `run_dir` as a run (its metrics returned). announce=False: no summary lines
+    on the console (the fit prints its own)."""
+    path = restore.resolve(source)
     ckpt = restore.read(path)
-    module, config = restore.loaded(ckpt, f"ckpt={cfg.ckpt}"), ckpt["tlcli"]["config"]
+    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes the verb's; another caller's may not exist yet
+    module, config = restore.loaded(ckpt, f"ckpt={source}"), ckpt["tlcli"]["config"]
     finetuned = averaging.state_of(module)
     datamodule = build.data(dict(config["data"]), module.backbone.data_config(), "fit", make=trust.build)
-    theta0, notes, before = averaging.starting_point(ckpt, f"ckpt={cfg.ckpt}", finetuned, datamodule, module.task)
+    theta0, notes, before = averaging.starting_point(ckpt, f"ckpt={source}", finetuned, datamodule, module.task)
 
-    evaluator = averaging.Evaluator(module, datamodule, run_dir, cfg.accelerator, cfg.progress_bar)
+    evaluator = averaging.Evaluator(module, datamodule, run_dir, accelerator, progress_bar)
     monitor, mode = config["monitor"], config["monitor_mode"]
     grid = [{"alpha": a, **evaluator.val(averaging.interpolate(theta0, finetuned, a))} for a in alphas]
     chosen = grid[averaging.best_index([averaging.monitored(g, monitor) for g in grid], mode)]["alpha"]
@@ -73,4 +88,5 @@ def wise(cfg: DictConfig) -> dict[str, Any]:
         metrics,
         "tlcli wise: WiSE-FT",
         lambda m: report.wise_sections(m, keys, figure),
+        announce=announce,
     )
