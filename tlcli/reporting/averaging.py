@@ -59,6 +59,18 @@ def wise_sections(metrics: dict[str, Any], keys: list[str], figure) -> list[str]
     return out
 
 
+def wise_line(metrics: dict[str, Any], headline, run_dir) -> str:
+    """The fit's summary line: 'WiSE-FT (alpha 0.7, chosen on val): test acc 0.9100, fine-tuned 0.8900;
+    run dir: RUN_DIR/wise' for the task's first headline metric (both without TTA)."""
+    key = headline[0][0] if headline else "loss"
+    how = "chosen on val" if len(metrics["wise/grid"]) > 1 else "given"
+    wise, tuned = metrics.get(f"test/{key}"), metrics.get(f"finetuned/test/{key}")
+    line = f"WiSE-FT (alpha {metrics['wise/alpha']:g}, {how})"
+    if wise is not None and tuned is not None:
+        line += f": {metrics['test_split']} {key} {wise:.4f}, fine-tuned {tuned:.4f}"
+    return f"{line}; run dir: {run_dir}"
+
+
 def soup_sections(metrics: dict[str, Any], monitor: str, headline) -> list[str]:
     keys = [f"test/{k}" for k, _ in headline] or [k for k in metrics if k.startswith("test/")][:2]
     compare = [
