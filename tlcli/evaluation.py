@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from rich.console import Console
 
 from tlcli import console
 from tlcli.errors import ConfigError, DataError
@@ -57,15 +58,16 @@ def check_classes(module, datamodule) -> None:
     )
 
 
-def write_test_report(run_dir: Path, module, split: str) -> dict | None:
-    """per_class.json/.csv, the task's figure and the table for the last trainer.test."""
+def write_test_report(run_dir: Path, module, split: str, show: bool = True) -> dict | None:
+    """per_class.json/.csv, the task's figure and (show) the table on the console for the last trainer.test."""
     if not module.test_outputs:
         return None
     task = module.task
     report = task.report(
         module.test_outputs["y_true"].numpy(), module.test_outputs["y_score"].numpy(), module.class_names, split
     )
-    summary = files.write_report(run_dir, report, task=type(task).__name__, split=split, console=console.console)
+    shown = console.console if show else Console(quiet=True)
+    summary = files.write_report(run_dir, report, task=type(task).__name__, split=split, console=shown)
     log.debug("report: %s", summary)
     return summary
 

@@ -95,8 +95,9 @@ def _locate(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def problems(config: dict[str, Any], groups: tuple[str, ...]) -> list[str]:
-    """Every reason the saved groups may not be rebuilt; [] when all are tlcli's own parts."""
+def problems(config: dict[str, Any], groups: tuple[str, ...], resolve: bool = True) -> list[str]:
+    """Every reason the saved groups may not be rebuilt; [] when all are tlcli's own parts.
+    resolve=False: the names only, nothing imported (a fit's own config, checked before it trains)."""
     found = []
     for group in groups:
         node = config.get(group) if isinstance(config, dict) else None
@@ -106,7 +107,7 @@ def problems(config: dict[str, Any], groups: tuple[str, ...]) -> list[str]:
         target = node.get("_target_")
         if not isinstance(target, str) or target not in ALLOWED_TARGETS[group]:
             found.append(f"{group}._target_: {target!r} is not one of tlcli's own {group} parts")
-        elif _locate(target) is not _objects()[target]:
+        elif resolve and _locate(target) is not _objects()[target]:
             found.append(f"{group}._target_: {target} does not resolve to tlcli's own {group} part")
         for key, value in node.items():
             if str(key).startswith("_") and key not in ALLOWED_SPECIAL_KEYS:

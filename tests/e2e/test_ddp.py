@@ -206,6 +206,23 @@ def torchrun(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
+def test_ddp_fit_with_wise_ft_interpolates_once_on_rank_zero_as_one_process(tmp_path):
+    """wise_ft under DDP: every rank finishes the fit, then rank 0 alone runs `tlcli wise`'s procedure,
+    in one process: its score of the fine-tuned checkpoint is the fit's own test, every example once
+    (a shard, or a metric sync with ranks that had left, would show or hang)."""
+    data = make_imagefolder(tmp_path / "images", {"train": 8, "val": 3, "test": 3})
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, *DDP, *IMPERFECT, "data=imagefolder", f"data.root={data}", "wise_ft=0.5"]
+    tlcli("fit", *overrides, f"hydra.run.dir={run_dir}")
+    fitted, wise = read_json(run_dir / "metrics.json"), read_json(run_dir / "wise" / "metrics.json")
+    finetuned = {k.removeprefix("finetuned/"): v for k, v in wise.items() if k.startswith("finetuned/test/")}
+    assert_same_metrics(finetuned, single_process_test(run_dir))
+    assert [r["support"] for r in read_json(run_dir / "wise" / "per_class.json")["rows"][:3]] == [3, 3, 3]
+    assert fitted["wise/alpha"] == wise["wise/alpha"] == 0.5 and fitted["wise/test/acc"] == wise["test/acc"]
+    assert (run_dir / "wise" / "checkpoints" / "best.ckpt").is_file()
+
+
+@pytest.mark.slow
 def test_torchrun_fit_stops_every_rank_on_sigterm_to_one_and_resumes(tmp_path):
     """torchrun starts both ranks itself. A linear probe: rank 0 computes the cached features of
     each example once, rank 1 reads them. SIGTERM to rank 1 alone: both ranks stop after the

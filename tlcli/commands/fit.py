@@ -25,7 +25,7 @@ from tlcli.data.protocol import ExampleData
 from tlcli.evaluation import split_metrics, write_test_report
 from tlcli.reporting import files
 from tlcli.reporting import html as html_report
-from tlcli.training import baseline, calibrate, features, folds, head_init, tta
+from tlcli.training import baseline, calibrate, distributed, features, folds, head_init, tta
 from tlcli.training.callbacks import History, Preemption, SafeCheckpointIO
 from tlcli.training.distill import Distiller
 from tlcli.training.ema import EMA
@@ -169,7 +169,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_global_zero:
             write_test_report(run_dir, module, datamodule.test_split)
     if trainer.is_global_zero:
-        files.write_json_atomic(run_dir / "metrics.json", metrics)
+        files.write_json_atomic(run_dir / "metrics.json", metrics)  # the fit's own, whatever WiSE-FT does
         if ckpt_path is None and epochs:  # wall time apart from metrics.json, which a seed reproduces exactly
             fit_s = time_fit_end - started
             files.write_json_atomic(
@@ -181,12 +181,15 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "baseline_s": before_s,
                 },
             )
-        html_report.write_html(run_dir, module, datamodule, metrics, epochs)
+    # 6. wise_ft: WiSE-FT of the best checkpoint, a run dir of its own in RUN_DIR/wise (tlcli wise's procedure)
+    wise_sections, wise_line = _wise_ft(cfg, trainer, ckpt, run_dir, task, metrics)
+    if trainer.is_global_zero:
+        html_report.write_html(run_dir, module, datamodule, metrics, epochs, sections=wise_sections)
         source = getattr(datamodule, "source", datamodule)  # the feature cache serves the source's splits
         if cfg.test_after_fit and getattr(source, "num_folds", None) and trainer.world_size == 1:
             # k-fold: the best checkpoint (loaded by the test above) predicts its held-out fold
             log.info("k-fold: out-of-fold predictions in %s", folds.write(run_dir, module, datamodule))
-        for line in (baseline.console_line(metrics, task.headline), calibrate.console_line(metrics)):
+        for line in (baseline.console_line(metrics, task.headline), calibrate.console_line(metrics), wise_line):
             if line:
                 console.console.print(line)
         console.console.print(f"run dir: {run_dir}")
@@ -195,6 +198,24 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         wandb.finish()  # flush now: the next job of an in-process sweep starts its own run
     return metrics
+
+
+def _wise_ft(cfg: DictConfig, trainer: L.Trainer, ckpt: str | None, run_dir: Path, task, metrics: dict) -> tuple:
+    """wise_ft, after training, calibration and test: rank 0 alone, once every rank is done, runs
+    `tlcli wise`'s procedure on the best checkpoint into RUN_DIR/wise, and the fit's metrics.json
+    gains wise/alpha and wise/test/*. (report.html sections, the summary line); nothing on other ranks."""
+    if cfg.wise_ft is None:
+        return [], None
+    distributed.leave_process_group()  # rank 0 evaluates alone: no rank may wait to sync with it
+    if not trainer.is_global_zero:
+        return [], None
+    from tlcli.commands import wise
+
+    accelerator = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
+    gained, sections, line = wise.after_fit(cfg, ckpt, run_dir, accelerator, task.headline)
+    metrics.update(gained)
+    files.write_json_atomic(run_dir / "metrics.json", metrics)
+    return sections, line
 
 
 def _exit_if_preempted(trainer: L.Trainer, preemption: Preemption, run_dir: Path) -> None:

@@ -6,6 +6,9 @@ run's own data (its saved config: same split, same seed) by the run's own select
 (monitor / monitor_mode), ties to the larger alpha; alpha=0.5 skips the search. The run dir is
 a normal one: checkpoints/best.ckpt for test/predict/export/serve/push, metrics.json, the test
 report, report.html and, with a search, wise_ft.png. One process (no DDP).
+
+`tlcli fit wise_ft=auto|0.5` runs the same procedure (`interpolate_run`) on its own best
+checkpoint once the fit is done, into RUN_DIR/wise (`after_fit`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tlcli import build, restore, trust
 from tlcli.evaluation import require
 from tlcli.reporting import averaging as report
 from tlcli.reporting import files
+from tlcli.reporting.html import esc
 from tlcli.training import averaging
 
 log = logging.getLogger(__name__)
@@ -37,14 +41,29 @@ def wise(cfg: DictConfig) -> dict[str, Any]:
     require(cfg)
     alphas = averaging.alpha_grid(cfg.alpha, cfg.alphas)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    path = restore.resolve(cfg.ckpt)
+    return interpolate_run(cfg.ckpt, alphas, run_dir, cfg.accelerator, cfg.progress_bar)
+
+
+def interpolate_run(
+    source: str | Path,
+    alphas: list[float],
+    run_dir: Path,
+    accelerator: str = "auto",
+    progress_bar: bool = False,
+    announce: bool = True,
+) -> dict[str, Any]:
+    """WiSE-FT of the checkpoint `source` (a .ckpt or a run dir): each of `alphas` scored on val,
+    the best written to `run_dir` as a run (its metrics returned). announce=False: no summary lines
+    on the console (the fit prints its own)."""
+    path = restore.resolve(source)
     ckpt = restore.read(path)
-    module, config = restore.loaded(ckpt, f"ckpt={cfg.ckpt}"), ckpt["tlcli"]["config"]
+    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes the verb's; another caller's may not exist yet
+    module, config = restore.loaded(ckpt, f"ckpt={source}"), ckpt["tlcli"]["config"]
     finetuned = averaging.state_of(module)
     datamodule = build.data(dict(config["data"]), module.backbone.data_config(), "fit", make=trust.build)
-    theta0, notes, before = averaging.starting_point(ckpt, f"ckpt={cfg.ckpt}", finetuned, datamodule, module.task)
+    theta0, notes, before = averaging.starting_point(ckpt, f"ckpt={source}", finetuned, datamodule, module.task)
 
-    evaluator = averaging.Evaluator(module, datamodule, run_dir, cfg.accelerator, cfg.progress_bar)
+    evaluator = averaging.Evaluator(module, datamodule, run_dir, accelerator, progress_bar)
     monitor, mode = config["monitor"], config["monitor_mode"]
     grid = [{"alpha": a, **evaluator.val(averaging.interpolate(theta0, finetuned, a))} for a in alphas]
     chosen = grid[averaging.best_index([averaging.monitored(g, monitor) for g in grid], mode)]["alpha"]
@@ -73,4 +92,29 @@ def wise(cfg: DictConfig) -> dict[str, Any]:
         metrics,
         "tlcli wise: WiSE-FT",
         lambda m: report.wise_sections(m, keys, figure),
+        announce=announce,
     )
+
+
+def after_fit(
+    cfg: DictConfig, ckpt: str | None, run_dir: Path, accelerator: str, headline
+) -> tuple[dict[str, Any], list[str], str]:
+    """fit's wise_ft: WiSE-FT of the fit's best checkpoint `ckpt` (None: the run dir's), written to
+    RUN_DIR/wise, a run dir of its own. (What the fit's metrics.json gains: wise/alpha, wise/test/*;
+    the sections of the fit's report.html: the WiSE-FT run's own, with a link to its page; the
+    summary line.)"""
+    out = run_dir / "wise"
+    wise = interpolate_run(
+        ckpt or run_dir, averaging.alpha_grid(cfg.wise_ft, cfg.wise_ft_alphas), out, accelerator, announce=False
+    )
+    gained = {
+        "wise/alpha": wise["wise/alpha"],
+        "wise/selection": wise["wise/selection"],
+        "wise/run_dir": str(out),
+        **{f"wise/{k}": v for k, v in wise.items() if k.startswith("test/")},
+    }
+    keys = report.wise_keys(wise["wise/grid"], cfg.monitor, headline)
+    figure = report.wise_figure(wise["wise/grid"], keys, wise["wise/alpha"])
+    link = f"<p>WiSE-FT's own run dir: <a href='wise/report.html'>wise/</a> (tlcli test ckpt={esc(out)})</p>"
+    sections = report.wise_sections(wise, keys, figure)
+    return gained, [sections[0] + link, *sections[1:]], report.wise_line(wise, headline, out)

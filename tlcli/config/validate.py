@@ -16,6 +16,8 @@ OPTIONAL_LOGGERS = {
     "lightning.pytorch.loggers.TensorBoardLogger": ("tensorboard", "tensorboard"),
 }
 LORA = "tlcli.finetune.lora.LoRA"
+AUTO = "tlcli.finetune.auto.Auto"
+ZERO_SHOT = "tlcli.zero_shot.ZeroShot"
 
 
 def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -58,7 +60,7 @@ def validate_problems(cfg: DictConfig) -> list[str]:
         node = cfg.get(group)  # group presence, not a value default
         if node is None or "_target_" not in node:
             problems.append(f"config group '{group}' is not selected: pick one, e.g. `tlcli ls {group}`")
-    if OmegaConf.select(cfg, "finetune._target_") == "tlcli.zero_shot.ZeroShot":
+    if OmegaConf.select(cfg, "finetune._target_") == ZERO_SHOT:
         from tlcli.zero_shot import FIT_REFUSAL
 
         problems.append(FIT_REFUSAL)
@@ -80,7 +82,33 @@ def validate_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"monitor_mode={cfg.monitor_mode} must be min or max")
     elif cfg.monitor == "val/loss" and cfg.monitor_mode == "max":
         problems.append("monitor=val/loss with monitor_mode=max would keep the worst model: set monitor_mode=min")
-    return problems + range_problems(cfg)
+    return problems + range_problems(cfg) + wise_ft_problems(cfg)
+
+
+def wise_ft_problems(cfg: DictConfig) -> list[str]:
+    """wise_ft rebuilds the model from the fit's best checkpoint as `tlcli wise` does: what the verb
+    would refuse (a part that is not tlcli's own, no checkpoint at all), refused before training."""
+    if cfg.wise_ft is None:
+        return []
+    from tlcli import trust  # names only: imports nothing heavy
+
+    option = f"wise_ft={cfg.wise_ft}"
+    groups = [g for g in trust.ALLOWED_TARGETS if isinstance(cfg.get(g), DictConfig)]  # unselected: said above
+    if OmegaConf.select(cfg, "finetune._target_") in (AUTO, ZERO_SHOT):  # auto picks one of tlcli's own
+        groups.remove("finetune")  # and fit refuses zero_shot above
+    plain = {g: OmegaConf.to_container(cfg[g], resolve=False) for g in groups}
+    out = [
+        f"{option}: refused, `tlcli wise` rebuilds a checkpoint only from tlcli's own parts: {p}; "
+        "use tlcli's own part, or wise_ft=null"
+        for p in trust.problems(plain, tuple(groups), resolve=False)
+    ]
+    callbacks = (cfg.get("callbacks") or {}).values()
+    if not any(str(OmegaConf.select(c, "_target_")).endswith("ModelCheckpoint") for c in callbacks if c is not None):
+        out.append(
+            f"{option} interpolates the run's best checkpoint, but no callback keeps one: keep "
+            "callbacks.model_checkpoint (e.g. callbacks=default), or set wise_ft=null"
+        )
+    return out
 
 
 def peft_problems() -> list[str]:

@@ -59,6 +59,16 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
         "a list of numbers in [0, 1]",
         "[0,0.25,0.5,0.75,1]",
     ),
+    "wise_ft": (
+        lambda v: v is None or v == "auto" or (_num(v) and 0 <= v <= 1),
+        "null (off), auto (alpha chosen on val) or an alpha in [0, 1]",
+        "auto",
+    ),
+    "wise_ft_alphas": (
+        lambda v: isinstance(v, ListConfig) and len(v) > 0 and all(_num(a) and 0 <= a <= 1 for a in v),
+        "a list of numbers in [0, 1]",
+        "[0,0.25,0.5,0.75,1]",
+    ),
     "method": (lambda v: v in ("greedy", "uniform"), "greedy or uniform", "greedy"),
     "top_k": (lambda v: _int(v) and v >= 1, "a positive integer", "5"),
     "batch_size": (lambda v: _int(v) and v >= 1, "a positive integer", "32"),

@@ -44,9 +44,9 @@ def wise_sections(metrics: dict[str, Any], keys: list[str], figure) -> list[str]
     rows = [[f"{g['alpha']:g}"] + [_cell(g[k]) for k in cols] for g in grid]
     chosen = [("<b>" if g["alpha"] == metrics["wise/alpha"] else "") for g in grid]
     rows = [[f"{c}{r[0]}{'</b>' if c else ''}", *r[1:]] for c, r in zip(chosen, rows)]
-    rows = [("before: frozen features + logistic regression", "wise/baseline/test/")] if baseline else []
-    rows += [(f"WiSE-FT (alpha = {metrics['wise/alpha']:g})", "test/"), ("fine-tuned (alpha = 1)", "finetuned/test/")]
-    compare = [[esc(label)] + [_cell(metrics.get(prefix + k[4:], "–")) for k in keys] for label, prefix in rows]
+    models = [("before: frozen features + logistic regression", "wise/baseline/test/")] if baseline else []
+    models += [(f"WiSE-FT (alpha = {metrics['wise/alpha']:g})", "test/"), ("fine-tuned (alpha = 1)", "finetuned/test/")]
+    compare = [[esc(label)] + [_cell(metrics.get(prefix + k[4:], "–")) for k in keys] for label, prefix in models]
     out = [
         f"<h2>WiSE-FT: {esc(metrics['test_split'])} split</h2>"
         + table(["", *(f"test/{k[4:]}" for k in keys)], compare)
@@ -57,6 +57,18 @@ def wise_sections(metrics: dict[str, Any], keys: list[str], figure) -> list[str]
         out.append(f"<img class=plot alt='val score against alpha' src='{png_data_uri(figure)}'>")
     out.append("<h2>Val score for each alpha</h2>" + table(["alpha", *cols], rows))
     return out
+
+
+def wise_line(metrics: dict[str, Any], headline, run_dir) -> str:
+    """The fit's summary line: 'WiSE-FT (alpha 0.7, chosen on val): test acc 0.9100, fine-tuned 0.8900;
+    run dir: RUN_DIR/wise' for the task's first headline metric (both without TTA)."""
+    key = headline[0][0] if headline else "loss"
+    how = "chosen on val" if len(metrics["wise/grid"]) > 1 else "given"
+    wise, tuned = metrics.get(f"test/{key}"), metrics.get(f"finetuned/test/{key}")
+    line = f"WiSE-FT (alpha {metrics['wise/alpha']:g}, {how})"
+    if wise is not None and tuned is not None:
+        line += f": {metrics['test_split']} {key} {wise:.4f}, fine-tuned {tuned:.4f}"
+    return f"{line}; run dir: {run_dir}"
 
 
 def soup_sections(metrics: dict[str, Any], monitor: str, headline) -> list[str]:

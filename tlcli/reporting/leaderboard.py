@@ -262,8 +262,9 @@ def print_tables(lb: Leaderboard) -> None:
     from tlcli.console import console
 
     sort = f"sorted by {lb.sort_key} ({lb.mode})" if lb.sort_key else "job order"
-    # The terminal gets the monitored and the test metrics; leaderboard.md/.csv hold them all.
-    shown = [m for m in lb.metrics if m == lb.sort_key or m.startswith("test/")] or lb.metrics
+    # The terminal gets the monitored and the test metrics (fit's wise_ft: the WiSE-FT model's beside them);
+    # leaderboard.md/.csv hold them all.
+    shown = [m for m in lb.metrics if m == lb.sort_key or m.startswith(("test/", "wise/test/"))] or lb.metrics
     tables = [(f"{lb.sweep_dir}: {len(lb.jobs)} jobs, {len(lb.failed)} failed, {sort}", rows(lb, metrics=shown))]
     if (agg := aggregate(lb, shown)) is not None:
         tables.append((f"mean ± std over {repeats_label(lb)}", agg))

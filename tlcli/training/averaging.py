@@ -274,11 +274,12 @@ def write_run(
     metrics: dict[str, Any],
     title: str,
     sections: Callable[[dict[str, Any]], list[str]] = lambda metrics: [],
+    announce: bool = True,
 ) -> dict[str, Any]:
     """Calibrate `state` on val as the run did (Evaluator.calibrated) and test it, then write
     checkpoints/best.ckpt (the saved tlcli config, no optimizer state), the test report,
     metrics.json and report.html (with `sections(metrics)`): a run dir test/predict/export/serve/push
-    accept."""
+    accept. announce=False: nothing on the console (inside a fit, which prints its own summary)."""
     from tlcli import console
     from tlcli.evaluation import write_test_report
     from tlcli.reporting import files
@@ -295,13 +296,12 @@ def write_run(
     tlcli = {k: saved[k] for k in ("config", "class_names", "label_counts")}
     tlcli["averaging"] = {k: v for k, v in metrics.items() if k.startswith(("wise/", "soup/")) and _plain(v)}
     SafeCheckpointIO().save_checkpoint({"state_dict": state, "tlcli": tlcli}, path)  # atomic
-    write_test_report(run_dir, module, split)
+    write_test_report(run_dir, module, split, show=announce)
     files.write_json_atomic(run_dir / "metrics.json", metrics)
     html_report.write_html(run_dir, module, evaluator.datamodule, metrics, title=title, sections=sections(metrics))
-    line = calibrate.console_line(metrics)
-    if line:
-        console.console.print(line)
-    console.console.print(f"run dir: {run_dir}")
+    for line in (calibrate.console_line(metrics), f"run dir: {run_dir}") if announce else ():
+        if line:
+            console.console.print(line)
     return metrics
 
 

@@ -70,6 +70,18 @@ def world() -> tuple[int, int]:
     return 1, 0
 
 
+def leave_process_group() -> None:
+    """Every rank, once it has taken its last collective step: wait for the others, then leave the
+    process group, so that what rank 0 does next alone (fit's WiSE-FT) runs as one process: with
+    the group alive its eval loaders would shard the data (eval_sampler) and torchmetrics would
+    wait to sum its states with ranks that have gone. No-op in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def eval_sampler(dataset: Dataset) -> Sampler | None:
     """Every example once over all ranks (rank r: r, r + W, ...), or None in a single process.
 
