@@ -228,6 +228,9 @@ def test_auto_probes_when_an_entity_type_is_rare_however_many_its_words(tmp_path
     assert notes["finetune/auto_reason"].startswith(
         f"the smallest entity type has {counts['LOC']} training entities (<= finetune.probe_max_per_class=10)"
     )
+    # the probe on text caches no augmented views: texts are not augmented
+    assert notes["data/feature_views"] == 0 and cfg.data.feature_views == 0
+    assert notes["data/feature_views_reason"] == "no augmented views: this data is text, and texts are not augmented"
 
 
 def test_serve_refuses_and_push_writes_the_tlcli_layout(trained, tmp_path):

@@ -9,6 +9,9 @@ within noise (the paired gap over disjoint folds of train is under two standard 
 
 With feature_cache=true the features of every split go through the feature cache (the file a
 linear probe reads), so `tlcli fit backbone=@rank:RUN_DIR finetune=linear_probe` starts at once.
+Rank scores the plain view only (data.feature_views is 0 here, build.frozen): augmented views of
+train images would change the scores, and a probe with views reads this plain file and adds its
+views in a file of their own.
 """
 
 from __future__ import annotations

@@ -112,6 +112,18 @@ def fold_ids(labels: np.ndarray | None, n: int, num_folds: int, seed: int) -> np
     return out
 
 
+def check_feature_views(value: int | str) -> int:
+    """data.feature_views as a number of extra views: auto (unresolved outside fit) is 0."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"data.feature_views={value} must be auto or an integer >= 0: the augmented views of each train "
+            "image cached beside its plain view for the linear probe (e.g. 9; 0 = the plain view only)"
+        )
+    return value
+
+
 def resolve_num_workers(value: int | str) -> int:
     """`auto`: one worker per spare core, at most 4 (the main process trains on the rest)."""
     if value == "auto":
@@ -158,6 +170,9 @@ class TransferDataModule(L.LightningDataModule):
     after the val split is held out; val and test are untouched.
     feature_cache, feature_cache_dir: read by tlcli.training.features (frozen-backbone runs train
     the head on features computed once and stored under feature_cache_dir).
+    feature_views (images): extra views of each train image through the training transform (the
+    augment preset) that the feature cache stores beside its plain view; `auto` is resolved by fit
+    (tlcli.build: 9 or 0), and a data module built with it unresolved caches the plain view only.
     max_bad_fraction: image files that cannot be read are skipped with a warning while they
     are at most this fraction of their split; beyond it setup fails listing them.
     max_image_pixels: images with more pixels count as unreadable (null: Pillow's own limit,
@@ -186,6 +201,7 @@ class TransferDataModule(L.LightningDataModule):
         k_shot: int | str | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        feature_views: int | str = "auto",
         max_bad_fraction: float = 0.01,
         bucket_by_length: bool = False,
         max_image_pixels: int | None = None,
@@ -228,6 +244,7 @@ class TransferDataModule(L.LightningDataModule):
         self.k_shot = kshot.parse_k_shot(k_shot)
         self.feature_cache = bool(feature_cache)
         self.feature_cache_dir = feature_cache_dir
+        self.feature_views = check_feature_views(feature_views)
         self.max_bad_fraction = float(max_bad_fraction)
         self.bucket_by_length = bool(bucket_by_length)
         self.max_image_pixels = max_image_pixels
@@ -311,6 +328,11 @@ class TransferDataModule(L.LightningDataModule):
     def _check_training_options(self) -> None:
         """Augmentation, mixing and sampling against the data's modality and kind of targets."""
         problems = presets.data_problems(self.augment_value, self.mixing, self.modality, self.labels)
+        if self.feature_views and self.modality != "image":
+            problems.append(
+                f"data.feature_views={self.feature_views} caches augmented views of train images, but this data is "
+                f"{self.modality} (texts are not augmented): set data.feature_views=0 (or auto)"
+            )
         if self.sampler == "balanced" and self.labels != "class":
             problems.append(
                 "data.sampler=balanced draws every class equally often, which needs one class per example, "

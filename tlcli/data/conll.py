@@ -140,6 +140,7 @@ class CoNLLDataModule(TransferDataModule):
         data_config: dict[str, Any] | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        feature_views: int | str = "auto",
         bucket_by_length: bool = False,
     ):
         super().__init__(
@@ -152,6 +153,7 @@ class CoNLLDataModule(TransferDataModule):
             data_config=data_config,
             feature_cache=feature_cache,
             feature_cache_dir=feature_cache_dir,
+            feature_views=feature_views,
             bucket_by_length=bucket_by_length,
         )
         self.paths = {"train": train_file, "val": val_file, "test": test_file}

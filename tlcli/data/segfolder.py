@@ -79,6 +79,7 @@ class SegFolderDataModule(TransferDataModule):
         data_config: dict[str, Any] | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        feature_views: int | str = "auto",
         max_bad_fraction: float = 0.01,
         max_image_pixels: int | None = None,
     ):
@@ -92,6 +93,7 @@ class SegFolderDataModule(TransferDataModule):
             data_config=data_config,
             feature_cache=feature_cache,
             feature_cache_dir=feature_cache_dir,
+            feature_views=feature_views,
             max_bad_fraction=max_bad_fraction,
             max_image_pixels=max_image_pixels,
         )

@@ -236,6 +236,8 @@ class Task(nn.Module):
         """(features, targets) the baseline keeps of one batch: the frozen backbone's output and y."""
         return output, y
 
-    def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int) -> dict[str, Any] | None:
-        """baseline/* metrics of a linear model on frozen features, or None when none applies."""
+    def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int, groups=None) -> dict[str, Any] | None:
+        """baseline/* metrics of a linear model on frozen features, or None when none applies.
+        groups: the image of each train row when the rows hold cached augmented views
+        (data.feature_views; each image's plain view first): its cross-validation folds by image."""
         return None

@@ -462,10 +462,10 @@ class Classification(_Classes):
             return "the data is multi-label (data.label_columns is set): use task=multilabel"
         return super().mismatch(data_labels)
 
-    def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int) -> dict[str, Any]:
+    def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int, groups=None) -> dict[str, Any]:
         from tlcli.training import baseline
 
-        return baseline.probe(ftr, ytr, fte, yte, num_outputs, seed)
+        return baseline.probe(ftr, ytr, fte, yte, num_outputs, seed, groups)
 
 
 class MultiLabel(_Classes):

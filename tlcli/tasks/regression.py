@@ -209,8 +209,8 @@ class Regression(Task):
     def output_layer(self) -> nn.Module:
         return Destandardise(self.mean, self.std)
 
-    def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int) -> dict[str, Any]:
-        return ridge_baseline(ftr, ytr, fte, yte, seed)
+    def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int, groups=None) -> dict[str, Any]:
+        return ridge_baseline(ftr, ytr, fte, yte, seed, groups)
 
 
 def _fmt(v: Any) -> str:
@@ -267,22 +267,34 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 15))
 RIDGE_METHOD = "frozen features + ridge regression"
 
 
-def ridge_baseline(ftr, ytr, fte, yte, seed: int) -> dict[str, Any]:
+def ridge_baseline(ftr, ytr, fte, yte, seed: int, groups: np.ndarray | None = None) -> dict[str, Any]:
     """Standardised features, ridge regression with alpha chosen by (efficient leave-one-out)
-    cross-validation on train; scored on test with the definitions of test/*."""
+    cross-validation on train; scored on test with the definitions of test/*.
+
+    groups (cached augmented views, tlcli.training.baseline.image_folds): leave-one-out would
+    validate on views of training images, so alpha is chosen by k folds of the images instead."""
     from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from tlcli.training.baseline import MAX_FOLDS, image_folds
+
     ytr = np.asarray(ytr, dtype=float).reshape(len(ytr), -1)
     yte = np.asarray(yte, dtype=float).reshape(len(yte), -1)
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+    cv, how = None, "leave-one-out CV on train"
+    if groups is not None:
+        plain = np.unique(groups, return_index=True)[1]
+        folds = min(MAX_FOLDS, len(plain))
+        splits = KFold(folds, shuffle=True, random_state=seed).split(plain)
+        cv, how = list(image_folds(splits, plain, groups)), f"{folds}-fold CV on train images (folds by image)"
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=cv))
     model.fit(ftr, ytr)
     pred = np.asarray(model.predict(fte), dtype=float).reshape(len(yte), -1)
     alpha = float(model[-1].alpha_)
     rows = [_target_row(str(j), yte[:, j], pred[:, j]) for j in range(yte.shape[1])]
     # every test/* metric has its before number (STS-B is read by its correlations)
     out = {f"baseline/test/{k}": float(np.mean([r[k] for r in rows])) for k in COLUMNS[1:-1]}
-    out.update({"baseline/method": f"{RIDGE_METHOD} (alpha={alpha:.3g} by leave-one-out CV on train)"})
+    out.update({"baseline/method": f"{RIDGE_METHOD} (alpha={alpha:.3g} by {how})"})
     out["baseline/alpha"] = alpha
     return out

@@ -7,6 +7,11 @@ augmentation, no gradient), a standardised logistic regression fit on train with
 stratified k-fold cross-validation, scored on the test split with the same torchmetrics
 definitions as `test/acc` and `test/f1_macro`. Seconds, not a second training run.
 
+With cached augmented views (data.feature_views) the regression fits on the same train images,
+each through its plain view and its views, and C is chosen on the same image folds as without
+views: all rows of an image sit on one side of a fold (views of a validation image never train),
+and a validation fold is scored on its images' plain views, as the test split is.
+
 The linear model is the task's (Task.baseline): logistic regression for classification, ridge
 regression for numeric targets. It is a convenience: `before_fine_tuning` never raises. Where it
 does not apply (a task without one, such as multi-label; a data module that is not tlcli's) it
@@ -71,8 +76,9 @@ def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = 
             task = Classification()
         if type(task).baseline is Task.baseline:
             raise _Skip(f"{type(task).__name__} has no frozen-features baseline")
-        (ftr, ytr), (fte, yte) = _features(backbone, datamodule, task)
-        result = task.baseline(ftr, ytr, fte, yte, datamodule.num_classes, seed)
+        (ftr, ytr), (fte, yte), groups = _features(backbone, datamodule, task)
+        by_image = {} if groups is None else {"groups": groups}  # only tasks on pooled image features get views
+        result = task.baseline(ftr, ytr, fte, yte, datamodule.num_classes, seed, **by_image)
         if head and "baseline/C" in result:  # the regression as a linear head's starting weights
             x, y = _rows(ftr, ytr)
             result["baseline/head"] = head_init.logistic_head(x, y, result["baseline/C"], datamodule.num_classes)
@@ -104,13 +110,17 @@ def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return features[keep], labels[keep]
 
 
-def _features(backbone, datamodule, task=None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split)); what
-    is kept of each batch is the task's (Task.baseline_inputs)."""
+def _features(backbone, datamodule, task=None) -> tuple[Any, ...]:
+    """((train features float64 (N, D), labels int64 (N,)), (the same for the test split), the image
+    of each train row or None); what is kept of each batch is the task's (Task.baseline_inputs).
+    The image of each row is given only with cached views (data.feature_views), its plain view first."""
+    groups = None
     if isinstance(datamodule, features.FeatureDataModule):
-        # The cache holds eval-mode features without augmentation (features.cached insists on it).
-        sets = datamodule.datasets
-        split = {"train": sets["train"].tensors, "test": sets[datamodule.test_split].tensors}
+        # The cache holds eval-mode features: the plain view of each example, and with
+        # data.feature_views augmented views of each train image after them.
+        train_f, train_t, images = datamodule.train_rows()
+        split = {"train": (train_f, train_t), "test": datamodule.datasets[datamodule.test_split].tensors}
+        groups = images.numpy() if datamodule.views else None
     else:
         datamodule.setup("fit")  # a no-op when done already; fills samples and datasets
         # Per-module modes, not one flag: a pretrained HF model sits in eval mode inside a
@@ -124,7 +134,8 @@ def _features(backbone, datamodule, task=None) -> tuple[tuple[np.ndarray, np.nda
             backbone.to(home)
             for module, training in modes.items():
                 module.training = training
-    return tuple((f.double().numpy(), t.numpy()) for f, t in (split["train"], split["test"]))
+    train, test = ((f.double().numpy(), t.numpy()) for f, t in (split["train"], split["test"]))
+    return train, test, groups
 
 
 class EvalSplits:
@@ -155,13 +166,14 @@ class EvalSplits:
         )
 
 
-def probe(ftr, ytr, fte, yte, num_classes: int, seed: int) -> dict[str, Any]:
-    """Fit on (ftr, ytr) with C by cross-validation, score on (fte, yte): the baseline/* metrics."""
+def probe(ftr, ytr, fte, yte, num_classes: int, seed: int, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit on (ftr, ytr) with C by cross-validation, score on (fte, yte): the baseline/* metrics.
+    groups: the image of each train row when the rows hold augmented views (see choose_c)."""
     # Labels as 0..K-1 over the classes train has: linear_probe's columns follow them.
     classes, y = np.unique(ytr, return_inverse=True)
     if len(classes) < 2:
         raise _Skip("the train split holds a single class: there is nothing to separate")
-    c, how = choose_c(ftr, y, seed)
+    c, how = choose_c(ftr, y, seed, groups)
     pred = classes[T.linear_probe(ftr, y, c=c)(fte).argmax(axis=1)]
     pred, target = torch.as_tensor(pred), torch.as_tensor(yte)
     return {
@@ -174,26 +186,47 @@ def probe(ftr, ytr, fte, yte, num_classes: int, seed: int) -> dict[str, Any]:
     }
 
 
-def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, str]:
+def choose_c(
+    features: np.ndarray, labels: np.ndarray, seed: int, groups: np.ndarray | None = None
+) -> tuple[float, str]:
     """(C with the best mean accuracy over stratified k folds of train, how it was chosen).
 
     labels: 0..K-1. k = min(5, smallest class count); below 2 there is no CV and C = 1.
     Ties go to the smaller C (the stronger regularisation), the first in C_GRID.
+    groups: the image of each row when rows hold augmented views (data.feature_views), each
+    image's plain view first: the folds are then those of the plain rows (the images), see
+    image_folds, and counts are of images.
     """
     from sklearn.model_selection import StratifiedKFold
 
-    idx = subset_indices(labels, CV_MAX_SAMPLES, seed)
-    f, y = features[idx], labels[idx]
+    plain = np.arange(len(labels)) if groups is None else np.unique(groups, return_index=True)[1]
+    idx = subset_indices(labels[plain], CV_MAX_SAMPLES, seed)
+    y = labels[plain][idx]
     folds = min(MAX_FOLDS, int(np.bincount(y).min()))
     if folds < 2:
         return 1.0, "C=1, fixed: a class has fewer than 2 training examples, too few to cross-validate"
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
     acc = np.zeros(len(C_GRID))
-    for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(f, y):
-        acc += [T.linear_probe_accuracy(f[tr], y[tr], f[va], y[va], c=c) for c in C_GRID]
+    for tr, va in image_folds(splits, plain[idx], groups):
+        acc += [T.linear_probe_accuracy(features[tr], labels[tr], features[va], labels[va], c=c) for c in C_GRID]
     # Rounded: a tie must not hinge on the order the fold accuracies were added in.
     c = C_GRID[int(np.argmax(np.round(acc / folds, 12)))]
-    on = "train" if len(idx) == len(labels) else f"{len(idx)} of {len(labels)} train examples"
+    on = "train" if len(idx) == len(plain) else f"{len(idx)} of {len(plain)} train examples"
+    if groups is not None:
+        views = len(labels) // len(plain) - 1
+        on += f" images, each training with its {views} augmented views (folds by image)"
     return c, f"C={c:.3g} by {folds}-fold CV on {on}"
+
+
+def image_folds(splits, plain: np.ndarray, groups: np.ndarray | None):
+    """Row indices (train, val) per fold from folds over plain rows (splits: positions in `plain`):
+    without views, those rows; with them (groups: the image of each row), every row of a training
+    image, and the plain row of each validation image. Views of one image never straddle a fold."""
+    for tr, va in splits:
+        if groups is None:
+            yield plain[tr], plain[va]
+        else:
+            yield np.flatnonzero(np.isin(groups, groups[plain[tr]])), plain[va]
 
 
 def gain_points(metrics: dict[str, Any], key: str = "acc", higher_is_better: bool = True) -> float | None:

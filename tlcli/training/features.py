@@ -7,6 +7,11 @@ features straight through. The features live on disk under a key that hashes eve
 that shapes them (backbone class, settings and weights; the input transform or tokenizer;
 every split's sample list, file sizes and times; k_shot), so runs that share
 data.feature_cache_dir share them, and a changed input or weight computes afresh.
+
+With data.feature_views=N (images) the train split also gets N augmented views of each image
+(tlcli.training.feature_views): stored in a second file whose key adds the views, their training
+transform and seed to the plain key, so the plain file stays the one `tlcli rank` and view-less
+runs read.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.errors import ConfigError
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.training import distributed
+from tlcli.training import feature_views as views_
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +63,16 @@ def cached(backbone: Backbone, datamodule, strategy, distiller=None) -> tuple[Fe
             "data.feature_cache=true with finetune.train_bn=true: BatchNorm statistics in train mode change the "
             "features every step; set finetune.train_bn=false or data.feature_cache=false"
         )
-    if datamodule.augment and datamodule.modality == "image":  # text is never augmented
+    views = getattr(datamodule, "feature_views", 0)  # a data module of the user's own has none
+    if datamodule.augment and datamodule.modality == "image" and not views:  # text is never augmented
         problems.append(
             "data.feature_cache=true needs data.augment=false: random crops and flips give new features every "
             "epoch; set data.augment=false or data.feature_cache=false"
+        )
+    elif views and not datamodule.augment:
+        problems.append(
+            f"data.feature_views={views} draws views through the training transform, but data.augment=false has "
+            "none: set data.augment=light (random resized crop + flip) or data.feature_views=0"
         )
     elif datamodule.mixing is not None:
         problems.append(
@@ -130,14 +142,29 @@ class CachedBackbone(Backbone):
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """(features, label) tensors per split, served with the source datamodule's loader policy."""
+    """(features, label) tensors per split, served with the source datamodule's loader policy.
 
-    def __init__(self, source, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    views: the train split's augmented views (tlcli.training.feature_views.compute), or None. With
+    them the train rows are the plain views and then the augmented ones, `train_images` names the
+    image of each row, and training shows one view per image per epoch (feature_views.ViewDataset).
+    """
+
+    def __init__(
+        self, source, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], views: dict[str, torch.Tensor] | None = None
+    ):
         super().__init__()
         self.source = source
         self.class_names, self.labels = source.class_names, source.labels
         self.test_split, self.samples = source.test_split, source.samples
         self.datasets = {name: TensorDataset(f, t) for name, (f, t) in splits.items()}
+        train_f, train_t = splits["train"]
+        self.train_images = torch.arange(len(train_f))
+        self.views = 0
+        if views is not None:
+            self.views = len(views["images"]) // max(1, len(train_f))
+            self.train_images = torch.cat([self.train_images, views["images"]])
+            rows = torch.cat([train_f, views["features"]]), torch.cat([train_t, views["targets"]])
+            self.datasets["train"] = views_.ViewDataset(*rows, self.train_images)
 
     @property
     def num_classes(self) -> int:
@@ -165,9 +192,16 @@ class FeatureDataModule(L.LightningDataModule):
     def run_records(self) -> dict[str, object]:
         return self.source.run_records()
 
+    def train_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, targets, image of each row) of every train row: with views, (1+views) rows per image."""
+        features, targets = self.datasets["train"].tensors
+        return features, targets, self.train_images
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        # In-memory tensors: worker processes would only add start-up time.
-        return self.source.loader(self.datasets[split], shuffle=shuffle, num_workers=0, random_items=False)
+        # In-memory tensors: worker processes would only add start-up time. A view is drawn per
+        # image and epoch (ViewDataset): from the loader policy's per-sample seed.
+        views = split == "train" and self.views > 0
+        return self.source.loader(self.datasets[split], shuffle=shuffle, num_workers=0, random_items=views)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -187,42 +221,54 @@ class FeatureCache:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def datamodule(self, backbone: Backbone, datamodule) -> FeatureDataModule:
-        return FeatureDataModule(datamodule, self.features(backbone, datamodule))
+        splits = self.features(backbone, datamodule)
+        views = self.views(backbone, datamodule) if getattr(datamodule, "feature_views", 0) else None
+        return FeatureDataModule(datamodule, splits, views)
 
     def features(self, backbone: Backbone, datamodule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{split: (features float32 (N, D), or (N, T, D) with a feature per token, targets)}, from
-        the cache or computed and stored."""
+        """{split: (features float32 (N, D), or (N, T, D) with a feature per token, targets)} of the
+        plain view (the train split too without augmentation), from the cache or computed and stored."""
         datamodule.setup("fit")
-        key = cache_key(backbone, datamodule)
+
+        def make() -> dict[str, Any]:
+            splits = compute(backbone, PlainSplits(datamodule), self.device)
+            return {s: {"features": f, "targets": t} for s, (f, t) in splits.items()}
+
+        stored = self._stored(cache_key(backbone, datamodule, views=False), "splits", make)
+        return {s: (v["features"], v["targets"]) for s, v in stored.items()}
+
+    def views(self, backbone: Backbone, datamodule) -> dict[str, torch.Tensor]:
+        """The train split's data.feature_views augmented views (tlcli.training.feature_views.compute),
+        from the cache or computed and stored."""
+        datamodule.setup("fit")
+        return self._stored(
+            cache_key(backbone, datamodule), "views", lambda: views_.compute(backbone, datamodule, self.device)
+        )
+
+    def _stored(self, key: str, field: str, make) -> dict[str, Any]:
+        """The `field` entry of the file `<key>.pt`: read, or made by make() (rank 0) and written atomically."""
         path = self.dir / f"{key}.pt"
         if path.is_file():
             try:
-                stored = torch.load(path, map_location="cpu", weights_only=True)
+                stored = torch.load(path, map_location="cpu", weights_only=True)[field]
                 log.info("feature cache hit: %s", path)
-                return {s: (v["features"], v["targets"]) for s, v in stored["splits"].items()}
+                return stored
             except Exception as exc:  # a partial or foreign file: recompute rather than fail the run
                 log.warning("feature cache %s unreadable (%s): recomputing", path, exc)
         if not distributed.launched_rank_zero():
             # torchrun / srun start every rank at once: rank 0 computes each example's features once
             # (Lightning's own launcher starts the other ranks only after it has), the others read its file
-            return self._from_rank_zero(path)
+            return self._from_rank_zero(path)[field]
         start = time.perf_counter()
-        splits = compute(backbone, datamodule, self.device)
-        log.info("computed features of %s in %.1f s", ", ".join(splits), time.perf_counter() - start)
+        made = make()
+        log.info("computed %s in %.1f s", _describe(field, made), time.perf_counter() - start)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(
-            {
-                "format": FORMAT,
-                "key": key,
-                "splits": {s: {"features": f, "targets": t} for s, (f, t) in splits.items()},
-            },
-            tmp,
-        )
+        torch.save({"format": FORMAT, "key": key, field: made}, tmp)
         os.replace(tmp, path)  # atomic: a concurrent sweep job never reads half a file
-        return splits
+        return made
 
-    def _from_rank_zero(self, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _from_rank_zero(self, path: Path) -> dict[str, Any]:
         log.info("feature cache: waiting for rank 0 to write %s", path)
         deadline = time.monotonic() + RANK_ZERO_WAIT_S
         while not path.is_file():  # written by an atomic rename: once there, it is whole
@@ -232,8 +278,28 @@ class FeatureCache:
                     "data.feature_cache_dir: put it on a file system all nodes share, or set data.feature_cache=false"
                 )
             time.sleep(POLL_S)
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        return {s: (v["features"], v["targets"]) for s, v in stored["splits"].items()}
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _describe(field: str, made: dict[str, Any]) -> str:
+    if field == "splits":
+        return f"features of {', '.join(made)}"
+    return f"{len(made['images'])} augmented views of {int(made['images'].max()) + 1} train images"
+
+
+class PlainSplits:
+    """A data module's splits as evaluation sees them, the train split too (its plain view): shaped
+    the way compute reads a data module. The same features with data.augment on as off."""
+
+    def __init__(self, datamodule):
+        self.source, self.samples = datamodule, datamodule.samples
+
+    def split_loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dm = self.source
+        if split == "train" and dm.augment and dm.modality == "image":  # texts are never augmented
+            eval_train = dm._dataset(dm.samples["train"], train=False)
+            return dm.loader(eval_train, shuffle=False, num_workers=dm.num_workers)
+        return dm.split_loader(split, shuffle=False)
 
 
 @torch.no_grad()  # not inference_mode: the head's backward must be allowed to save these tensors
@@ -267,8 +333,9 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters(), torch.zeros(0)).device
 
 
-def cache_key(backbone: nn.Module, datamodule) -> str:
-    """A hash of everything that decides the cached features."""
+def cache_key(backbone: nn.Module, datamodule, views: bool = True) -> str:
+    """A hash of everything that decides the cached features: with data.feature_views > 0 (and
+    views=True, the key of the views' file) also the views, their augment preset's transform and seed."""
     h = hashlib.sha256()
     settings = {k: v for k, v in vars(backbone).items() if isinstance(v, (str, int, float, bool)) and k != "training"}
     spec = {
@@ -276,6 +343,8 @@ def cache_key(backbone: nn.Module, datamodule) -> str:
         "backbone": {"class": f"{type(backbone).__module__}.{type(backbone).__qualname__}", **settings},
         "data": {"class": type(datamodule).__qualname__, "input": datamodule.input_spec(), "k_shot": datamodule.k_shot},
     }
+    if views and getattr(datamodule, "feature_views", 0):  # absent at 0: the plain keys stay what they were
+        spec["views"] = views_.spec(datamodule)
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     for name, t in sorted(backbone.state_dict().items()):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -8,6 +8,9 @@ probe's head starts from the regression's weights, mapped back to the raw featur
 
     logits = W_s ((x - mu) / sigma) + b_s  =  (W_s / sigma) x + (b_s - W_s mu / sigma)
 
+With cached augmented views (data.feature_views) the regression fits on every train row, the
+views included, with the C the baseline chose on folds by image (tlcli.training.baseline).
+
 Binary regressions have one row of weights (the log-odds of class 1): class 0 gets zeros,
 which gives the same softmax.
 """

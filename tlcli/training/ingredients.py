@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 USAGE = "usage: tlcli soup SWEEP_DIR [method=greedy|uniform]   (the directory of a `tlcli fit -m ...` sweep)"
 # data keys that change how a split is loaded, not which examples it holds
-LOADER_KEYS = ("batch_size", "num_workers", "augment", "feature_cache", "feature_cache_dir", "bucket_by_length")
+LOADER_KEYS = ("batch_size", "num_workers", "augment", "feature_cache", "feature_cache_dir", "feature_views")
+LOADER_KEYS += ("bucket_by_length",)
 
 
 @dataclass
