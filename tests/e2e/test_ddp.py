@@ -213,7 +213,7 @@ def test_ddp_fit_with_wise_ft_interpolates_once_on_rank_zero_as_one_process(tmp_
     data = make_imagefolder(tmp_path / "images", {"train": 8, "val": 3, "test": 3})
     run_dir = tmp_path / "run"
     overrides = [*TINY, *DDP, *IMPERFECT, "data=imagefolder", f"data.root={data}", "wise_ft=0.5"]
-    tlcli("fit", *overrides, f"hydra.run.dir={run_dir}")
+    tlcli("fit", *overrides, f"hydra.run.dir={run_dir}", timeout=600)  # a fit, then a WiSE-FT pass
     fitted, wise = read_json(run_dir / "metrics.json"), read_json(run_dir / "wise" / "metrics.json")
     finetuned = {k.removeprefix("finetuned/"): v for k, v in wise.items() if k.startswith("finetuned/test/")}
     assert_same_metrics(finetuned, single_process_test(run_dir))
