@@ -130,13 +130,13 @@ def summary(rows: list[dict]) -> list[str]:
     ]
     gains: dict[str, list[float]] = {}
     for set_name in [s for s in SETS if any(r["set"] == s for r in rows)]:
-        base = {r["seed"]: float(r["test_acc"]) for r in rows if r["set"] == set_name and r["method"] == "defaults"}
+        base = {str(r["seed"]): float(r["test_acc"]) for r in rows if r["set"] == set_name and r["method"] == "defaults"}
         for method in METHODS:
             rs = [r for r in rows if r["set"] == set_name and r["method"] == method]
             if not rs:
                 continue
             accs = [float(r["test_acc"]) for r in rs]
-            deltas = [float(r["test_acc"]) - base[r["seed"]] for r in rs if r["seed"] in base]
+            deltas = [float(r["test_acc"]) - base[str(r["seed"])] for r in rs if str(r["seed"]) in base]
             if method != "defaults":
                 gains.setdefault(method, []).append(statistics.mean(deltas) if deltas else float("nan"))
             eces = [(float(r["test_ece_uncalibrated"]), float(r["test_ece"])) for r in rs if r["test_ece"] != ""]
