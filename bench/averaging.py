@@ -130,7 +130,8 @@ def summary(rows: list[dict]) -> list[str]:
     ]
     gains: dict[str, list[float]] = {}
     for set_name in [s for s in SETS if any(r["set"] == s for r in rows)]:
-        base = {str(r["seed"]): float(r["test_acc"]) for r in rows if r["set"] == set_name and r["method"] == "defaults"}
+        mine = [r for r in rows if r["set"] == set_name]
+        base = {str(r["seed"]): float(r["test_acc"]) for r in mine if r["method"] == "defaults"}
         for method in METHODS:
             rs = [r for r in rows if r["set"] == set_name and r["method"] == method]
             if not rs:
