@@ -167,6 +167,9 @@ def _feature_views(
     asked = node.feature_views
     blocker = _views_blocker(cfg, choices, modality, augment)
     if asked == "auto":
+        labels = OmegaConf.select(cfg, "task.labels", default="class")
+        if blocker is None and labels != "class":  # auto follows the evidence: measured on class labels only
+            blocker = (f"the task's targets are {labels}, and views were measured on single-label classes only", "")
         if blocker is None:
             if probe_max is None:  # finetune is not auto: its default threshold applies
                 from tlcli.config.paths import conf_dir

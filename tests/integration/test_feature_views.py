@@ -242,3 +242,29 @@ def test_ridge_regression_chooses_alpha_on_folds_by_image():
     out = ridge_baseline(rows, np.tile(y, 1 + views), x, y, 0, np.tile(np.arange(n), 1 + views))
     assert out["baseline/method"].endswith("by 5-fold CV on train images (folds by image))")
     assert out["baseline/test/r2"] > 0.9
+
+
+def test_auto_gives_numeric_targets_no_views(tmp_path):
+    """auto follows the evidence: views were measured on single-label classes, not on regression."""
+    from tests.conftest import write_csv
+    from tests.integration.test_regression import brightness_images
+
+    train = write_csv(
+        tmp_path / "train.csv", ["image", "level"], [r[:2] for r in brightness_images(tmp_path / "i", 8, 0)]
+    )
+    cfg = compose_fit(
+        [
+            *TINY,
+            "task=regression",
+            "data=csv",
+            f"data.train_csv={train}",
+            "data.label_column=level",
+            "finetune=linear_probe",
+        ],
+        tmp_path / "run",
+    )
+    _, _, notes = build.parts(cfg)
+    assert cfg.data.feature_views == 0
+    assert notes["data/feature_views_reason"] == (
+        "no augmented views: the task's targets are numeric, and views were measured on single-label classes only"
+    )
