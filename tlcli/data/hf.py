@@ -5,9 +5,13 @@ library's own memory-mapped Arrow files: nothing is loaded into memory at setup 
 column and, for texts, the texts (tokenised once, like every text set). Images stay in the Arrow
 files and are decoded when a batch needs them, so sets larger than memory work.
 
-Class names come from a `ClassLabel` label feature (its `names`, in its order); a label column of
-strings is sorted like data=csv's; numbers with task=regression. Two text columns
-(`input_column=[a,b]`) make sentence pairs.
+Class names come from a `ClassLabel` label feature (its `names`, in its order), or from data.classes;
+else a label column of strings is sorted like data=csv's; numbers with task=regression. Two text
+columns (`input_column=[a,b]`) make sentence pairs.
+
+data.streaming=true reads the splits as streams instead, for data larger than memory or disk:
+HFDataModule then builds a tlcli.data.hf_stream.HFStreamingDataModule, which shares the readers
+below (open_splits, check_columns, given_classes, class_id, hf_image).
 """
 
 from __future__ import annotations
@@ -182,7 +186,9 @@ class HFDataModule(TransferDataModule):
     json, ...) with data_files, or a dataset name on the Hugging Face Hub (cached by `datasets`).
     split_train / split_val / split_test: split names (null val: hold out val_fraction of train;
     null test: the report is on val). input_column: null = "image" or "text" by the backbone's
-    modality; two text columns make pairs. label_column / label_columns as in data=csv.
+    modality; two text columns make pairs. label_column / label_columns as in data=csv. classes:
+    the class names in logit order for a label column that is not a ClassLabel (its values are those
+    names, or ids into the list). streaming: see __new__.
     """
 
     modality_hint = "a backbone for the data's modality"
