@@ -22,11 +22,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlcli.config import recipes
+from tlcli.config.validate import AUTO
 from tlcli.data import protocol
 from tlcli.errors import ConfigError
 
 log = logging.getLogger(__name__)
-AUTO = "tlcli.finetune.auto.Auto"
 
 
 def user_choices() -> tuple[set[str], dict[str, str]]:
@@ -244,10 +244,12 @@ def _cache_only_without_inputs(cfg: DictConfig, explicit: set[str], sources: dic
     why = _input_changes(node, views) or ("distill.teacher" if cfg.distill.teacher else None)
     if OmegaConf.select(cfg, "backbone.features", default="pooled") == "pyramid":
         why = "backbone.features=pyramid (feature maps, too large to cache)"
+    if "streaming" in node and node.streaming:
+        why = "data.streaming=true (a stream is read as it comes, not held to cache)"
     if why:
         with open_dict(cfg):
             node.feature_cache = False
-        needs = "" if why.startswith("backbone.") else " needs the inputs"
+        needs = "" if why.startswith(("backbone.", "data.streaming")) else " needs the inputs"
         sources["data.feature_cache"] = {"value": False, "source": f"off: {why}{needs}"}
 
 

@@ -233,7 +233,7 @@ def test_a_custom_data_module_is_skipped_with_the_reason(caplog):
 
     with caplog.at_level(logging.INFO, logger="tlcli.training.baseline"):
         assert before_fine_tuning(torch.nn.Linear(2, 2), MyData(), seed=0) == {}
-    assert "skipped: MyData is not a tlcli data module: it has no samples to take features of" in caplog.text
+    assert "skipped: MyData does not hold its examples (a data module of your own, or a stream" in caplog.text
 
 
 def test_an_unexpected_error_is_a_warning_and_the_backbone_is_put_back(images, caplog, monkeypatch):

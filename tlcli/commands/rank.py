@@ -31,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from tlcli import build, console
+from tlcli.data import protocol
 from tlcli.data.base import fold_ids
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
@@ -126,6 +127,7 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # random-init candidates (weights none) get the same init every run
     backbone, datamodule = build.frozen(candidate.backbone, cfg.data)
+    protocol.require_examples(datamodule, "rank")
     if datamodule.labels != "class":
         raise ConfigError(
             "rank scores single-label classification data (data=imagefolder, or data=csv with one label column): "

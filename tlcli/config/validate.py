@@ -73,6 +73,8 @@ def validate_problems(cfg: DictConfig) -> list[str]:
             "data.sampler=balanced and task.class_weights=balanced both correct class imbalance: together the "
             "rare classes weigh more than the common ones; keep one (e.g. task.class_weights=null)"
         )
+    if OmegaConf.select(cfg, "data.streaming") is True:
+        problems += streaming_problems(cfg)
     if cfg.monitor not in MONITORS:
         problems.append(
             f"monitor={cfg.monitor} is not a logged metric; choose one of {', '.join(MONITORS)}."
@@ -107,6 +109,28 @@ def wise_ft_problems(cfg: DictConfig) -> list[str]:
         out.append(
             f"{option} interpolates the run's best checkpoint, but no callback keeps one: keep "
             "callbacks.model_checkpoint (e.g. callbacks=default), or set wise_ft=null"
+        )
+    return out
+
+
+def streaming_problems(cfg: DictConfig) -> list[str]:
+    """What needs the training examples counted per class, which a stream (data.streaming=true) is not."""
+    out = []
+    if OmegaConf.select(cfg, "finetune._target_") == AUTO:
+        out.append(
+            "finetune=auto chooses from the training examples per class, which data.streaming=true does not "
+            "count (that needs a pass over the whole stream): pick a strategy, e.g. finetune=full "
+            "(auto's choice above 10 examples per class) or finetune=linear_probe"
+        )
+    if OmegaConf.select(cfg, "task.class_weights") == "balanced":
+        out.append(
+            "task.class_weights=balanced weighs classes by their training examples, which data.streaming=true "
+            "does not count: give one weight per class, e.g. task.class_weights=[1.0,3.0], or null"
+        )
+    if OmegaConf.select(cfg, "head_init") == "baseline":
+        out.append(
+            "head_init=baseline starts the head from the frozen-features baseline, which needs every training "
+            "example's features: with data.streaming=true set head_init=random"
         )
     return out
 

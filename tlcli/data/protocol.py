@@ -52,11 +52,12 @@ class DataModule(Protocol):
 
     def label_counts(self) -> list[int]:
         """Training examples per class (positives per label; examples per numeric target;
-        training images in which the class appears, for masks)."""
+        training images in which the class appears, for masks); [] when they are not counted
+        (a stream, tlcli.data.hf_stream: what needs the counts is refused up front)."""
         ...
 
     def train_targets(self) -> np.ndarray:
-        """The training split's targets (the task fits its target scaling on them)."""
+        """The training split's targets (the task fits its target scaling on them; a stream gives a sample)."""
         ...
 
     def train_dataloader(self) -> Any: ...
@@ -106,3 +107,13 @@ def check(datamodule: Any, key: str = "data") -> None:
         problems.append(f"{key}: {type(datamodule).__name__}.labels={kind!r} must be one of {', '.join(LABEL_KINDS)}")
     if problems:
         raise ConfigError(problems)
+
+
+def require_examples(datamodule: Any, verb: str) -> None:
+    """ConfigError when `verb` picks examples out of whole splits and the data module does not hold them."""
+    if not isinstance(datamodule, ExampleData):
+        raise ConfigError(
+            f"{verb} takes features of examples drawn from the whole train and val splits, but "
+            f"{type(datamodule).__name__} does not hold its examples: use data that does (with data=hf, "
+            "data.streaming=false)"
+        )

@@ -194,6 +194,21 @@ class TextCollate:
         return x, torch.utils.data.default_collate(list(targets))
 
 
+class TokenizingCollate:
+    """Raw texts (or text pairs) and their targets -> a padded batch: tokenised here, batch by batch,
+    cut to max_length as TextDataset cuts them, then padded as TextCollate pads. For texts read as a
+    stream (tlcli.data.hf_stream), which cannot be tokenised once up front. Picklable for workers."""
+
+    def __init__(self, tokenizer: Any, max_length: int):
+        self.tokenizer, self.max_length, self.pad = tokenizer, max_length, TextCollate(tokenizer)
+
+    def __call__(self, batch):
+        texts, targets = zip(*batch)
+        enc, _ = _encode(self.tokenizer, list(texts), self.max_length)
+        rows = [{key: values[i] for key, values in enc.items()} for i in range(len(texts))]
+        return self.pad(list(zip(rows, targets)))
+
+
 def as_target(t: np.ndarray):
     # int -> LongTensor after collate; a multi-hot row -> FloatTensor (B, C)
     return torch.from_numpy(np.asarray(t, dtype=np.float32)) if t.ndim else int(t)

@@ -14,8 +14,8 @@ and a validation fold is scored on its images' plain views, as the test split is
 
 The linear model is the task's (Task.baseline): logistic regression for classification, ridge
 regression for numeric targets. It is a convenience: `before_fine_tuning` never raises. Where it
-does not apply (a task without one, such as multi-label; a data module that is not tlcli's) it
-logs why and returns {}.
+does not apply (a task without one, such as multi-label; a data module that is not tlcli's, or a
+stream) it logs why and returns {}.
 """
 
 from __future__ import annotations
@@ -98,7 +98,10 @@ def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = 
 
 def _check_applies(datamodule) -> None:
     if not isinstance(datamodule, (TransferDataModule, features.FeatureDataModule)):
-        raise _Skip(f"{type(datamodule).__name__} is not a tlcli data module: it has no samples to take features of")
+        raise _Skip(
+            f"{type(datamodule).__name__} does not hold its examples (a data module of your own, or a stream, "
+            "data.streaming=true): there are none to take features of"
+        )
 
 
 def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tlcli import build, restore, trust
+from tlcli.data import protocol
 from tlcli.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,13 @@ def _splits(runs: list[Run], data_config: dict[str, Any]) -> dict[str, Any]:
         if key not in by_config:
             dm = build.data(node, data_config, "fit", make=trust.build)
             digest = hashlib.sha256()
-            for name in sorted(dm.samples):
-                samples = dm.samples[name]
-                digest.update(json.dumps([name, samples.id_list()], default=str).encode())
-                digest.update(np.ascontiguousarray(np.asarray(samples.targets)).tobytes())
+            if isinstance(dm, protocol.ExampleData):
+                for name in sorted(dm.samples):
+                    samples = dm.samples[name]
+                    digest.update(json.dumps([name, samples.id_list()], default=str).encode())
+                    digest.update(np.ascontiguousarray(np.asarray(samples.targets)).tobytes())
+            else:  # a stream (data.streaming=true) holds no examples: its config names its splits
+                digest.update(key.encode())
             by_config[key] = digest.hexdigest()[:16]
             datamodules.setdefault(by_config[key], dm)
         r.split = by_config[key]

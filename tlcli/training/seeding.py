@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,23 @@ def bucketed(order: list[int], lengths: np.ndarray, batch_size: int, seed: int) 
     return out
 
 
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch, numpy and random seeded from `seed` inside the block, and as they were after it."""
+    # fork_rng: in the main process (num_workers=0) the global RNG must not be disturbed
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed also walks the (lazy) CUDA state, ~1 ms a call
+        torch.default_generator.manual_seed(seed)
+        state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+
+
 class SeededDataset(Dataset):
     """Runs dataset[i] with torch/numpy/random seeded from the sampler's per-sample seed."""
 
@@ -126,18 +144,8 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, seed = item
-        # fork_rng: in the main process (num_workers=0) the global RNG must not be disturbed
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also walks the (lazy) CUDA state, ~1 ms a call
-            torch.default_generator.manual_seed(seed)
-            state = random.getstate(), np.random.get_state()
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(state[0])
-                np.random.set_state(state[1])
+        with seeded(seed):
+            return self.dataset[index]
 
 
 def rng_state() -> dict[str, Any]:
