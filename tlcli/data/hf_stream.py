@@ -145,7 +145,10 @@ class HFStreamingDataModule(L.LightningDataModule):
         feature_cache: bool = False,
         sampler: str = "shuffle",
         bucket_by_length: bool = False,
-        # of no use to a stream: val_size replaces val_fraction; an unreadable image stops the run
+        # of no use to a stream: val_size replaces val_fraction; an unreadable image stops the run;
+        # feature_views caches views for the cached probe, and a stream has no feature cache (fit
+        # resolves auto to 0 and refuses a number, naming data.feature_cache)
+        feature_views: int | str = "auto",
         val_fraction: float = 0.2,
         fold: int = 0,
         feature_cache_dir: str | None = None,
