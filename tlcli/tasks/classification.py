@@ -465,7 +465,7 @@ class Classification(_Classes):
     def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int, groups=None) -> dict[str, Any]:
         from tlcli.training import baseline
 
-        return baseline.probe(ftr, ytr, fte, yte, num_outputs, seed, groups)
+        return baseline.probe(ftr, ytr, fte, yte, num_outputs, seed, groups=groups)
 
 
 class MultiLabel(_Classes):

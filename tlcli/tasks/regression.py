@@ -210,7 +210,7 @@ class Regression(Task):
         return Destandardise(self.mean, self.std)
 
     def baseline(self, ftr, ytr, fte, yte, num_outputs: int, seed: int, groups=None) -> dict[str, Any]:
-        return ridge_baseline(ftr, ytr, fte, yte, seed, groups)
+        return ridge_baseline(ftr, ytr, fte, yte, seed, groups=groups)
 
 
 def _fmt(v: Any) -> str:
