@@ -184,9 +184,9 @@ def fitted(tmp_path_factory):
     seen = []
     original = html_report.write_html
 
-    def spy(run_dir, module, datamodule, metrics, history=None):
+    def spy(run_dir, module, datamodule, metrics, history=None, **kwargs):
         seen.append(history)
-        return original(run_dir, module, datamodule, metrics, history)
+        return original(run_dir, module, datamodule, metrics, history, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(html_report, "write_html", spy)
