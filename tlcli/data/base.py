@@ -160,7 +160,28 @@ class IgnoreSeed(Dataset):
         return self.dataset[item[0]]
 
 
-class TransferDataModule(L.LightningDataModule):
+class Shaped(L.LightningDataModule):
+    """What every tlcli data module (in memory or streamed) derives from its class names and the
+    backbone's data_config."""
+
+    class_names: list[str]
+    data_config: dict[str, Any] | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def modality(self) -> str:
+        if self.data_config is None:
+            raise ConfigError(
+                "the data module needs the backbone's data_config: instantiate it with "
+                "data_config=backbone.data_config()"
+            )
+        return self.data_config["modality"]
+
+
+class TransferDataModule(Shaped):
     """Shared splitting, datasets and loaders; attributes are ready after setup().
 
     num_classes, class_names, labels: what the head and task are built for; labels is the kind
@@ -273,19 +294,6 @@ class TransferDataModule(L.LightningDataModule):
     image_loader: Callable[[Any], Any] = staticmethod(load_rgb)
 
     # --- shared machinery ----------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def modality(self) -> str:
-        if self.data_config is None:
-            raise ConfigError(
-                "the data module needs the backbone's data_config: instantiate it with "
-                "data_config=backbone.data_config()"
-            )
-        return self.data_config["modality"]
-
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:  # commands/fit.py and then Lightning both call setup
             return

@@ -39,12 +39,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
 from tlcli.data import augment as presets
-from tlcli.data.base import resolve_num_workers
+from tlcli.data.base import Shaped, resolve_num_workers
 from tlcli.data.csv import input_columns, label_kind
 from tlcli.data.hf import check_columns, class_id, given_classes, hf_image, input_column_for, open_splits
 from tlcli.data.stream import StreamLoader, StreamSplit, fingerprint
@@ -106,7 +105,7 @@ class Example:
         return torch.from_numpy(y)
 
 
-class HFStreamingDataModule(L.LightningDataModule):
+class HFStreamingDataModule(Shaped):
     """HFDataModule's keys (conf/data/hf.yaml), read as streams: see the module docstring. Built by
     HFDataModule(streaming=True). shuffle_buffer: examples the train shuffle draws from; val_size: the
     first examples of train held out when split_val is null; train_size: the train split's size when the
@@ -189,19 +188,6 @@ class HFStreamingDataModule(L.LightningDataModule):
         self.test_split = "test"
         self.streams: dict[str, Any] = {}
         self._held: tuple[Any, frozenset] | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def modality(self) -> str:
-        if self.data_config is None:
-            raise ConfigError(
-                "the data module needs the backbone's data_config: instantiate it with "
-                "data_config=backbone.data_config()"
-            )
-        return self.data_config["modality"]
 
     # -- setup: the streams, the classes and the epoch length; nothing is read but val (lazily) --
     def setup(self, stage: str | None = None) -> None:
