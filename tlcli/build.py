@@ -181,7 +181,7 @@ def _feature_views(
         else:
             views, reason = auto.views(0, 0, blocker[0])
         notes = {"data/feature_views": views, "data/feature_views_reason": reason}
-        log.info("data.feature_views=auto -> %d: %s", views, reason)
+        log.debug("data.feature_views=auto -> %d: %s", views, reason)
     else:
         views, notes = asked, {"data/feature_views": asked}
         if views and blocker is not None:

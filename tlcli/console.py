@@ -35,7 +35,7 @@ def print_recipe(notes: dict) -> None:
     """The training numbers, each with where it came from, and the model-selection rule."""
     if "finetune/auto" in notes:
         console.print(f"finetune=auto -> finetune={notes['finetune/auto']}: {notes['finetune/auto_reason']}")
-    if "data/feature_views_reason" in notes:
+    if notes.get("data/feature_views") and "data/feature_views_reason" in notes:  # why not: metrics.json
         console.print(f"data.feature_views=auto -> {notes['data/feature_views']}: {notes['data/feature_views_reason']}")
     table = Table(title="training numbers (override any with key=value)")
     for col in ("key", "value", "from"):
