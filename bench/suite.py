@@ -141,10 +141,13 @@ def parse_extra_variant(spec: str) -> Variant:
 
 # ----------------------------------------------------------------------------- tlcli fit runs
 def tlcli_command(set_name: str, variant: Variant, seed: int, extra: list[str], run_dir: Path, data_dir: Path):
+    data = data_overrides(set_name, data_dir)
+    if any(o.startswith("backbone=") for o in (*variant.overrides, *extra)):  # a variant of another backbone
+        data = [o for o in data if not o.startswith("backbone=")]
     return [
         str(ROOT / ".venv" / "bin" / "tlcli"),
         "fit",
-        *data_overrides(set_name, data_dir),
+        *data,
         f"seed={seed}",
         "callbacks.progress_bar=null",
         f"hydra.run.dir={run_dir}",

