@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.rank_suite --sets flowers5 cats_vs_dogs brain_tumor_mri --seeds 0 1 2
     .venv/bin/python -m bench.rank_suite --sets flowers5 --seeds 0 --dry-run     # the commands only
+    .venv/bin/python -m bench.rank_suite --sets flowers5 --seeds 0 --ranks-only  # the ranks, no fine-tuning
     .venv/bin/python -m bench.rank_suite --tables-only                            # tables from what is there
 
 For each set (../shared/data, as bench/suite.py reads them) and seed:
@@ -188,6 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=suite.DATA)
     p.add_argument("--timeout", type=float, default=None, help="seconds before a fit counts as failed")
     p.add_argument("--tables-only", action="store_true", help="run nothing; write the tables from the rows there")
+    p.add_argument("--ranks-only", action="store_true", help="run the ranks, not the fits; then the tables")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return p.parse_args(argv)
 
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             RESULTS.mkdir(parents=True, exist_ok=True)
             suite.write_csv(ranks, rank_csv, COLUMNS)
     for s in args.sets:  # 2. the fits, through bench.suite (resumable; the defaults rows reused)
-        if args.tables_only:
+        if args.tables_only or args.ranks_only:
             break
         variants = [variant(c, s) for c in CANDIDATES[suite.modality(s)]]
         reused = fit_rows(s, [], reuse).get("defaults", {})

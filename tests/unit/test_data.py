@@ -594,3 +594,28 @@ def test_digits_yaml_is_the_default_and_instantiates_with_root_seed():
     dm.setup()
     assert {k: len(v) for k, v in dm.samples.items()} == {"train": 30, "val": 10, "test": 10}
     assert "- data: digits" in (conf_dir() / "fit.yaml").read_text()
+
+
+def test_each_data_module_hands_its_shared_options_to_the_base():
+    from tlcli.data.conll import CoNLLDataModule
+    from tlcli.data.csv import CSVDataModule
+    from tlcli.data.embedded import DigitsDataModule
+    from tlcli.data.imagefolder import ImageFolderDataModule
+    from tlcli.data.segfolder import SegFolderDataModule
+
+    shared = dict(val_fraction=0.3, batch_size=7, num_workers=0, seed=3, feature_views=2)
+    modules = [
+        ImageFolderDataModule(root="x", sampler="balanced", max_bad_fraction=0.5, **shared),
+        CSVDataModule(train_csv="x.csv", sampler="balanced", max_bad_fraction=0.5, **shared),
+        DigitsDataModule(sampler="balanced", **shared),
+        SegFolderDataModule(root="x", max_bad_fraction=0.5, **shared),
+        CoNLLDataModule(train_file="x.conll", **shared),
+    ]
+    for dm in modules:
+        name = type(dm).__name__
+        assert (dm.val_fraction, dm.batch_size, dm.num_workers, dm.seed, dm.feature_views) == (0.3, 7, 0, 3, 2), name
+    assert [m.sampler for m in modules[:3]] == ["balanced"] * 3
+    assert [m.max_bad_fraction for m in modules] == [0.5, 0.5, 0.01, 0.5, 0.01]  # digits and conll: the base's
+    # each keeps its own defaults where they differ from the base's
+    assert SegFolderDataModule(root="x").batch_size == 8 and DigitsDataModule().augment is False
+    assert CoNLLDataModule(train_file="x.conll").augment is False and CoNLLDataModule(train_file="x").image_size is None

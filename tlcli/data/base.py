@@ -7,6 +7,7 @@ datasets with the backbone's transforms or tokenizer, and serves the loaders.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -181,6 +182,15 @@ class Shaped(L.LightningDataModule):
         return self.data_config["modality"]
 
 
+def base_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The options of TransferDataModule.__init__ among a subclass __init__'s `locals()`, to pass on.
+
+    A subclass lists the options it takes in its own signature (what the config checks read, so a key
+    it does not take is refused by name) and hands the shared ones to the base with
+    `super().__init__(**base_options(locals()))`, as the first statement of its __init__."""
+    return {k: values[k] for k in _BASE_OPTIONS if k in values}
+
+
 class TransferDataModule(Shaped):
     """Shared splitting, datasets and loaders; attributes are ready after setup().
 
@@ -212,13 +222,13 @@ class TransferDataModule(Shaped):
     def __init__(
         self,
         *,
-        val_fraction: float,
-        batch_size: int,
-        num_workers: int | str,
-        augment: bool | str,
-        image_size: int | None,
-        seed: int,
-        data_config: dict[str, Any] | None,
+        val_fraction: float = 0.2,
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        augment: bool | str = True,
+        image_size: int | None = None,
+        seed: int = 42,
+        data_config: dict[str, Any] | None = None,
         k_shot: int | str | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
@@ -629,3 +639,7 @@ class TransferDataModule(Shaped):
 
     def test_dataloader(self) -> DataLoader:
         return self.split_loader(self.test_split, shuffle=False)
+
+
+# the keyword options TransferDataModule.__init__ takes (base_options picks these)
+_BASE_OPTIONS = tuple(inspect.signature(TransferDataModule.__init__).parameters)[1:]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.base import Samples, TransferDataModule
+from tlcli.data.base import Samples, TransferDataModule, base_options
 from tlcli.data.base import listing as _listing
 from tlcli.errors import ConfigError, DataError, did_you_mean
 
@@ -143,19 +143,7 @@ class CoNLLDataModule(TransferDataModule):
         feature_views: int | str = "auto",
         bucket_by_length: bool = False,
     ):
-        super().__init__(
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            image_size=None,
-            seed=seed,
-            data_config=data_config,
-            feature_cache=feature_cache,
-            feature_cache_dir=feature_cache_dir,
-            feature_views=feature_views,
-            bucket_by_length=bucket_by_length,
-        )
+        super().__init__(**base_options(locals()))
         self.paths = {"train": train_file, "val": val_file, "test": test_file}
         self.labels_file = labels_file
         self.labels = "tags"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.base import Samples, TransferDataModule
+from tlcli.data.base import Samples, TransferDataModule, base_options
 from tlcli.data.base import listing as _listing
 from tlcli.errors import ConfigError, DataError, did_you_mean
 
@@ -108,28 +108,7 @@ class CSVDataModule(TransferDataModule):
         num_folds: int | None = None,
         fold: int = 0,
     ):
-        super().__init__(
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            image_size=image_size,
-            seed=seed,
-            data_config=data_config,
-            k_shot=k_shot,
-            feature_cache=feature_cache,
-            feature_cache_dir=feature_cache_dir,
-            feature_views=feature_views,
-            max_bad_fraction=max_bad_fraction,
-            bucket_by_length=bucket_by_length,
-            max_image_pixels=max_image_pixels,
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            mixup_prob=mixup_prob,
-            sampler=sampler,
-            num_folds=num_folds,
-            fold=fold,
-        )
+        super().__init__(**base_options(locals()))
         if label_columns is not None and (isinstance(label_columns, str) or len(label_columns) < 1):
             raise ConfigError(
                 f"data.label_columns={label_columns} must be a list of 0/1 column names, "

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tlcli.data.base import Samples, TransferDataModule, stratified_split
+from tlcli.data.base import Samples, TransferDataModule, base_options, stratified_split
 from tlcli.errors import ConfigError
 
 # Upscaled once before the backbone's own resize, so random crops cut whole pixels
@@ -59,25 +59,7 @@ class DigitsDataModule(TransferDataModule):
         num_folds: int | None = None,
         fold: int = 0,
     ):
-        super().__init__(
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            image_size=image_size,
-            seed=seed,
-            data_config=data_config,
-            k_shot=k_shot,
-            feature_cache=feature_cache,
-            feature_cache_dir=feature_cache_dir,
-            feature_views=feature_views,
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            mixup_prob=mixup_prob,
-            sampler=sampler,
-            num_folds=num_folds,
-            fold=fold,
-        )
+        super().__init__(**base_options(locals()))
         if not 0.0 < float(test_fraction) < 1.0 or val_fraction + test_fraction >= 1.0:
             raise ConfigError(
                 f"data.test_fraction={test_fraction} must be between 0 and 1, and "

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.base import Samples, TransferDataModule
+from tlcli.data.base import Samples, TransferDataModule, base_options
 from tlcli.data.base import listing as _listing
 from tlcli.data.csv import input_columns, label_kind, sort_labels
 from tlcli.errors import ConfigError, DataError, did_you_mean
@@ -242,28 +242,7 @@ class HFDataModule(TransferDataModule):
         train_size: int | None = None,
     ):
         # shuffle_buffer, val_size and train_size are the stream's (data.streaming=true, see __new__)
-        super().__init__(
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            image_size=image_size,
-            seed=seed,
-            data_config=data_config,
-            k_shot=k_shot,
-            feature_cache=feature_cache,
-            feature_cache_dir=feature_cache_dir,
-            feature_views=feature_views,
-            max_bad_fraction=max_bad_fraction,
-            bucket_by_length=bucket_by_length,
-            max_image_pixels=max_image_pixels,
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            mixup_prob=mixup_prob,
-            sampler=sampler,
-            num_folds=num_folds,
-            fold=fold,
-        )
+        super().__init__(**base_options(locals()))
         if importlib.util.find_spec("datasets") is None:
             raise ConfigError("data=hf needs the datasets package, which is not installed: pip install 'tlcli[hf]'")
         kind = label_kind(labels, label_columns, reader="hf")

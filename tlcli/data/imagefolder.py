@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.base import Samples, TransferDataModule, listing, plural
+from tlcli.data.base import Samples, TransferDataModule, base_options, listing, plural
 from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
 from tlcli.errors import DataError
 
@@ -167,27 +167,7 @@ class ImageFolderDataModule(TransferDataModule):
         num_folds: int | None = None,
         fold: int = 0,
     ):
-        super().__init__(
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            image_size=image_size,
-            seed=seed,
-            data_config=data_config,
-            k_shot=k_shot,
-            feature_cache=feature_cache,
-            feature_cache_dir=feature_cache_dir,
-            feature_views=feature_views,
-            max_bad_fraction=max_bad_fraction,
-            max_image_pixels=max_image_pixels,
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            mixup_prob=mixup_prob,
-            sampler=sampler,
-            num_folds=num_folds,
-            fold=fold,
-        )
+        super().__init__(**base_options(locals()))
         self.root = Path(root).expanduser()
 
     def _load(self) -> dict[str, Samples | None]:

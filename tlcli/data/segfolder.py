@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tlcli.data.augment import mask_safe
-from tlcli.data.base import MAX_SHOWN, Samples, TransferDataModule, listing, plural
+from tlcli.data.base import MAX_SHOWN, Samples, TransferDataModule, base_options, listing, plural
 from tlcli.data.imagefolder import list_images
 from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.data.transforms import (
@@ -83,20 +83,7 @@ class SegFolderDataModule(TransferDataModule):
         max_bad_fraction: float = 0.01,
         max_image_pixels: int | None = None,
     ):
-        super().__init__(
-            val_fraction=val_fraction,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            image_size=image_size,
-            seed=seed,
-            data_config=data_config,
-            feature_cache=feature_cache,
-            feature_cache_dir=feature_cache_dir,
-            feature_views=feature_views,
-            max_bad_fraction=max_bad_fraction,
-            max_image_pixels=max_image_pixels,
-        )
+        super().__init__(**base_options(locals()))
         mask_safe(augment)  # crop and flip only: the mask must follow every change of the image
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
             raise ConfigError(f"data.ignore_index={ignore_index} must be an integer >= 0 (e.g. 255)")
