@@ -284,3 +284,26 @@ def test_torchrun_fit_stops_every_rank_on_sigterm_to_one_and_resumes(tmp_path):
     assert sum(r["support"] for r in read_json(run_dir / "per_class.json")["rows"][:3]) == 9
     # rank 1 shared rank 0's run dir without writing .hydra/ or the run's log over rank 0's
     assert (run_dir / "fit_rank1.log").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_fit_on_a_stream_splits_train_and_tests_each_example_once(tmp_path):
+    """data.streaming=true on 2 real processes: each rank reads its share of the stream
+    (split_dataset_by_node), and the test report counts each of the 9 test images once, with the
+    numbers a single process gets from the same checkpoint."""
+    pytest.importorskip("datasets")
+    from tests.integration.test_hf_streaming import image_parquet
+
+    files = image_parquet(tmp_path / "data", {"train": 8, "test": 3})
+    stream = ["data=hf", "data.path=parquet", files, "data.streaming=true", "data.train_size=24", "data.val_size=6"]
+    run_dir = tmp_path / "run"
+    proc = tlcli("fit", *TINY, *DDP, *IMPERFECT, *stream, "data.batch_size=4", f"hydra.run.dir={run_dir}")
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["epochs_trained"] == 1
+    rows = read_json(run_dir / "per_class.json")["rows"]
+    assert [r["support"] for r in rows[:3]] == [3, 3, 3]  # 9 test images, none twice, none left out
+    one = tmp_path / "one"
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    tlcli("test", f"ckpt={ckpt}", "accelerator=cpu", "devices=1", "progress_bar=false", f"hydra.run.dir={one}")
+    assert_same_metrics(single_process_test(one), {k: v for k, v in metrics.items() if k.startswith("test/")})

@@ -106,23 +106,29 @@ def test_fit_streams_texts_from_parquet(text_files, bert, tmp_path):
     assert tested["test/acc"] == metrics["test/acc"]
 
 
-def test_an_image_stream_resumed_mid_epoch_trains_as_the_uninterrupted_run(tmp_path):
+def image_parquet(root, per_class: dict[str, int]) -> str:
+    """{split: n per class} of 3-class learnable images as root/<split>.parquet (ClassLabel labels):
+    the data.data_files override that names them."""
     from PIL import Image
-
-    from tests.e2e.test_reliability import weights
-    from tlcli.commands.fit import fit
 
     rng = np.random.default_rng(0)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
-    for split, n in (("train", 8), ("test", 2)):
+    for split, n in per_class.items():
         rows = {"image": [], "label": []}
         for i in range(3 * n):
-            make_image(tmp_path / "raw" / f"{split}{i}.png", i % 3, rng)
-            rows["image"].append(Image.open(tmp_path / "raw" / f"{split}{i}.png").convert("RGB"))
+            make_image(root / "raw" / f"{split}{i}.png", i % 3, rng)
+            rows["image"].append(Image.open(root / "raw" / f"{split}{i}.png").convert("RGB"))
             rows["label"].append(i % 3)
-        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
-    files = f"{{train: {tmp_path / 'train.parquet'}, test: {tmp_path / 'test.parquet'}}}"
-    common = [*TINY, "data=hf", "data.path=parquet", f"data.data_files={files}", "data.streaming=true"]
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / f"{split}.parquet"))
+    return "data.data_files={" + ", ".join(f"{split}: {root / split}.parquet" for split in per_class) + "}"
+
+
+def test_an_image_stream_resumed_mid_epoch_trains_as_the_uninterrupted_run(tmp_path):
+    from tests.e2e.test_reliability import weights
+    from tlcli.commands.fit import fit
+
+    files = image_parquet(tmp_path, {"train": 8, "test": 2})
+    common = [*TINY, "data=hf", "data.path=parquet", files, "data.streaming=true"]
     common += ["data.train_size=24", "data.val_size=6", "data.batch_size=4", "data.augment=randaug", "finetune=full"]
     # no monitor: last.ckpt is rewritten every epoch
     common += ["trainer.deterministic=true", "callbacks.early_stopping=null", "callbacks.model_checkpoint.monitor=null"]
