@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tlcli.data.base import IgnoreSeed, Samples
+from tlcli.data.samples import IgnoreSeed, Samples
 from tlcli.data.text import ENCODE_CHUNK, TextCollate, TextDataset
 from tlcli.data.transforms import image_problem, image_transforms, load_rgb
 from tlcli.training.seeding import BUCKET_BATCHES, EpochSeededSampler

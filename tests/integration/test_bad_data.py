@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import TINY, make_image, make_imagefolder
 from tests.unit.test_data import IMAGE_CFG, csv_dm, folder_dm, raises, text_cfg, write_csv  # noqa: F401 - text_cfg: fixture
-from tlcli.data.base import Samples
+from tlcli.data.samples import Samples
 from tlcli.data.text import TextCollate, TextDataset
 from tlcli.data.transforms import image_problem
 from tlcli.errors import ConfigError, DataError

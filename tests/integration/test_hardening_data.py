@@ -243,7 +243,7 @@ def test_the_limit_travels_to_loader_workers(tmp_path):
     """Each worker enforces data.max_image_pixels itself, whatever the parent process has set."""
     from torch.utils.data import DataLoader
 
-    from tlcli.data.base import ImageDataset, Samples
+    from tlcli.data.samples import ImageDataset, Samples
     from tlcli.data.transforms import image_transforms
 
     root = small_folder(tmp_path, n=2)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from tests.conftest import TINY, compose_fit, make_imagefolder
 from tlcli import build
 from tlcli.cli import main
-from tlcli.data.base import fold_ids
+from tlcli.data.samples import fold_ids
 from tlcli.errors import ConfigError, DataError, find_tlcli_error
 
 

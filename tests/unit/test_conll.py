@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tlcli.backbones import weights as W
-from tlcli.data.base import Samples
 from tlcli.data.conll import CoNLLDataModule, read_conll, read_sentences
 from tlcli.data.protocol import IGNORE_INDEX
+from tlcli.data.samples import Samples
 from tlcli.data.text import TaggedTextDataset, TextCollate
 from tlcli.errors import ConfigError, DataError
 

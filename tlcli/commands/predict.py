@@ -257,7 +257,7 @@ def eval_dataset(inputs: list[Any], spec: dict[str, Any], config: dict[str, Any]
     data_class: the checkpoint's data module class, whose eval_image_transform (text_dataset) that was."""
     import functools
 
-    from tlcli.data.base import ImageDataset, Samples
+    from tlcli.data.samples import ImageDataset, Samples
     from tlcli.data.text import TextCollate
     from tlcli.data.transforms import load_rgb
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from tlcli import build, console
 from tlcli.data import protocol
-from tlcli.data.base import fold_ids
+from tlcli.data.samples import fold_ids
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.base import Samples, TransferDataModule, base_options
-from tlcli.data.base import listing as _listing
+from tlcli.data.base import TransferDataModule, base_options
+from tlcli.data.samples import Samples
+from tlcli.data.samples import listing as _listing
 from tlcli.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)

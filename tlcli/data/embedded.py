@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tlcli.data.base import Samples, TransferDataModule, base_options, stratified_split
+from tlcli.data.base import TransferDataModule, base_options
+from tlcli.data.samples import Samples, stratified_split
 from tlcli.errors import ConfigError
 
 # Upscaled once before the backbone's own resize, so random crops cut whole pixels

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from tlcli.data.base import Samples, TransferDataModule, base_options, listing, plural
+from tlcli.data.base import TransferDataModule, base_options
+from tlcli.data.samples import Samples, listing, plural
 from tlcli.data.transforms import IMAGE_EXTENSIONS, is_image_file
 from tlcli.errors import DataError
 

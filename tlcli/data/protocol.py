@@ -74,7 +74,7 @@ class DataModule(Protocol):
 
 @runtime_checkable
 class ExampleData(DataModule, Protocol):
-    """tlcli's own data modules: examples known by split (tlcli.data.base.Samples)."""
+    """tlcli's own data modules: examples known by split (tlcli.data.samples.Samples)."""
 
     samples: dict[str, Any]
     datasets: dict[str, Any]

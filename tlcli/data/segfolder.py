@@ -26,9 +26,10 @@ import torch
 from torch.utils.data import Dataset
 
 from tlcli.data.augment import mask_safe
-from tlcli.data.base import MAX_SHOWN, Samples, TransferDataModule, base_options, listing, plural
+from tlcli.data.base import TransferDataModule, base_options
 from tlcli.data.imagefolder import list_images
 from tlcli.data.protocol import IGNORE_INDEX
+from tlcli.data.samples import MAX_SHOWN, Samples, listing, plural
 from tlcli.data.transforms import (
     JointTransform,
     MaskError,

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from tlcli.data.protocol import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from tlcli.data.base import Samples
+    from tlcli.data.samples import Samples
 
 ENCODE_CHUNK = 4096  # texts per tokenizer call: bounds the memory of the Python lists it returns
 

@@ -373,7 +373,7 @@ def subset_indices(labels: np.ndarray, max_samples: int | None, seed: int) -> np
     """All indices, or a per-class stratified subset of about max_samples (at least 1 per class)."""
     if max_samples is None or len(labels) <= max_samples:
         return np.arange(len(labels))
-    from tlcli.data.base import stratified_split
+    from tlcli.data.samples import stratified_split
 
     return stratified_split(labels, [max_samples / len(labels)], seed)[1]
 

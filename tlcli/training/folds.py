@@ -1,6 +1,6 @@
 """k-fold cross-validation (`data.num_folds=K data.fold=i`): the out-of-fold predictions of one fold.
 
-The data module holds fold i of train out as the val split (tlcli.data.base.fold_ids); after
+The data module holds fold i of train out as the val split (tlcli.data.samples.fold_ids); after
 the fit, the best checkpoint predicts that fold and oof_predictions.csv goes to the run dir.
 `tlcli report` on the sweep over data.fold joins the folds' files (every train example
 predicted once, by the model that did not train on it) and scores them.
