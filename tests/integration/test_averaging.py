@@ -289,3 +289,28 @@ def test_soup_takes_the_sweep_dir_as_a_bare_argument(args, expected):
 
     assert _positional("soup", args) == expected
     assert _positional("wise", ["DIR"]) == ["DIR"]  # other verbs: Hydra's own error for a bare value
+
+
+def test_wise_and_soup_test_with_tta_as_tlcli_test_does_and_choose_on_plain_val(sweep, tmp_path, capsys):
+    run = sweep.dir / "0"
+    plain, flip = tmp_path / "plain", tmp_path / "flip"
+    for out, extra in ((plain, []), (flip, ["tta=flip"])):
+        assert main(["wise", f"ckpt={run}", "alphas=[0,0.5,1]", "accelerator=cpu", *extra, f"hydra.run.dir={out}"]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (plain, flip))
+    assert (b["tta"], b["tta/views"]) == ("flip", 2) and "tta" not in a
+    assert b["wise/grid"] == a["wise/grid"] and b["wise/alpha"] == a["wise/alpha"]  # val has no views
+    assert b["test/loss"] != a["test/loss"]  # the test has them
+    assert main(["test", f"ckpt={flip}", "tta=flip", "progress_bar=false", f"hydra.run.dir={tmp_path / 't'}"]) == 0
+    tested = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert tested["test/acc"] == b["test/acc"] and tested["test/loss"] == pytest.approx(b["test/loss"], rel=1e-6)
+    fitted_flip = tmp_path / "fitted"
+    assert main(["test", f"ckpt={run}", "tta=flip", "progress_bar=false", f"hydra.run.dir={fitted_flip}"]) == 0
+    fine = json.loads((fitted_flip / "metrics.json").read_text())
+    assert b["finetuned/test/loss"] == pytest.approx(fine["test/loss"], rel=1e-6)  # compared like with like
+
+    soup = tmp_path / "soup"
+    assert main(["soup", str(sweep.dir), "tta=flip", "accelerator=cpu", f"hydra.run.dir={soup}"]) == 0
+    assert json.loads((soup / "metrics.json").read_text())["tta"] == "flip"
+    assert main(["soup", str(sweep.dir), "tta=blur", f"hydra.run.dir={tmp_path / 'bad'}"]) == 2
+    assert "tta=blur must be null (off), flip, crops or [flip,crops], e.g. tta=flip" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from tlcli.errors import ConfigError
 from tlcli.evaluation import require
 from tlcli.reporting import averaging as report
-from tlcli.training import averaging, ingredients
+from tlcli.training import averaging, ingredients, tta
 
 log = logging.getLogger(__name__)
 METHODS = ("greedy", "uniform")
@@ -31,6 +31,7 @@ def preflight(cfg: DictConfig) -> None:
     if cfg.method not in METHODS:
         raise ConfigError(f"method={cfg.method} is not a soup: use method=greedy or method=uniform")
     ingredients.job_dirs(Path(str(cfg.sweep)).expanduser())
+    tta.parse(cfg.tta)
 
 
 def soup(cfg: DictConfig) -> dict[str, Any]:
@@ -39,6 +40,9 @@ def soup(cfg: DictConfig) -> dict[str, Any]:
     found = ingredients.find(Path(str(cfg.sweep)).expanduser())
     runs = {r.job: r for r in found.runs}
     monitor, mode = found.runs[0].config["monitor"], found.runs[0].config["monitor_mode"]
+    views = tta.parse(cfg.tta)  # test only: the soup is chosen on plain val
+    tta.check(views, found.module.backbone.data_config()["modality"], found.module.task)
+    found.module.tta = views
     evaluator = averaging.Evaluator(found.module, found.datamodule, run_dir, cfg.accelerator, cfg.progress_bar)
 
     def score(state) -> float:
@@ -73,6 +77,7 @@ def soup(cfg: DictConfig) -> dict[str, Any]:
         "soup/left_out": found.left_out,
         **evaluator.val(state),
         "best_ingredient/job": order[0],
+        **tta.record(views),
     }
     best = evaluator.test(runs[order[0]].state())
     metrics.update({f"best_ingredient/{k}": v for k, v in best.items()})

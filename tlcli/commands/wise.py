@@ -25,7 +25,7 @@ from tlcli.evaluation import require
 from tlcli.reporting import averaging as report
 from tlcli.reporting import files
 from tlcli.reporting.html import esc
-from tlcli.training import averaging
+from tlcli.training import averaging, tta
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,14 @@ def preflight(cfg: DictConfig) -> None:
     require(cfg)
     restore.resolve(cfg.ckpt)
     averaging.alpha_grid(cfg.alpha, cfg.alphas)
+    tta.parse(cfg.tta)
 
 
 def wise(cfg: DictConfig) -> dict[str, Any]:
     require(cfg)
     alphas = averaging.alpha_grid(cfg.alpha, cfg.alphas)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return interpolate_run(cfg.ckpt, alphas, run_dir, cfg.accelerator, cfg.progress_bar)
+    return interpolate_run(cfg.ckpt, alphas, run_dir, cfg.accelerator, cfg.progress_bar, views=tta.parse(cfg.tta))
 
 
 def interpolate_run(
@@ -51,14 +52,18 @@ def interpolate_run(
     accelerator: str = "auto",
     progress_bar: bool = False,
     announce: bool = True,
+    views: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """WiSE-FT of the checkpoint `source` (a .ckpt or a run dir): each of `alphas` scored on val,
     the best written to `run_dir` as a run (its metrics returned). announce=False: no summary lines
-    on the console (the fit prints its own)."""
+    on the console (the fit prints its own). views: test-time augmentation of every test (tta=;
+    alpha is chosen on plain val, as fit chooses its checkpoint)."""
     path = restore.resolve(source)
     ckpt = restore.read(path)
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes the verb's; another caller's may not exist yet
     module, config = restore.loaded(ckpt, f"ckpt={source}"), ckpt["tlcli"]["config"]
+    tta.check(views, module.backbone.data_config()["modality"], module.task)
+    module.tta = views  # test only: validation scores the plain inputs
     finetuned = averaging.state_of(module)
     datamodule = build.data(dict(config["data"]), module.backbone.data_config(), "fit", make=trust.build)
     theta0, notes, before = averaging.starting_point(ckpt, f"ckpt={source}", finetuned, datamodule, module.task)
@@ -77,6 +82,7 @@ def interpolate_run(
         "wise/grid": grid,
         # the frozen-features logistic regression theta_0's head comes from, on the test split
         **{f"wise/{k}": v for k, v in before.items() if k != "baseline/C"},
+        **tta.record(views),
     }
     metrics.update({f"finetuned/{k}": v for k, v in evaluator.test(finetuned).items()})
 
@@ -104,9 +110,8 @@ def after_fit(
     the sections of the fit's report.html: the WiSE-FT run's own, with a link to its page; the
     summary line.)"""
     out = run_dir / "wise"
-    wise = interpolate_run(
-        ckpt or run_dir, averaging.alpha_grid(cfg.wise_ft, cfg.wise_ft_alphas), out, accelerator, announce=False
-    )
+    alphas = averaging.alpha_grid(cfg.wise_ft, cfg.wise_ft_alphas)
+    wise = interpolate_run(ckpt or run_dir, alphas, out, accelerator, announce=False, views=tta.parse(cfg.tta))
     gained = {
         "wise/alpha": wise["wise/alpha"],
         "wise/selection": wise["wise/selection"],
