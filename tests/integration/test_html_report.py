@@ -21,7 +21,7 @@ from tlcli.commands.fit import fit
 from tlcli.reporting import html as html_report
 from tlcli.reporting.html import build_html
 from tlcli.tasks import Classification, MultiLabel
-from tlcli.tasks.classification import confidently_wrong
+from tlcli.tasks.class_report import confidently_wrong
 
 NAMES = ["cat", "<b>&", "dog"]
 # 6 test examples; rows 1, 3, 4 are wrong with confidences 0.6, 0.9, 0.5 (row 3 is the surest mistake)

@@ -20,7 +20,7 @@ from tlcli.data.augment import BatchMixer, mixing
 from tlcli.data.transforms import image_transforms, segmentation_transforms
 from tlcli.errors import ConfigError
 from tlcli.tasks import Classification, MultiLabel
-from tlcli.tasks.classification import soft_cross_entropy
+from tlcli.tasks.class_report import soft_cross_entropy
 from tlcli.training.seeding import SeededDataset, mix_seed
 
 IMAGE_CFG = {

@@ -16,8 +16,8 @@ from rich.console import Console
 from tlcli.reporting import files
 from tlcli.reporting.files import VAL_NOTE, print_report, write_json_atomic, write_report, write_text_atomic
 from tlcli.tasks import Classification, MultiLabel
-from tlcli.tasks import classification as cls
-from tlcli.tasks.classification import confusion_counts, per_class_report
+from tlcli.tasks import class_report as cls
+from tlcli.tasks.class_report import confusion_counts, per_class_report
 
 
 def confusion_matrix_png(path, y_true, y_pred, names, title):

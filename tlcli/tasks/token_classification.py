@@ -157,7 +157,7 @@ class TokenClassification(Task):
         return true_seqs, pred_seqs
 
     def report(self, y_true, y_score, names, split: str) -> Report:
-        from tlcli.tasks.classification import confusion_matrix_figure
+        from tlcli.tasks.class_report import confusion_matrix_figure
 
         names = [str(n) for n in names]
         true_seqs, pred_seqs = self.tag_sequences(y_true, y_score, names)
