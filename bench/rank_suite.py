@@ -142,7 +142,11 @@ def write_tables(summaries: list[dict], command: str) -> str:
         "the seeds both have (each seed draws its own train/val split, the same for the rank and the fits). "
         "Kendall's tau-b compares each score's order with the order of fine-tuned test accuracy (1 = the same). "
         f"**top-1 ok**: the candidate LogME ranks first fine-tunes within {WITHIN * 100:.0f} point of the best. "
-        "Random-init candidates (`@none`) are controls: a score that cannot tell them from pretrained weights fails.",
+        "Random-init candidates (`@none`) are controls: a score that cannot tell them from pretrained weights fails. "
+        "The fits of each set's default backbone are the `defaults` rows of bench/results/suite.csv (the real-data "
+        "suite's own runs, same command and seeds) where it has them; the others are in "
+        "bench/results/rank_suite_fits.md. rank s: one `tlcli rank` scoring every candidate; fine-tuning all s: "
+        "the sum of one fit per candidate (mean over seeds).",
         "",
         "| set | candidates | tau LogME | tau H-score | tau probe acc | LogME's first | its gap to the best | "
         "top-1 ok | rank s | fine-tuning all s |",
