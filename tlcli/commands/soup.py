@@ -41,8 +41,7 @@ def soup(cfg: DictConfig) -> dict[str, Any]:
     runs = {r.job: r for r in found.runs}
     monitor, mode = found.runs[0].config["monitor"], found.runs[0].config["monitor_mode"]
     views = tta.parse(cfg.tta)  # test only: the soup is chosen on plain val
-    tta.check(views, found.module.backbone.data_config()["modality"], found.module.task)
-    found.module.tta = views
+    tta.use(found.module, views)
     evaluator = averaging.Evaluator(found.module, found.datamodule, run_dir, cfg.accelerator, cfg.progress_bar)
 
     def score(state) -> float:

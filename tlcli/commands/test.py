@@ -39,8 +39,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt = restore.resolve(cfg.ckpt)
     module, config = restore.load_module(ckpt)
-    tta.check(views, module.backbone.data_config()["modality"], module.task)
-    module.tta = views
+    tta.use(module, views)
     datamodule = build.data(
         OmegaConf.create(data_for_test(OmegaConf.select(cfg, "data"), config["data"])),
         module.backbone.data_config(),

@@ -62,8 +62,7 @@ def interpolate_run(
     ckpt = restore.read(path)
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes the verb's; another caller's may not exist yet
     module, config = restore.loaded(ckpt, f"ckpt={source}"), ckpt["tlcli"]["config"]
-    tta.check(views, module.backbone.data_config()["modality"], module.task)
-    module.tta = views  # test only: validation scores the plain inputs
+    tta.use(module, views)  # test only: validation scores the plain inputs
     finetuned = averaging.state_of(module)
     datamodule = build.data(dict(config["data"]), module.backbone.data_config(), "fit", make=trust.build)
     theta0, notes, before = averaging.starting_point(ckpt, f"ckpt={source}", finetuned, datamodule, module.task)

@@ -69,6 +69,13 @@ def check(views: tuple[str, ...], modality: str, task, key: str = "tta") -> None
         )
 
 
+def use(module, views: tuple[str, ...]) -> None:
+    """Check the views against a restored module's inputs and task, then make its test and predict
+    steps use them (validation stays plain)."""
+    check(views, module.backbone.data_config()["modality"], module.task)
+    module.tta = views
+
+
 def views(x, names: tuple[str, ...]) -> list[tuple[Any, bool]]:
     """(view, flipped?) for each view of the batch x (N, C, H, W)."""
     import torch.nn.functional as F
