@@ -15,27 +15,20 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlcli.data import augment as presets
-from tlcli.data import kshot
+from tlcli.data import kshot, splits
+from tlcli.data.loading import make_loader
 from tlcli.data.samples import (
-    MAX_SHOWN,
-    IgnoreSeed,
     ImageDataset,
     Samples,
     check_folds,
-    fold_ids,
-    listing,
     plural,
-    stratified_split,
 )
 from tlcli.data.text import TextCollate, TextDataset
-from tlcli.data.transforms import Transform, find_unreadable, image_transforms, load_rgb, pixel_limit
+from tlcli.data.transforms import Transform, image_transforms, load_rgb, pixel_limit
 from tlcli.errors import ConfigError, DataError, did_you_mean
-from tlcli.training import distributed
-from tlcli.training.seeding import EpochSeededSampler, SeededDataset
 
 log = logging.getLogger(__name__)
 
@@ -214,28 +207,31 @@ class TransferDataModule(Shaped):
                 "data.bucket_by_length=true groups texts by token count, but this data is images: "
                 "drop data.bucket_by_length"
             )
-        splits = self._load()
+        parts = self._load()
         self._check_training_options()
-        self._drop_unreadable(splits)
-        train = splits["train"]
+        if self.modality == "image":
+            self.unreadable = splits.drop_unreadable(parts, self.max_image_pixels, self.max_bad_fraction)
+        train = parts["train"]
         if self.num_folds is not None:
-            if splits["val"] is not None:
+            if parts["val"] is not None:
                 raise ConfigError(
                     f"data.num_folds={self.num_folds}: this data has its own val split, and k-fold "
                     "cross-validation draws the val folds from train: drop data.num_folds, or the val split"
                 )
-            splits["train"], splits["val"] = self._split_off_fold(train)
-        elif splits["val"] is None:
-            splits["train"], splits["val"] = self._split_off_val(train)
+            parts["train"], parts["val"] = splits.split_off_fold(
+                train, self.labels, self.class_names, self.num_folds, self.fold, self.seed
+            )
+        elif parts["val"] is None:
+            parts["train"], parts["val"] = self._split_off_val(train)
         if self.k_shot is not None:
-            splits["train"] = self._take_k_shot(splits["train"])
-        if splits["test"] is None:
+            parts["train"] = splits.take_k_shot(parts["train"], self.labels, self.class_names, self.k_shot, self.seed)
+        if parts["test"] is None:
             self.test_split = "val"
             log.warning(
                 "no test split: the final test report is on the val split, which also chose "
                 "the best checkpoint, so expect it to be optimistic"
             )
-        self.samples = {k: v for k, v in splits.items() if v is not None}
+        self.samples = {k: v for k, v in parts.items() if v is not None}
         for name, samples in self.samples.items():
             if len(samples) == 0:
                 raise DataError(f"the {name} split is empty: add samples to it")
@@ -293,102 +289,8 @@ class TransferDataModule(Shaped):
             out += f"; {plural(cut, 'text')} truncated to {self.data_config['max_length']} tokens ({per_split})"
         return out
 
-    def _drop_unreadable(self, splits: dict[str, Samples | None]) -> None:
-        """Leave out image files that cannot be read, or fail when a split has too many.
-
-        Checked here, once, rather than when a batch is loaded: the count and the fraction
-        are known before training starts, and no epoch dies half-way on a broken file.
-        """
-        if self.modality != "image":
-            return
-        found: dict[str, list[tuple[int, str]]] = {}
-        for name, samples in splits.items():
-            if samples is None or not all(isinstance(x, (str, os.PathLike)) for x in samples.inputs):
-                continue  # arrays (digits) or nothing: no files to check
-            bad = find_unreadable(samples.inputs, self.max_image_pixels)
-            if bad:
-                found[name] = bad
-        if not found:
-            return
-        limit = self.max_bad_fraction
-        over = [
-            f"data: {len(bad)} of {len(splits[name])} {name} images cannot be read "
-            f"({100 * len(bad) / len(splits[name]):.1f}%, more than data.max_bad_fraction={limit:g}); "
-            "remove or replace these files, or raise data.max_bad_fraction to skip them"
-            for name, bad in found.items()
-            if len(bad) > limit * len(splits[name])
-        ]
-        if over:
-            lines = [why for bad in found.values() for _, why in bad]
-            more = [f"... and {len(lines) - MAX_SHOWN} more unreadable images"] if len(lines) > MAX_SHOWN else []
-            raise DataError(over + lines[:MAX_SHOWN] + more)
-        for name, bad in found.items():
-            samples, drop = splits[name], {i for i, _ in bad}
-            self.unreadable[name] = [str(samples.inputs[i]) for i in sorted(drop)]
-            splits[name] = samples.subset([i for i in range(len(samples)) if i not in drop])
-            for _, why in bad:
-                log.debug("%s", why)
-        files = [f for paths in self.unreadable.values() for f in paths]
-        counts = ", ".join(f"{k} {len(found[k])} of {len(splits[k]) + len(found[k])}" for k in found)
-        log.warning(
-            "data: skipping %s (%s; data.max_bad_fraction=%g): %s",
-            plural(len(files), "unreadable image"),
-            counts,
-            limit,
-            listing(files),
-        )
-
     def _split_off_val(self, train: Samples) -> tuple[Samples, Samples]:
-        if self.labels != "class":  # no single class to stratify on: a seeded random split
-            order = np.random.default_rng(self.seed).permutation(len(train))
-            n_val = max(1, round(len(train) * self.val_fraction))
-            return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
-        counts = np.bincount(train.targets, minlength=self.num_classes)
-        few = [f"{self.class_names[c]} ({n})" for c, n in enumerate(counts) if n < 2]
-        if few:
-            raise DataError(
-                f"classes with fewer than 2 training samples: {', '.join(few)}; a stratified "
-                f"val split (data.val_fraction) needs at least 2 per class: add samples or "
-                f"provide a val split"
-            )
-        rest, val = stratified_split(train.targets, [self.val_fraction], self.seed)
-        log.info(
-            "no val split: holding out %.0f%% of train per class (seed %d)",
-            100 * self.val_fraction,
-            self.seed,
-        )
-        return train.subset(rest), train.subset(val)
-
-    def _split_off_fold(self, train: Samples) -> tuple[Samples, Samples]:
-        """(train without fold `fold`, fold `fold`) of num_folds disjoint folds (stratified for classes)."""
-        k = self.num_folds
-        if self.labels == "class":
-            counts = np.bincount(train.targets, minlength=self.num_classes)
-            few = [f"{self.class_names[c]} ({n})" for c, n in enumerate(counts) if n < k]
-            if few:
-                raise DataError(
-                    f"data.num_folds={k} needs at least {k} training examples per class, so that every val fold "
-                    f"holds every class; too few: {', '.join(few)}. Use fewer folds or add examples"
-                )
-        val = np.flatnonzero(
-            fold_ids(train.targets if self.labels == "class" else None, len(train), k, self.seed) == self.fold
-        )
-        rest = np.setdiff1d(np.arange(len(train)), val)
-        log.info(
-            "k-fold: val is fold %d of %d folds of train (seed %d): %d examples", self.fold, k, self.seed, len(val)
-        )
-        return train.subset(rest), train.subset(val)
-
-    def _take_k_shot(self, train: Samples) -> Samples:
-        if self.labels != "class":
-            kind = "multi-label data" if self.labels == "multi" else "numeric targets"
-            raise ConfigError(
-                f"data.k_shot={self.k_shot} needs single-label data (K examples per class); "
-                f"for {kind} set data.k_shot=null"
-            )
-        chosen = train.subset(kshot.select(train.targets, self.class_names, self.k_shot, self.seed))
-        log.info("k_shot: %d training examples per class (seed %d)", self.k_shot, self.seed)
-        return chosen
+        return splits.split_off_val(train, self.labels, self.class_names, self.val_fraction, self.seed)
 
     def run_records(self) -> dict[str, object]:
         """Files to write into the run dir: k_shot.json for few-shot runs, data_report.json
@@ -495,42 +397,19 @@ class TransferDataModule(Shaped):
     def loader(
         self, dataset: Dataset, *, shuffle: bool, num_workers: int, collate_fn=None, random_items: bool = True
     ) -> DataLoader:
-        """The one loader policy (order, batch size, last-batch rule), also used for cached features.
-
-        random_items=False: dataset[i] draws no random numbers (cached features), so the
-        per-sample seeding is skipped; the order is the same.
-        """
-        # Shuffled order drawn from (seed, epoch) and augmentation from (seed, epoch, index):
-        # a resumed run replays the same stream with no sampler or RNG state to restore.
-        lengths = None
-        if self.bucket_by_length and isinstance(dataset, TextDataset):
-            lengths = np.diff(dataset.offsets)
-        if shuffle:  # several processes (DDP): each takes its share of the one order
-            size, rank = distributed.world()
-            sampler = EpochSeededSampler(
-                len(dataset),
-                self.seed,
-                *self.train_start,
-                lengths=lengths,
-                batch_size=self.batch_size,
-                num_replicas=size,
-                rank=rank,
-                weights=self.sample_weights(),
-            )
-            dataset = SeededDataset(dataset) if random_items else IgnoreSeed(dataset)
-        else:  # several processes: each evaluates its own examples, none twice (tlcli.training.distributed)
-            sampler = distributed.eval_sampler(dataset)
-        per_process = len(sampler) if sampler is not None else len(dataset)
-        return DataLoader(
+        """The one loader policy (tlcli.data.loading.make_loader), also used for cached features."""
+        lengths = np.diff(dataset.offsets) if self.bucket_by_length and isinstance(dataset, TextDataset) else None
+        return make_loader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
-            # a lone last sample breaks BatchNorm in train mode; drop only that case
-            drop_last=shuffle and per_process % self.batch_size == 1 and per_process > 1,
+            shuffle=shuffle,
             num_workers=num_workers,
-            persistent_workers=num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
             collate_fn=collate_fn,
+            random_items=random_items,
+            seed=self.seed,
+            train_start=self.train_start,
+            lengths=lengths,
+            weights=self.sample_weights() if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:
