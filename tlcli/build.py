@@ -106,7 +106,9 @@ def module(
 def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     """(backbone, datamodule set up for fit, notes for metrics.json); cfg is completed in place."""
     explicit, choices = user_choices()
-    # the backbone's recipe, then the task's (what the problem needs beats what the family likes)
+    # the backbone's recipe, then the task's (what the problem needs beats what the family likes); the
+    # backbone's finetune.* keys wait for the final strategy (auto chooses it below)
+    origin, held = recipes.hold_strategy_keys(cfg, choices)
     sources = recipes.apply(cfg, explicit, choices, groups=("backbone", "task"))
     model = backbone(cfg.backbone)
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
@@ -127,6 +129,7 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
         log.info("finetune=auto chose finetune=%s: %s", name, reason)
     augment = cfg.data.augment if "augment" in cfg.data else None  # before a probe's recipe turns it off
     sources.update(recipes.apply(cfg, explicit, choices, groups=("finetune",)))
+    sources.update(recipes.apply_held(cfg, origin, held, explicit, sources))
     notes.update(_feature_views(cfg, choices, sources, datamodule, model.modality, augment, probe_max))
     _cache_only_without_inputs(cfg, explicit, sources)
     if data_node.get("feature_views") == "auto":  # a data module builds auto as 0: the same data at 0

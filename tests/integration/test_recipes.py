@@ -116,3 +116,27 @@ def test_auto_in_a_run_swaps_in_the_chosen_strategy_and_records_why(tmp_path):
     assert notes["finetune/auto_reason"].startswith("the smallest class has 10 training examples (<= finetune.")
     assert notes["selection"] == f"best {cfg.monitor} ({cfg.monitor_mode}) on val; early stopping on the same"
     assert "recipe/optimizer.lr" in notes
+
+
+def test_a_backbone_recipe_sets_the_option_of_the_strategy_auto_chooses(tmp_path):
+    """finetune.* keys of a backbone's recipe reach the strategy finetune=auto swaps in, and only one that
+    has the option; the strategy's recipe and the user still win."""
+    recipe = {"finetune.backbone_lr_mult": 0.25, "optimizer.weight_decay": 0.01}
+    cfg = _with_recipes(_cfg(tmp_path / "full", ["finetune=auto", "finetune.probe_max_per_class=1"]), backbone=recipe)
+    _, _, notes = build.parts(cfg)
+    assert cfg.finetune._target_ == "tlcli.finetune.full.Full" and cfg.finetune.backbone_lr_mult == 0.25
+    assert notes["recipe/finetune.backbone_lr_mult"].startswith("0.25 (backbone=")
+    assert cfg.optimizer.weight_decay == 0.01
+
+    cfg = _with_recipes(_cfg(tmp_path / "probe", ["finetune=auto"]), backbone=recipe)
+    _, _, notes = build.parts(cfg)  # 10 per class: the probe, which has no backbone LR
+    assert "backbone_lr_mult" not in cfg.finetune and "recipe/finetune.backbone_lr_mult" not in notes
+
+
+def test_the_user_beats_a_backbone_recipe_finetune_key(tmp_path, monkeypatch):
+    overrides = ["finetune=full", "finetune.backbone_lr_mult=1.0"]
+    monkeypatch.setattr(build, "user_choices", lambda: (recipes.explicit_keys(overrides), {"finetune": "full"}))
+    cfg = _with_recipes(_cfg(tmp_path, overrides), backbone={"finetune.backbone_lr_mult": 0.1})
+    _, _, notes = build.parts(cfg)
+    assert cfg.finetune.backbone_lr_mult == 1.0
+    assert notes["recipe/finetune.backbone_lr_mult"] == "1.0 (your setting)"

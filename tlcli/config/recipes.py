@@ -14,7 +14,9 @@ file). The task beats the backbone: the backbone's numbers are for its family on
 tasks, the task knows its problem (a tag per token needs more optimizer steps than a label per
 sentence). The strategy beats both: it decides what trains (a probe's head alone takes a far
 larger learning rate). A preset declares its own recipe by overriding keys of its parent's
-(`recipe: {optimizer.lr: 1e-4}`).
+(`recipe: {optimizer.lr: 1e-4}`). A backbone's `finetune.*` keys set an option of whichever
+strategy runs and has it (conf/backbone/timm.yaml: `finetune.backbone_lr_mult`); they are applied
+once the strategy is final, as finetune=auto chooses it from the data.
 The recipe nodes are removed once applied, so the parts, the saved config and the checkpoint
 see plain values; `sources` says where each recipe key's value came from.
 """
@@ -88,6 +90,40 @@ def apply(
     if problems:
         raise ConfigError(problems)
     return sources
+
+
+def hold_strategy_keys(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+    """(origin, the backbone recipe's finetune.* keys), taken out of that recipe.
+
+    They speak to the strategy, which finetune=auto only knows once the data is read (it swaps the
+    strategy's whole node); `apply_held` sets them on the final strategy, after its own recipe."""
+    node = cfg.get("backbone")
+    if not isinstance(node, DictConfig) or not node.get("recipe"):
+        return "", {}
+    origin = f"backbone={(choices or {}).get('backbone') or node._target_.rsplit('.', 1)[-1]} recipe"
+    held = {k: v for k, v in node.recipe.items() if str(k).startswith("finetune.")}
+    with open_dict(cfg):
+        for key in held:
+            del node.recipe[key]
+    return origin, held
+
+
+def apply_held(
+    cfg: DictConfig, origin: str, held: dict[str, Any], explicit: set[str], sources: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Set the held finetune.* keys where the final strategy has the option and neither its recipe
+    nor the user set it; returns their sources as `apply` does."""
+    out = {}
+    for key, value in held.items():
+        if key in sources or OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue  # the strategy's recipe chose, or this strategy has no such option
+        if _covered(key, explicit):
+            out[key] = {"value": OmegaConf.select(cfg, key), "source": "your setting"}
+            continue
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, value, merge=False)
+        out[key] = {"value": OmegaConf.select(cfg, key), "source": origin}
+    return out
 
 
 def with_defaults(
