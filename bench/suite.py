@@ -292,7 +292,7 @@ class Baseline:
         if set_name not in self.by_set:
             import torch
 
-            from tlcli.training.features import FeatureCache
+            from tlcli.training.feature_store import FeatureCache
 
             torch.manual_seed(0)
             backbone, dm = self._datamodule(set_name, 0)

@@ -18,7 +18,7 @@ from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.reporting import html as html_report
 from tlcli.tasks import Classification, MultiLabel
-from tlcli.training import baseline, features
+from tlcli.training import baseline, feature_store, features
 from tlcli.training.baseline import C_GRID, EvalSplits, before_fine_tuning, choose_c, console_line, probe
 
 KEYS = {"baseline/test/acc", "baseline/test/f1_macro", "baseline/method", "baseline/C", "baseline/seconds"}
@@ -177,7 +177,7 @@ def test_a_feature_cached_run_reuses_the_cached_features(images):
         raise AssertionError("the cached features should be used")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(features, "compute", no_second_pass)
+        mp.setattr(feature_store, "compute", no_second_pass)
         got = before_fine_tuning(cached_backbone, cached_dm, seed=0)
     assert got["baseline/test/acc"] == plain["baseline/test/acc"]
     assert got["baseline/test/f1_macro"] == pytest.approx(plain["baseline/test/f1_macro"], abs=1e-12)
@@ -245,7 +245,7 @@ def test_an_unexpected_error_is_a_warning_and_the_backbone_is_put_back(images, c
         module.eval()
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(features, "compute", boom)
+    monkeypatch.setattr(feature_store, "compute", boom)
     with caplog.at_level(logging.WARNING, logger="tlcli.training.baseline"):
         assert before_fine_tuning(backbone, dm, seed=0) == {}
     assert "baseline not computed (RuntimeError: out of memory); the fit goes on without it" in caplog.text

@@ -17,7 +17,8 @@ from tlcli.data import ImageFolderDataModule
 from tlcli.errors import ConfigError
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.training import baseline
-from tlcli.training.features import FeatureCache, cache_key, cached
+from tlcli.training.feature_store import FeatureCache, cache_key
+from tlcli.training.features import cached
 
 
 @pytest.fixture(scope="module")

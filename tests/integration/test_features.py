@@ -19,7 +19,8 @@ from tlcli.errors import ConfigError
 from tlcli.finetune.full import Full
 from tlcli.finetune.linear_probe import LinearProbe
 from tlcli.module import TransferModule
-from tlcli.training.features import CachedBackbone, FeatureCache, cache_key, cached
+from tlcli.training.feature_store import FeatureCache, cache_key
+from tlcli.training.features import CachedBackbone, cached
 
 WIRED = "features.cached" in Path(__file__).parents[2].joinpath("tlcli", "commands", "fit.py").read_text()
 
@@ -85,7 +86,7 @@ def test_an_unreadable_cache_file_is_recomputed(folder, backbone, tmp_path, capl
     dm = make_dm(folder, backbone, tmp_path)
     path = tmp_path / f"{cache_key(backbone, dm)}.pt"
     path.write_bytes(b"truncated")
-    with caplog.at_level(logging.WARNING, logger="tlcli.training.features"):
+    with caplog.at_level(logging.WARNING, logger="tlcli.training.feature_store"):
         fdm, _ = cached(backbone, dm, LinearProbe())
     assert f"feature cache {path} unreadable" in caplog.text
     assert len(fdm.datasets["train"]) == 24 and path.stat().st_size > 1000
@@ -254,7 +255,7 @@ def test_other_ranks_wait_for_the_features_rank_zero_computes(folder, backbone, 
     import shutil
     import threading
 
-    from tlcli.training import features
+    from tlcli.training import feature_store
 
     dm = make_dm(folder, backbone, tmp_path / "a")
     counter = ForwardCounter(backbone)
@@ -263,7 +264,7 @@ def test_other_ranks_wait_for_the_features_rank_zero_computes(folder, backbone, 
         forwards = counter.calls
         assert forwards > 0
         monkeypatch.setenv("RANK", "1")
-        monkeypatch.setattr(features, "POLL_S", 0.05)
+        monkeypatch.setattr(feature_store, "POLL_S", 0.05)
         (tmp_path / "b").mkdir()
         written = next((tmp_path / "a").glob("*.pt"))
 
@@ -278,7 +279,7 @@ def test_other_ranks_wait_for_the_features_rank_zero_computes(folder, backbone, 
         assert counter.calls == forwards  # rank 1 ran the backbone on nothing
         for split, (f, t) in computed.items():
             assert torch.equal(read[split][0], f) and torch.equal(read[split][1], t)
-        monkeypatch.setattr(features, "RANK_ZERO_WAIT_S", 0.2)
+        monkeypatch.setattr(feature_store, "RANK_ZERO_WAIT_S", 0.2)
         with pytest.raises(ConfigError, match=r"rank 0 wrote no .* put it on a file system all nodes share"):
             FeatureCache(tmp_path / "c").features(backbone, dm)
         assert counter.calls == forwards

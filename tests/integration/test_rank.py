@@ -76,7 +76,7 @@ def test_the_ranked_backbone_goes_straight_to_fit_and_its_probe_reads_ranks_feat
         tmp_path / "fit",
     )
     assert (cfg.backbone.name, cfg.data.feature_cache_dir) == ("test_resnet", str(rank_dir / "features"))
-    with caplog.at_level(logging.INFO, logger="tlcli.training.features"):
+    with caplog.at_level(logging.INFO, logger="tlcli.training.feature_store"):
         fit(cfg)
     assert f"feature cache hit: {rank_dir / 'features'}" in caplog.text
     assert "computed features" not in caplog.text

@@ -37,7 +37,8 @@ from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T
 from tlcli.training import distributed
-from tlcli.training.features import FeatureCache, extract, subset_indices
+from tlcli.training.feature_store import FeatureCache
+from tlcli.training.features import extract, subset_indices
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from tlcli.data.protocol import IGNORE_INDEX
 from tlcli.data.text import TextCollate
 from tlcli.reporting import transferability as T
 from tlcli.tasks.base import Task
-from tlcli.training import features, head_init
-from tlcli.training.features import subset_indices
+from tlcli.training import feature_store, head_init
+from tlcli.training.features import FeatureDataModule, subset_indices
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def before_fine_tuning(backbone, datamodule, seed: int, task=None, head: bool = 
 
 
 def _check_applies(datamodule) -> None:
-    if not isinstance(datamodule, (TransferDataModule, features.FeatureDataModule)):
+    if not isinstance(datamodule, (TransferDataModule, FeatureDataModule)):
         raise _Skip(
             f"{type(datamodule).__name__} does not hold its examples (a data module of your own, or a stream, "
             "data.streaming=true): there are none to take features of"
@@ -118,7 +118,7 @@ def _features(backbone, datamodule, task=None) -> tuple[Any, ...]:
     of each train row or None); what is kept of each batch is the task's (Task.baseline_inputs).
     The image of each row is given only with cached views (data.feature_views), its plain view first."""
     groups = None
-    if isinstance(datamodule, features.FeatureDataModule):
+    if isinstance(datamodule, FeatureDataModule):
         # The cache holds eval-mode features: the plain view of each example, and with
         # data.feature_views augmented views of each train image after them.
         train_f, train_t, images = datamodule.train_rows()
@@ -127,12 +127,12 @@ def _features(backbone, datamodule, task=None) -> tuple[Any, ...]:
     else:
         datamodule.setup("fit")  # a no-op when done already; fills samples and datasets
         # Per-module modes, not one flag: a pretrained HF model sits in eval mode inside a
-        # wrapper in train mode, and the fit must find it so (features.compute resets one flag).
-        modes, home = {m: m.training for m in backbone.modules()}, features._device_of(backbone)
+        # wrapper in train mode, and the fit must find it so (feature_store.compute resets one flag).
+        modes, home = {m: m.training for m in backbone.modules()}, feature_store.device_of(backbone)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
             keep = task.baseline_inputs if task is not None else None
-            split = features.compute(backbone, EvalSplits(datamodule), device, keep)
+            split = feature_store.compute(backbone, EvalSplits(datamodule), device, keep)
         finally:
             backbone.to(home)
             for module, training in modes.items():
@@ -144,7 +144,7 @@ def _features(backbone, datamodule, task=None) -> tuple[Any, ...]:
 class EvalSplits:
     """A data module's train and test splits, both as evaluation sees them (no augmentation).
 
-    Shaped the way features.compute reads a data module: `samples` names the splits (here
+    Shaped the way feature_store.compute reads a data module: `samples` names the splits (here
     "train" and "test", the latter being datamodule.test_split) and `split_loader` serves them.
     """
 

@@ -70,7 +70,7 @@ def compute(backbone, datamodule, device: torch.device) -> dict[str, torch.Tenso
     home = next(backbone.parameters(), torch.zeros(0)).device
     backbone.eval().to(device)
     feats, targets = [], []
-    # forked: the loader draws its worker seeds from the global RNG (see features.compute)
+    # forked: the loader draws its worker seeds from the global RNG (see feature_store.compute)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for x, y in loader:
             feats.append(backbone(move_data_to_device(x, device)).float().cpu())
