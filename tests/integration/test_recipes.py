@@ -140,3 +140,21 @@ def test_the_user_beats_a_backbone_recipe_finetune_key(tmp_path, monkeypatch):
     _, _, notes = build.parts(cfg)
     assert cfg.finetune.backbone_lr_mult == 1.0
     assert notes["recipe/finetune.backbone_lr_mult"] == "1.0 (your setting)"
+
+
+@pytest.mark.parametrize(
+    "overrides,lr,source",
+    [
+        ([], 3e-4, "backbone=test_resnet recipe"),  # a timm image model fine-tuned whole (auto: full)
+        (["finetune=linear_probe"], 1e-3, "finetune=linear_probe recipe"),  # the head alone takes more
+        (["optimizer.lr=1e-2"], 1e-2, "your setting"),
+    ],
+)
+def test_the_shipped_timm_recipe_sets_the_fine_tuning_lr(tmp_path, monkeypatch, overrides, lr, source):
+    choices = {"backbone": "test_resnet", **dict(o.split("=") for o in overrides if o.startswith("finetune="))}
+    monkeypatch.setattr(build, "user_choices", lambda: (recipes.explicit_keys(overrides), choices))
+    auto = [] if "finetune" in choices else ["finetune.probe_max_per_class=1"]  # 10 per class: auto fine-tunes
+    cfg = _cfg(tmp_path, [*auto, *overrides])
+    _, _, notes = build.parts(cfg)
+    assert cfg.optimizer.lr == lr
+    assert notes["recipe/optimizer.lr"] == f"{lr} ({source})"
