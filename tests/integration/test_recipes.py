@@ -158,3 +158,10 @@ def test_the_shipped_timm_recipe_sets_the_fine_tuning_lr(tmp_path, monkeypatch, 
     _, _, notes = build.parts(cfg)
     assert cfg.optimizer.lr == lr
     assert notes["recipe/optimizer.lr"] == f"{lr} ({source})"
+
+
+def test_segmentation_keeps_the_lr_its_results_were_measured_with(tmp_path):
+    cfg = compose_fit([*TINY, "task=segmentation"], tmp_path / "run")
+    sources = recipes.apply(cfg, explicit=set(), choices={"backbone": "test_resnet", "task": "segmentation"})
+    assert cfg.optimizer.lr == 1e-3
+    assert sources["optimizer.lr"] == {"value": 1e-3, "source": "task=segmentation recipe"}
