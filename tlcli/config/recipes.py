@@ -79,12 +79,7 @@ def apply(
                     continue
                 problems.append(f"{group}.recipe sets {key}, which is not a config key: fix the recipe's key")
                 continue
-            if _covered(key, explicit):
-                sources[key] = {"value": OmegaConf.select(cfg, key), "source": "your setting"}
-                continue
-            with open_dict(cfg):
-                OmegaConf.update(cfg, key, value, merge=False)
-            sources[key] = {"value": OmegaConf.select(cfg, key), "source": origin}
+            sources[key] = _fill(cfg, key, value, explicit, origin)
         with open_dict(cfg):
             del node["recipe"]
     if problems:
@@ -117,12 +112,7 @@ def apply_held(
     for key, value in held.items():
         if key in sources or OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             continue  # the strategy's recipe chose, or this strategy has no such option
-        if _covered(key, explicit):
-            out[key] = {"value": OmegaConf.select(cfg, key), "source": "your setting"}
-            continue
-        with open_dict(cfg):
-            OmegaConf.update(cfg, key, value, merge=False)
-        out[key] = {"value": OmegaConf.select(cfg, key), "source": origin}
+        out[key] = _fill(cfg, key, value, explicit, origin)
     return out
 
 
@@ -149,6 +139,15 @@ SHOWN = (
     "trainer.max_epochs",
     "callbacks.early_stopping.patience",
 )
+
+
+def _fill(cfg: DictConfig, key: str, value: Any, explicit: set[str], origin: str) -> dict[str, Any]:
+    """Set key to the recipe's value unless the user set it; {"value", "source"} of what it holds."""
+    if _covered(key, explicit):
+        return {"value": OmegaConf.select(cfg, key), "source": "your setting"}
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False)
+    return {"value": OmegaConf.select(cfg, key), "source": origin}
 
 
 def _covered(key: str, explicit: set[str]) -> bool:
