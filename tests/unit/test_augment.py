@@ -285,3 +285,18 @@ def test_imagefolder_keeps_the_preset_and_the_mixer(tmp_path):
     assert ImageFolderDataModule(str(root), data_config=IMAGE_CFG).augment_preset == "light"  # the default, true
     assert not ImageFolderDataModule(str(root), data_config=IMAGE_CFG, augment="none").augment
     assert ImageFolderDataModule(str(root), data_config=IMAGE_CFG, augment=False).batch_mixer() is None
+
+
+@pytest.mark.parametrize("name", ["randaug", "autoaug", "rand-m10-n3-inc1"])
+def test_posterize_at_the_top_magnitude_keeps_a_bit(name):
+    """timm's increasing posterize asks for 0 bits at magnitude 10, which Pillow 13 refuses: a randaug
+    fit on real photos died with 'bits must be between or equal to 1 and 8'."""
+    from tlcli.data import augment
+
+    policy = augment._policy(name, (32, 32), None, "bilinear", (0.5, 0.5, 0.5))
+    ops = [op for sub in policy.policy for op in sub] if name == "autoaug" else policy.ops
+    posterizes = [op for op in ops if op.name.startswith("Posterize")]
+    assert posterizes and all(op.aug_fn is augment.posterize for op in posterizes)
+    img = Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3) * 7)
+    out = np.asarray(augment.posterize(img, 0))
+    assert set(np.unique(out)) <= {0, 128} and out.max() == 128  # 1 bit kept, not a black image

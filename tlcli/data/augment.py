@@ -108,8 +108,23 @@ def _policy(name: str, size: tuple[int, int], interpolation, interpolation_name:
     if interpolation_name != "random":
         hparams["interpolation"] = str_to_pil_interp(interpolation_name)
     if name == "autoaug":
-        return auto_augment_transform(AUTOAUG, hparams)
-    return rand_augment_transform(RANDAUG if name in ("randaug", "strong") else name, hparams)
+        policy = auto_augment_transform(AUTOAUG, hparams)
+        ops = [op for sub in policy.policy for op in sub]
+    else:
+        policy = rand_augment_transform(RANDAUG if name in ("randaug", "strong") else name, hparams)
+        ops = policy.ops
+    for op in ops:  # timm passes 0 bits at the top magnitude, which Pillow 13 refuses (ValueError)
+        if op.name.startswith("Posterize"):
+            op.aug_fn = posterize
+    return policy
+
+
+def posterize(img, bits_to_keep: int, **_):
+    """timm's posterize keeping at least 1 bit: its increasing variant asks for 0 at magnitude 10
+    (rand-m9-mstd0.5 draws it now and then), which Pillow 13 refuses and older Pillow turned black."""
+    from PIL import ImageOps
+
+    return img if bits_to_keep >= 8 else ImageOps.posterize(img, max(1, bits_to_keep))
 
 
 def data_problems(value: Any, mixes: Mixing | None, modality: str, labels: str) -> list[str]:
