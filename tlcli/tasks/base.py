@@ -126,7 +126,9 @@ class Task(nn.Module):
     # outputs are maps over the image (segmentation): a flipped test-time view is flipped back
     spatial_outputs: ClassVar[bool] = False
 
-    def __init__(self, labels: str | None = None):
+    def __init__(self, labels: str | None = None, recipe: dict | None = None):
+        # recipe: numbers `tlcli fit` trains a task with where the user set none (tlcli.config.recipes
+        # applies and removes it; a config instantiated as written still carries it)
         super().__init__()
         if labels is not None and labels != self.labels:
             raise ConfigError(f"task.labels={labels} is fixed by the task: {type(self).__name__} reads {self.labels}")

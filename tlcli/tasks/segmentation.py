@@ -72,10 +72,6 @@ class Segmentation(Task):
     headline = (("miou", True), ("pixel_acc", True))
     spatial_outputs = True
 
-    def __init__(self, labels: str | None = None, recipe: dict | None = None):
-        # recipe: numbers `tlcli fit` trains this task with where the user set none (tlcli.config.recipes)
-        super().__init__(labels)
-
     def mismatch(self, data_labels: str) -> str:
         return (
             "task=segmentation needs segmentation masks: use data=segfolder data.root=DIR "

@@ -102,8 +102,7 @@ class TokenClassification(Task):
     hub_pipelines = {"text": "token-classification"}
 
     def __init__(self, labels: str | None = None, recipe: dict | None = None):
-        # recipe: numbers `tlcli fit` trains this task with where the user set none (tlcli.config.recipes)
-        super().__init__(labels)
+        super().__init__(labels, recipe)
         self.names: list[str] = []
 
     def name_for_user(self) -> str:
