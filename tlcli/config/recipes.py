@@ -15,8 +15,8 @@ tasks, the task knows its problem (a tag per token needs more optimizer steps th
 sentence). The strategy beats both: it decides what trains (a probe's head alone takes a far
 larger learning rate). A preset declares its own recipe by overriding keys of its parent's
 (`recipe: {optimizer.lr: 1e-4}`). A backbone's `finetune.*` keys set an option of whichever
-strategy runs and has it (conf/backbone/timm.yaml: `finetune.backbone_lr_mult`); they are applied
-once the strategy is final, as finetune=auto chooses it from the data.
+strategy runs and has it (e.g. `finetune.backbone_lr_mult: 0.1`; no shipped recipe sets one); they
+are applied once the strategy is final, as finetune=auto chooses it from the data.
 The recipe nodes are removed once applied, so the parts, the saved config and the checkpoint
 see plain values; `sources` says where each recipe key's value came from.
 """
