@@ -4,22 +4,26 @@ finished suite runs against the plain default.
     .venv/bin/python -m bench.averaging --results-name suite_improve     # after bench.suite ran
         --variants defaults ema (--extra-variant ema@image='ema_decay=0.999')
     .venv/bin/python -m bench.averaging --calibrate outputs/suite/ag_news/defaults/seed2 ...
+    .venv/bin/python -m bench.averaging --results-name suite_lr --plain lr3e4 --other randaug --out averaging_lr
 
-For every set and seed of outputs/<results-name>/ that has a finished `defaults` run (and an `ema`
-run, the same fit with ema_decay=0.999):
 
-- **defaults** / **ema**: the runs' own test accuracy; their metrics.json also hold the test ECE
+For every set and seed of outputs/<results-name>/ that has a finished `--plain` run (`defaults`:
+the defaults) and an `--other` run (`ema`: the same fit with ema_decay=0.999; any variant of the
+same seed serves, e.g. another augmentation):
+
+- **defaults** / **<other>**: the runs' own test accuracy; their metrics.json also hold the test ECE
   before and after the temperature fit calibrates on val (`test/ece_uncalibrated`, `test/ece`).
-- **wise**: `tlcli wise ckpt=<defaults run>` (alpha chosen on val from 0, 0.1, ..., 1) in
+- **wise**: `tlcli wise ckpt=<plain run>` (alpha chosen on val from 0, 0.1, ..., 1) in
   outputs/<results-name>/<set>/wise/seed<k>.
-- **soup**: `tlcli soup` (greedy) over the defaults and ema runs of that seed (one pretrained start,
-  one data split and order, two hyperparameter settings) in outputs/<results-name>/<set>/soup/seed<k>.
+- **soup**: `tlcli soup` (greedy) over the plain and other runs of that seed (one pretrained start,
+  one data split, two hyperparameter settings) in outputs/<results-name>/<set>/soup/seed<k>.
 
 `--calibrate RUN_DIR ...` instead fits the temperature on val to the best checkpoint of each run
 given (runs that predate `calibrate`, e.g. the text sets' suite runs) and scores the test split
 before and after, in this process; rows go to bench/results/calibration_runs.csv.
 
-Rows: bench/results/averaging.csv, summary bench/results/averaging.md; finished steps are not run again.
+Rows: bench/results/<out>.csv, summary bench/results/<out>.md (--out averaging); finished steps are
+not run again.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from pathlib import Path
 from bench.suite import RESULTS, ROOT, SETS, mean_sd, read_rows, tlcli_commit, write_csv
 
 COLUMNS = ["set", "seed", "method", "test_acc", "test_ece_uncalibrated", "test_ece", "alpha", "note", "wall_s"]
-METHODS = ("defaults", "ema", "wise", "soup")
 
 
 def metrics(run_dir: Path) -> dict:
@@ -72,11 +75,11 @@ def row(set_name: str, seed: int, method: str, m: dict, wall: float | str = "", 
     }
 
 
-def measure(results: Path, set_name: str, seed: int, done: set[tuple]) -> list[dict]:
+def measure(results: Path, set_name: str, seed: int, done: set[tuple], plain_v: str, other_v: str) -> list[dict]:
     base = results / set_name
-    plain, ema = base / "defaults" / f"seed{seed}", base / "ema" / f"seed{seed}"
+    plain, ema = base / plain_v / f"seed{seed}", base / other_v / f"seed{seed}"
     out = []
-    for method, run in (("defaults", plain), ("ema", ema)):
+    for method, run in (("defaults", plain), (other_v, ema)):
         if (run / "metrics.json").is_file():
             out.append(row(set_name, seed, method, metrics(run)))
     if not (plain / "metrics.json").is_file():
@@ -121,7 +124,7 @@ def calibrate_runs(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict]) -> list[str]:
+def summary(rows: list[dict], methods: tuple[str, ...]) -> list[str]:
     """Per set: each method's mean ± std over seeds, and the paired gain over defaults."""
     lines = [
         "| set | method | seeds | test acc (mean ± std) | Δ acc vs defaults (paired) "
@@ -132,7 +135,7 @@ def summary(rows: list[dict]) -> list[str]:
     for set_name in [s for s in SETS if any(r["set"] == s for r in rows)]:
         mine = [r for r in rows if r["set"] == set_name]
         base = {str(r["seed"]): float(r["test_acc"]) for r in mine if r["method"] == "defaults"}
-        for method in METHODS:
+        for method in methods:
             rs = [r for r in rows if r["set"] == set_name and r["method"] == method]
             if not rs:
                 continue
@@ -153,18 +156,19 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_md(rows: list[dict], calib: list[dict], path: Path, commands: list[str]) -> None:
+def write_md(rows: list[dict], calib: list[dict], path: Path, commands: list[str], other: str = "ema") -> None:
+    what = {"ema": "+ `ema_decay=0.999`", "randaug": "+ `data.augment=randaug`"}.get(other, "another suite variant")
     out = [
         "# Weight averaging and calibration on the real suite",
         "",
         "Every row is a finished run of the suite harness (bench/suite.py) or a tlcli verb on one;",
         "test accuracy on each set's test split, ECE with 15 equal-width bins (torchmetrics, l1).",
         "**defaults**: `tlcli fit` with only backbone, data, seed (calibrate=true is a default: its",
-        "metrics.json has test ECE before and after the temperature). **ema**: + `ema_decay=0.999`.",
+        f"metrics.json has test ECE before and after the temperature). **{other}**: {what}.",
         "**wise**: `tlcli wise ckpt=<defaults run>` (alpha on val). **soup**: `tlcli soup` (greedy)",
-        "over the defaults and ema runs of one seed (same start, split and data order).",
+        f"over the defaults and {other} runs of one seed (same start and data split).",
         "",
-        *summary(rows),
+        *summary(rows, ("defaults", other, "wise", "soup")),
         "",
     ]
     if calib:
@@ -193,12 +197,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sets", nargs="+", default=list(SETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--calibrate", type=Path, nargs="+", default=None, help="run dirs to calibrate in-process")
+    p.add_argument("--plain", default="defaults", help="the suite variant that is the defaults")
+    p.add_argument("--other", default="ema", help="the variant souped with it")
+    p.add_argument("--out", default="averaging", help="bench/results/<out>.csv/.md")
     args = p.parse_args(argv)
     command = "python -m bench.averaging " + " ".join(argv if argv is not None else sys.argv[1:])
-    csv_path, calib_path = RESULTS / "averaging.csv", RESULTS / "calibration_runs.csv"
+    csv_path, calib_path = RESULTS / f"{args.out}.csv", RESULTS / "calibration_runs.csv"
     rows = read_rows(csv_path)
-    calib = read_rows(calib_path)
-    md = RESULTS / "averaging.md"
+    calib = read_rows(calib_path) if args.out == "averaging" else []  # in-process calibration: averaging.md
+    md = RESULTS / f"{args.out}.md"
     commands = [c for c in _commands(md) if c != command] + [command]
     if args.calibrate:
         new = calibrate_runs(args.calibrate)
@@ -210,13 +217,13 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for set_name in args.sets:
                 done = {(r["set"], str(r["seed"]), r["method"]) for r in rows}
-                new = measure(results, set_name, seed, done)
+                new = measure(results, set_name, seed, done, args.plain, args.other)
                 fresh = {(r["set"], str(r["seed"]), r["method"]) for r in new}
                 rows = [r for r in rows if (r["set"], str(r["seed"]), r["method"]) not in fresh] + new
                 write_csv(rows, csv_path, COLUMNS)
-                write_md(rows, calib, md, commands)
+                write_md(rows, calib, md, commands, args.other)
                 print(f"{set_name} seed {seed}: {[(r['method'], r['test_acc']) for r in new]}", flush=True)
-    write_md(rows, calib, md, commands)
+    write_md(rows, calib, md, commands, args.other)
 
 
 def _commands(md: Path) -> list[str]:

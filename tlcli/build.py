@@ -108,8 +108,8 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
     explicit, choices = user_choices()
     # the backbone's recipe, then the task's (what the problem needs beats what the family likes); the
     # backbone's finetune.* keys wait for the final strategy (auto chooses it below)
-    origin, held = recipes.hold_strategy_keys(cfg, choices)
-    sources = recipes.apply(cfg, explicit, choices, groups=("backbone", "task"))
+    held: dict[str, tuple[Any, str]] = {}
+    sources = recipes.apply(cfg, explicit, choices, groups=("backbone", "task"), held=held)
     model = backbone(cfg.backbone)
     data_node = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = data(cfg.data, model.data_config())
@@ -129,7 +129,7 @@ def parts(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
         log.info("finetune=auto chose finetune=%s: %s", name, reason)
     augment = cfg.data.augment if "augment" in cfg.data else None  # before a probe's recipe turns it off
     sources.update(recipes.apply(cfg, explicit, choices, groups=("finetune",)))
-    sources.update(recipes.apply_held(cfg, origin, held, explicit, sources))
+    sources.update(recipes.apply_held(cfg, held, explicit, sources))
     notes.update(_feature_views(cfg, choices, sources, datamodule, model.modality, augment, probe_max))
     _cache_only_without_inputs(cfg, explicit, sources)
     if data_node.get("feature_views") == "auto":  # a data module builds auto as 0: the same data at 0

@@ -56,9 +56,17 @@ def _dotted(node: Any, prefix: str = "") -> list[str]:
 
 
 def apply(
-    cfg: DictConfig, explicit: set[str], choices: dict[str, str] | None = None, groups: tuple[str, ...] = RECIPE_GROUPS
+    cfg: DictConfig,
+    explicit: set[str],
+    choices: dict[str, str] | None = None,
+    groups: tuple[str, ...] = RECIPE_GROUPS,
+    held: dict[str, tuple[Any, str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Fill cfg from the groups' recipes in place; returns {key: {"value", "source"}} for every recipe key."""
+    """Fill cfg from the groups' recipes in place; returns {key: {"value", "source"}} for every recipe key.
+
+    The backbone recipe's finetune.* keys speak to the strategy, which finetune=auto only knows once
+    the data is read (it swaps the strategy's whole node): they go to `held` as {key: (value, origin)}
+    for `apply_held` to set on the final strategy, after its own recipe."""
     choices = choices or {}
     sources: dict[str, dict[str, Any]] = {}
     problems = []
@@ -69,13 +77,15 @@ def apply(
         recipe = node.recipe or {}
         origin = f"{group}={choices.get(group) or node._target_.rsplit('.', 1)[-1]} recipe"
         for key, value in recipe.items():
+            if group == "backbone" and str(key).startswith("finetune."):
+                if held is not None:
+                    held[key] = (value, origin)
+                continue
             if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
                 parent = key.rpartition(".")[0]
-                if (group == "backbone" and key.startswith("finetune.")) or (
-                    parent and OmegaConf.select(cfg, parent, default=None) is None
-                ):
-                    # a backbone's recipe speaks to every strategy, and a recipe to every callbacks
-                    # option: the option chosen here lacks this key (e.g. callbacks=none, no early stopping)
+                if parent and OmegaConf.select(cfg, parent, default=None) is None:
+                    # a recipe speaks to every callbacks option: the one chosen here lacks this key
+                    # (e.g. callbacks=none, no early stopping)
                     continue
                 problems.append(f"{group}.recipe sets {key}, which is not a config key: fix the recipe's key")
                 continue
@@ -87,29 +97,13 @@ def apply(
     return sources
 
 
-def hold_strategy_keys(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
-    """(origin, the backbone recipe's finetune.* keys), taken out of that recipe.
-
-    They speak to the strategy, which finetune=auto only knows once the data is read (it swaps the
-    strategy's whole node); `apply_held` sets them on the final strategy, after its own recipe."""
-    node = cfg.get("backbone")
-    if not isinstance(node, DictConfig) or not node.get("recipe"):
-        return "", {}
-    origin = f"backbone={(choices or {}).get('backbone') or node._target_.rsplit('.', 1)[-1]} recipe"
-    held = {k: v for k, v in node.recipe.items() if str(k).startswith("finetune.")}
-    with open_dict(cfg):
-        for key in held:
-            del node.recipe[key]
-    return origin, held
-
-
 def apply_held(
-    cfg: DictConfig, origin: str, held: dict[str, Any], explicit: set[str], sources: dict[str, dict[str, Any]]
+    cfg: DictConfig, held: dict[str, tuple[Any, str]], explicit: set[str], sources: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Set the held finetune.* keys where the final strategy has the option and neither its recipe
     nor the user set it; returns their sources as `apply` does."""
     out = {}
-    for key, value in held.items():
+    for key, (value, origin) in held.items():
         if key in sources or OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             continue  # the strategy's recipe chose, or this strategy has no such option
         out[key] = _fill(cfg, key, value, explicit, origin)

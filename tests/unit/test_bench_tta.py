@@ -1,0 +1,91 @@
+"""bench/tta.py and bench/averaging.py: which runs they test, where they write, and the paired gains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import averaging, tta
+
+
+def _fit(root: Path, set_name: str, variant: str, seed: int, acc: float) -> Path:
+    run = root / set_name / variant / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test/acc": acc, "test/f1_macro": acc, "test/ece": 0.05}))
+    return run
+
+
+@pytest.fixture()
+def fake_tlcli(monkeypatch):
+    """tlcli verbs replaced by a writer of metrics.json: test acc = the tested fit's + 0.01."""
+    calls = []
+
+    def run(args: list[str], run_dir: Path) -> float:
+        calls.append((args, run_dir))
+        ckpt = Path(next(a for a in args if a.startswith("ckpt=")).split("=", 1)[1])
+        fit = json.loads((ckpt / "metrics.json").read_text())
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"test/acc": fit["test/acc"] + 0.01, "test/ece": 0.04}))
+        return 1.5
+
+    monkeypatch.setattr(tta, "tlcli", run)
+    monkeypatch.setattr(averaging, "tlcli", run)
+    return calls
+
+
+def test_tta_tests_each_view_set_of_a_finished_fit_into_its_own_folder(tmp_path, fake_tlcli):
+    fit = _fit(tmp_path, "flowers5", "lr3e4", 0, 0.80)
+    rows = tta.measure(tmp_path, "lr3e4", "flowers5", 0, ["flip", "[flip,crops]"], done=set())
+    assert [r["views"] for r in rows] == ["none", "flip", "[flip,crops]"]
+    assert [args for args, _ in fake_tlcli] == [
+        ["test", f"ckpt={fit}", "tta=flip"],
+        ["test", f"ckpt={fit}", "tta=[flip,crops]"],
+    ]
+    assert [d for _, d in fake_tlcli] == [
+        tmp_path / "flowers5" / "tta-flip" / "seed0",
+        tmp_path / "flowers5" / "tta-flip-crops" / "seed0",
+    ]
+    assert rows[0]["test_acc"] == 0.80 and rows[1]["test_acc"] == pytest.approx(0.81)
+
+
+def test_tta_skips_done_views_and_seeds_without_a_fit(tmp_path, fake_tlcli):
+    _fit(tmp_path, "flowers5", "lr3e4", 0, 0.80)
+    rows = tta.measure(tmp_path, "lr3e4", "flowers5", 0, ["flip"], done={("flowers5", "0", "flip")})
+    assert [r["views"] for r in rows] == ["none"] and not fake_tlcli
+    assert tta.measure(tmp_path, "lr3e4", "flowers5", 1, ["flip"], done=set()) == []
+
+
+def test_tta_summary_pairs_each_seed_with_its_own_checkpoint():
+    rows = [
+        {"set": "flowers5", "seed": s, "views": v, "test_acc": a, "test_f1_macro": "", "test_ece": ""}
+        for s, v, a in [(0, "none", 0.80), (0, "flip", 0.83), (1, "none", 0.90), (1, "flip", 0.89)]
+    ]
+    lines = tta.summary(rows, ["flip"])
+    flip = next(line for line in lines if "| flip |" in line)
+    assert "| +0.010 |" in flip  # (0.03 - 0.01) / 2
+    assert lines[-1] == "- **tta=flip**: +0.0100 on 1 sets"
+
+
+def test_averaging_soups_the_plain_variant_with_the_other_one(tmp_path, fake_tlcli, monkeypatch):
+    plain = _fit(tmp_path, "cats_vs_dogs", "lr3e4", 2, 0.95)
+    _fit(tmp_path, "cats_vs_dogs", "randaug", 2, 0.97)
+
+    def soup(args: list[str], run_dir: Path) -> float:
+        sweep = Path(args[1])
+        assert sorted(p.resolve().parent.name for p in sweep.iterdir()) == ["lr3e4", "randaug"]
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"test/acc": 0.96}))
+        return 2.0
+
+    wise = averaging.tlcli
+    monkeypatch.setattr(averaging, "tlcli", lambda a, d: soup(a, d) if a[0] == "soup" else wise(a, d))
+    rows = averaging.measure(tmp_path, "cats_vs_dogs", 2, set(), "lr3e4", "randaug")
+    assert [(r["method"], r["test_acc"]) for r in rows] == [
+        ("defaults", 0.95),
+        ("randaug", 0.97),
+        ("wise", pytest.approx(0.96)),
+        ("soup", 0.96),
+    ]
+    assert fake_tlcli[0][0] == ["wise", f"ckpt={plain}"]
