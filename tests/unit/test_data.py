@@ -16,8 +16,8 @@ from PIL import Image
 from tests.conftest import make_image, make_imagefolder
 from tlcli.config.paths import conf_dir
 from tlcli.data import CSVDataModule, DigitsDataModule, ImageFolderDataModule
-from tlcli.data.base import resolve_num_workers
 from tlcli.data.embedded import render_digit
+from tlcli.data.options import resolve_num_workers
 from tlcli.data.samples import stratified_split
 from tlcli.data.transforms import image_transforms, load_rgb
 from tlcli.errors import ConfigError, DataError

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    from tlcli.data.base import resolve_num_workers
+    from tlcli.data.options import resolve_num_workers
     from tlcli.data.transforms import pixel_limit
 
     require(cfg)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,8 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from tlcli.data import augment as presets
-from tlcli.data import kshot, splits
+from tlcli.data import kshot, options, splits
+from tlcli.data.eval_inputs import EvalInputs
 from tlcli.data.loading import make_loader
 from tlcli.data.samples import (
     ImageDataset,
@@ -27,33 +27,10 @@ from tlcli.data.samples import (
     plural,
 )
 from tlcli.data.text import TextCollate, TextDataset
-from tlcli.data.transforms import Transform, image_transforms, load_rgb, pixel_limit
-from tlcli.errors import ConfigError, DataError, did_you_mean
+from tlcli.data.transforms import image_transforms, load_rgb, pixel_limit
+from tlcli.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-SAMPLERS = ("shuffle", "balanced")
-
-
-def check_feature_views(value: int | str) -> int:
-    """data.feature_views as a number of extra views: auto (unresolved outside fit) is 0."""
-    if value == "auto":
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"data.feature_views={value} must be auto or an integer >= 0: the augmented views of each train "
-            "image cached beside its plain view for the linear probe (e.g. 9; 0 = the plain view only)"
-        )
-    return value
-
-
-def resolve_num_workers(value: int | str) -> int:
-    """`auto`: one worker per spare core, at most 4 (the main process trains on the rest)."""
-    if value == "auto":
-        return min(4, max(0, (os.cpu_count() or 1) - 1))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"data.num_workers={value} must be auto or an integer >= 0")
-    return value
 
 
 class Shaped(L.LightningDataModule):
@@ -86,7 +63,7 @@ def base_options(values: dict[str, Any]) -> dict[str, Any]:
     return {k: values[k] for k in _BASE_OPTIONS if k in values}
 
 
-class TransferDataModule(Shaped):
+class TransferDataModule(EvalInputs, Shaped):
     """Shared splitting, datasets and loaders; attributes are ready after setup().
 
     num_classes, class_names, labels: what the head and task are built for; labels is the kind
@@ -140,24 +117,11 @@ class TransferDataModule(Shaped):
     ):
         super().__init__()
         pixel_limit(max_image_pixels)  # ConfigError now, not at the first image
-        if isinstance(max_bad_fraction, bool) or not 0.0 <= float(max_bad_fraction) <= 1.0:
-            raise ConfigError(
-                f"data.max_bad_fraction={max_bad_fraction} must be between 0 and 1: the share of "
-                "unreadable images per split that is skipped rather than fatal (e.g. 0.01)"
-            )
-        if not 0.0 < float(val_fraction) < 1.0:
-            raise ConfigError(f"data.val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.2)")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
+        options.check_numbers(max_bad_fraction, val_fraction, batch_size, sampler)
         self.val_fraction = float(val_fraction)
         self.num_folds, self.fold = check_folds(num_folds, fold)
         self.batch_size = batch_size
-        self.num_workers = resolve_num_workers(num_workers)
-        if sampler not in SAMPLERS:
-            raise ConfigError(
-                f"data.sampler={sampler} is not a sampler: use shuffle (every example once per epoch) or balanced "
-                "(classes drawn equally often)." + did_you_mean(str(sampler), SAMPLERS)
-            )
+        self.num_workers = options.resolve_num_workers(num_workers)
         # the preset's name (data.augment=true is "light"); augment: whether training images are augmented
         self.augment_preset, self.augment_value = presets.preset(augment), augment
         self.augment = self.augment_preset != "none"
@@ -170,7 +134,7 @@ class TransferDataModule(Shaped):
         self.k_shot = kshot.parse_k_shot(k_shot)
         self.feature_cache = bool(feature_cache)
         self.feature_cache_dir = feature_cache_dir
-        self.feature_views = check_feature_views(feature_views)
+        self.feature_views = options.check_feature_views(feature_views)
         self.max_bad_fraction = float(max_bad_fraction)
         self.bucket_by_length = bool(bucket_by_length)
         self.max_image_pixels = max_image_pixels
@@ -354,36 +318,6 @@ class TransferDataModule(Shaped):
         if self.labels == "numeric":
             return [len(targets)] * self.num_classes
         return [int(v) for v in np.bincount(targets, minlength=self.num_classes)]
-
-    # How predict and export prepare one input the way this data's evaluation does (classmethods:
-    # they know the data class from the checkpoint's config, and build no data module).
-    @classmethod
-    def eval_image_transform(cls, data_config: dict[str, Any], image_size: int | None) -> Transform:
-        """PIL RGB image -> the model's input tensor."""
-        return image_transforms(data_config, augment=False, image_size=image_size)[1]
-
-    @classmethod
-    def predict_inputs(cls, value: str, column: str | list[str] | None) -> tuple[list[str], list[Any]] | None:
-        """(names, inputs) of `tlcli predict`'s input when this data reads it its own way (data=conll:
-        sentences of words); None: predict lists image files or a CSV's texts itself."""
-        return None
-
-    @classmethod
-    def text_dataset(cls, samples: Samples, data_config: dict[str, Any]) -> Dataset:
-        """Texts (or text pairs) -> the dataset fit evaluates on, tokenised once; predict prepares
-        unlabelled texts with it too (their targets placeholders)."""
-        return TextDataset(samples, data_config["tokenizer"], data_config["max_length"])
-
-    @classmethod
-    def eval_geometry(cls, data_config: dict[str, Any], image_size: int | None) -> dict[str, Any]:
-        """{"resize", "crop_pct"} of eval_image_transform, for export's preprocess.json: resize is
-        the shorter side (an int) or the exact (height, width); then a center crop to the input size."""
-        import math
-
-        _, h, w = data_config["input_size"] if image_size is None else (3, image_size, image_size)
-        crop_pct = float(data_config["crop_pct"])
-        resize = [math.floor(h / crop_pct), math.floor(w / crop_pct)] if h != w else math.floor(h / crop_pct)
-        return {"crop_pct": crop_pct, "resize": resize}
 
     def train_targets(self) -> np.ndarray:
         """The training split's targets: class ids (N,), 0/1 (N, C) or values (N, K)."""

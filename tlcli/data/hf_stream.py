@@ -43,9 +43,10 @@ import numpy as np
 import torch
 
 from tlcli.data import augment as presets
-from tlcli.data.base import Shaped, resolve_num_workers
+from tlcli.data.base import Shaped
 from tlcli.data.csv import input_columns, label_kind
 from tlcli.data.hf import check_columns, class_id, given_classes, hf_image, input_column_for, open_splits
+from tlcli.data.options import resolve_num_workers
 from tlcli.data.stream import StreamLoader, StreamSplit, fingerprint
 from tlcli.data.text import TokenizingCollate
 from tlcli.data.transforms import image_transforms, pixel_limit
