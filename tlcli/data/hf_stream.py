@@ -40,17 +40,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from tlcli.data import augment as presets
 from tlcli.data.base import Shaped
 from tlcli.data.csv import input_columns, label_kind
-from tlcli.data.hf import check_columns, class_id, given_classes, hf_image, input_column_for, open_splits
+from tlcli.data.hf import check_columns, given_classes, input_column_for, open_splits
+from tlcli.data.hf_example import Example
 from tlcli.data.options import resolve_num_workers
 from tlcli.data.stream import StreamLoader, StreamSplit, fingerprint
 from tlcli.data.text import TokenizingCollate
 from tlcli.data.transforms import image_transforms, pixel_limit
-from tlcli.errors import ConfigError, DataError
+from tlcli.errors import ConfigError
 from tlcli.training import distributed
 
 log = logging.getLogger(__name__)
@@ -69,41 +69,6 @@ REFUSED = (
 
 def _show(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-class Example:
-    """A streamed example (a dict of columns) -> (input, target): a transformed image, or the text
-    (a pair: a tuple) that TokenizingCollate tokenises. A plain picklable object, for loader workers."""
-
-    def __init__(self, split: str, column, targets: list[str], labels: str, classes: list[str], transform, pixels):
-        self.split, self.column, self.targets, self.labels = split, column, targets, labels
-        self.classes, self.transform, self.max_pixels = classes, transform, pixels
-
-    def __call__(self, example: dict[str, Any]) -> tuple[Any, Any]:
-        return self.input(example), self.target(example)
-
-    def input(self, example: dict[str, Any]) -> Any:
-        where = f"the {self.split} split (streamed)"
-        if self.transform is not None:
-            return self.transform(hf_image(example[self.column], self.column, where, self.max_pixels))
-        text = tuple(example[c] for c in self.column) if isinstance(self.column, list) else example[self.column]
-        if not (all(text) if isinstance(text, tuple) else text):
-            raise DataError(f"data: empty text in {where}; drop such rows")
-        return text
-
-    def target(self, example: dict[str, Any]) -> Any:
-        if self.labels == "class":
-            return class_id(example[self.targets[0]], self.classes, f"the {self.split} split (streamed)")
-        try:
-            y = np.array([float(example[c]) for c in self.targets], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise DataError(
-                f"data: the {self.split} split's targets ({', '.join(self.targets)}) must be numbers"
-            ) from exc
-        if not np.isfinite(y).all() or (self.labels == "multi" and not np.isin(y, (0.0, 1.0)).all()):
-            what = "0 or 1" if self.labels == "multi" else "finite numbers"
-            raise DataError(f"data: the {self.split} split has targets that are not {what}: {y.tolist()}")
-        return torch.from_numpy(y)
 
 
 class HFStreamingDataModule(Shaped):
