@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.averaging import metrics, tlcli
 from bench.suite import IMAGE_SETS, RESULTS, ROOT, mean_sd, previous_commands, read_rows, tlcli_commit, write_csv
 
-COLUMNS = ["set", "seed", "views", "test_acc", "test_f1_macro", "test_ece", "wall_s", "run"]
+COLUMNS = ["set", "seed", "views", "test_acc", "test_f1_macro", "test_loss", "test_ece", "wall_s", "run"]
 
 
 def slug(views: str) -> str:
@@ -36,30 +36,34 @@ def row(set_name: str, seed: int, views: str, m: dict, wall: float | str, run: P
         "views": views,
         "test_acc": m["test/acc"],
         "test_f1_macro": m.get("test/f1_macro", ""),
+        "test_loss": m.get("test/loss", ""),
         "test_ece": m.get("test/ece", ""),
         "wall_s": round(wall, 1) if isinstance(wall, float) else wall,
         "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
     }
 
 
-def measure(base: Path, variant: str, set_name: str, seed: int, views: list[str], done: set) -> list[dict]:
+def measure(base: Path, variant: str, set_name: str, seed: int, views: list[str], done: dict) -> list[dict]:
+    """The fit's row and one per view set; `done` maps (set, seed, views) to the wall s of a test
+    already run, whose row is read back from its run dir instead of testing again."""
     fit = base / set_name / variant / f"seed{seed}"
     if not (fit / "metrics.json").is_file():
         return []
     out = [row(set_name, seed, "none", metrics(fit), "", fit)]
     for v in views:
-        if (set_name, str(seed), v) in done:
-            continue
         run = base / set_name / f"tta-{slug(v)}" / f"seed{seed}"
-        wall = tlcli(["test", f"ckpt={fit}", f"tta={v}"], run)
+        if (set_name, str(seed), v) in done and (run / "metrics.json").is_file():
+            wall = done[(set_name, str(seed), v)]
+        else:
+            wall = tlcli(["test", f"ckpt={fit}", f"tta={v}"], run)
         out.append(row(set_name, seed, v, metrics(run), wall, run))
     return out
 
 
 def summary(rows: list[dict], views: list[str]) -> list[str]:
     lines = [
-        "| set | views | seeds | test acc (mean ± std) | Δ acc vs none (paired) | macro-F1 | test ECE |",
-        "|---|---|---|---|---|---|---|",
+        "| set | views | seeds | test acc (mean ± std) | Δ acc vs none (paired) | macro-F1 | test loss | test ECE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     gains: dict[str, list[float]] = {}
     for set_name in [s for s in IMAGE_SETS if any(r["set"] == s for r in rows)]:
@@ -74,10 +78,11 @@ def summary(rows: list[dict], views: list[str]) -> list[str]:
                 gains.setdefault(v, []).append(statistics.mean(deltas))
             f1 = [float(r["test_f1_macro"]) for r in rs if r["test_f1_macro"] != ""]
             ece = [float(r["test_ece"]) for r in rs if r["test_ece"] != ""]
+            loss = [float(r["test_loss"]) for r in rs if r.get("test_loss", "") != ""]
             delta = f"{statistics.mean(deltas):+.3f}" if v != "none" and deltas else ""
             lines.append(
                 f"| {set_name} | {v} | {len(rs)} | {mean_sd([float(r['test_acc']) for r in rs])} | {delta} | "
-                f"{mean_sd(f1) if f1 else ''} | {mean_sd(ece) if ece else ''} |"
+                f"{mean_sd(f1) if f1 else ''} | {mean_sd(loss) if loss else ''} | {mean_sd(ece) if ece else ''} |"
             )
     lines += ["", "Mean paired gain over the sets (each set's mean over seeds, then the mean over sets):", ""]
     lines += [f"- **tta={v}**: {statistics.mean(g):+.4f} on {len(g)} sets" for v, g in gains.items()]
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     base = ROOT / "outputs" / args.results_name
     for seed in args.seeds:
         for set_name in args.sets:
-            done = {(r["set"], str(r["seed"]), r["views"]) for r in rows}
+            done = {(r["set"], str(r["seed"]), r["views"]): r["wall_s"] for r in rows}
             new = measure(base, args.variant, set_name, seed, args.views, done)
             fresh = {(r["set"], str(r["seed"]), r["views"]) for r in new}
             rows = [r for r in rows if (r["set"], str(r["seed"]), r["views"]) not in fresh] + new

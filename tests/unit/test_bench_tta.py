@@ -37,7 +37,7 @@ def fake_tlcli(monkeypatch):
 
 def test_tta_tests_each_view_set_of_a_finished_fit_into_its_own_folder(tmp_path, fake_tlcli):
     fit = _fit(tmp_path, "flowers5", "lr3e4", 0, 0.80)
-    rows = tta.measure(tmp_path, "lr3e4", "flowers5", 0, ["flip", "[flip,crops]"], done=set())
+    rows = tta.measure(tmp_path, "lr3e4", "flowers5", 0, ["flip", "[flip,crops]"], done={})
     assert [r["views"] for r in rows] == ["none", "flip", "[flip,crops]"]
     assert [args for args, _ in fake_tlcli] == [
         ["test", f"ckpt={fit}", "tta=flip"],
@@ -50,16 +50,19 @@ def test_tta_tests_each_view_set_of_a_finished_fit_into_its_own_folder(tmp_path,
     assert rows[0]["test_acc"] == 0.80 and rows[1]["test_acc"] == pytest.approx(0.81)
 
 
-def test_tta_skips_done_views_and_seeds_without_a_fit(tmp_path, fake_tlcli):
+def test_tta_reads_done_views_back_and_skips_seeds_without_a_fit(tmp_path, fake_tlcli):
     _fit(tmp_path, "flowers5", "lr3e4", 0, 0.80)
-    rows = tta.measure(tmp_path, "lr3e4", "flowers5", 0, ["flip"], done={("flowers5", "0", "flip")})
-    assert [r["views"] for r in rows] == ["none"] and not fake_tlcli
-    assert tta.measure(tmp_path, "lr3e4", "flowers5", 1, ["flip"], done=set()) == []
+    tta.measure(tmp_path, "lr3e4", "flowers5", 0, ["flip"], done={})
+    fake_tlcli.clear()
+    rows = tta.measure(tmp_path, "lr3e4", "flowers5", 0, ["flip"], done={("flowers5", "0", "flip"): 7.5})
+    assert [(r["views"], r["wall_s"]) for r in rows] == [("none", ""), ("flip", 7.5)] and not fake_tlcli
+    assert rows[1]["test_acc"] == pytest.approx(0.81)  # from the test's own metrics.json
+    assert tta.measure(tmp_path, "lr3e4", "flowers5", 1, ["flip"], done={}) == []
 
 
 def test_tta_summary_pairs_each_seed_with_its_own_checkpoint():
     rows = [
-        {"set": "flowers5", "seed": s, "views": v, "test_acc": a, "test_f1_macro": "", "test_ece": ""}
+        {"set": "flowers5", "seed": s, "views": v, "test_acc": a, "test_f1_macro": "", "test_loss": "", "test_ece": ""}
         for s, v, a in [(0, "none", 0.80), (0, "flip", 0.83), (1, "none", 0.90), (1, "flip", 0.89)]
     ]
     lines = tta.summary(rows, ["flip"])
