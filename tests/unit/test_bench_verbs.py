@@ -1,4 +1,5 @@
-"""bench/tta.py and bench/averaging.py: which runs they test, where they write, and the paired gains."""
+"""The harnesses that run tlcli verbs on finished suite runs (bench/tta.py, averaging.py, kfold.py):
+which runs they use, where they write, and what they compute from them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import averaging, tta
+from bench import averaging, kfold, tta
 
 
 def _fit(root: Path, set_name: str, variant: str, seed: int, acc: float) -> Path:
@@ -92,3 +93,21 @@ def test_averaging_soups_the_plain_variant_with_the_other_one(tmp_path, fake_tlc
         ("soup", 0.96),
     ]
     assert fake_tlcli[0][0] == ["wise", f"ckpt={plain}"]
+
+
+def test_kfold_joins_the_fold_fits_as_a_sweep_and_scores_each_fold_on_its_own_val(tmp_path):
+    for i, (test_acc, right) in enumerate([(0.9, 3), (1.0, 4)]):
+        run = _fit(tmp_path, "cats_vs_dogs", f"fold{i}", 0, test_acc)
+        rows = [{"fold": i, "true": "cat", "pred": "cat" if k < right else "dog"} for k in range(4)]
+        (run / "oof_predictions.csv").write_text(
+            "fold,true,pred\n" + "".join(f"{r['fold']},{r['true']},{r['pred']}\n" for r in rows)
+        )
+    sweep = kfold.assemble(tmp_path, "cats_vs_dogs", 0, 2)
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1"]
+    assert (sweep / "1").resolve() == (tmp_path / "cats_vs_dogs" / "fold1" / "seed0").resolve()
+    assert [(r["fold"], r["test_acc"], r["val_examples"], r["val_acc"]) for r in kfold.fold_rows(sweep)] == [
+        (0, 0.9, 4, 0.75),
+        (1, 1.0, 4, 1.0),
+    ]
+    with pytest.raises(SystemExit, match="fold2/seed0 has no metrics.json"):
+        kfold.assemble(tmp_path, "cats_vs_dogs", 0, 3)
