@@ -134,9 +134,14 @@ def main(argv: list[str] | None = None) -> None:
             fresh = {(r["set"], str(r["seed"]), r["views"]) for r in new}
             rows = [r for r in rows if (r["set"], str(r["seed"]), r["views"]) not in fresh] + new
             write_csv(rows, csv_path, COLUMNS)
-            write_md(rows, args.views, args.variant, md, commands)
+            write_md(rows, shown(rows, args.views), args.variant, md, commands)
             print(f"{set_name} seed {seed}: {[(r['views'], r['test_acc']) for r in new]}", flush=True)
-    write_md(rows, args.views, args.variant, md, commands)
+    write_md(rows, shown(rows, args.views), args.variant, md, commands)
+
+
+def shown(rows: list[dict], views: list[str]) -> list[str]:
+    """The view sets this run asked for, then any other the table already holds (an earlier run's)."""
+    return views + sorted({r["views"] for r in rows} - {"none", *views})
 
 
 if __name__ == "__main__":
