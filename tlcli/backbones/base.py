@@ -43,6 +43,15 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    def source_head(self) -> nn.Linear | None:
+        """The classifier the backbone was pretrained with (e.g. its ImageNet head), as a Linear on
+        forward's pooled features: source_head()(backbone(x)) are the source model's logits.
+
+        None when there is none to read: a text encoder, a feature pyramid, or weights without one.
+        LEEP and NCE (`tlcli rank`) need it; the feature-based scores do not.
+        """
+        return None
+
     def data_config(self) -> dict[str, Any]:
         """How inputs must be prepared, taken from the model's own pretrained config.
 

@@ -31,6 +31,7 @@ class TimmBackbone(Backbone):
     feature maps through timm's forward_intermediates, as FeatureMaps; the layers after the last
     map (the classifier side: conv_head, final norm) are pruned once the weights are loaded.
     Extra keyword arguments go to timm.create_model (e.g. drop_path_rate).
+    source_head() gives back the pretrained classifier the pooled model leaves out (LEEP, NCE).
     """
 
     modality = "image"
@@ -54,6 +55,10 @@ class TimmBackbone(Backbone):
         if features not in FEATURES:
             raise ConfigError(f"backbone.features={features} must be pooled or pyramid")
         self.name, self.weights, self.features = name, str(weights), features
+        self._model_kwargs = dict(model_kwargs)
+        self._head: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # a checkpoint's classifier
+        # the RNG state the random init is drawn from: source_head() draws the random classifier from it too
+        self._init_rng = torch.get_rng_state()
         self.model = _create(name, self.weights == "hub", model_kwargs)
         if self.weights.startswith(W.PKG_PREFIX):
             self._load(W.packaged_state_dict(W.packaged_source(self.weights, name, "timm")), self.weights)
@@ -69,7 +74,34 @@ class TimmBackbone(Backbone):
         # The checkpoint may carry the classifier our num_classes=0 model does not have.
         classifier = self.model.pretrained_cfg.get("classifier") or "classifier"
         heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        if self.features == "pooled" and len(heads) == 1:  # a distilled model's two heads: no single source head
+            self._head = (state.get(f"{heads[0]}.weight"), state.get(f"{heads[0]}.bias"))
         W.load_matching(self.model, state, source, drop=tuple(f"{h}." for h in heads))
+
+    def source_head(self) -> torch.nn.Linear | None:
+        """The pretrained classifier as a Linear on the pooled features (ImageNet's 1000 classes for
+        ImageNet weights), on the CPU, frozen.
+
+        pkg: and file weights: the checkpoint's classifier tensors (None if it has none); hub: the
+        classifier of timm.create_model(name, pretrained=True); none: the classifier a random init of
+        the whole model gets (timm's own init for this architecture), drawn from the RNG state this
+        backbone was built under, so one seed gives one head, and the caller's RNG is left as it was.
+        None for a feature pyramid, or a classifier that is not one linear map of the pooled features.
+        """
+        if self.features != "pooled":
+            return None
+        # forward's width: a pre-logits layer's (MobileNetV3's conv_head) where there is one, else the trunk's
+        width = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        if self.weights not in ("hub", "none"):
+            return _as_linear(*self._head, width)
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._init_rng)
+            # num_classes=None: timm's default for the pretrained tag (1000 for ImageNet-1k)
+            full = _create(self.name, self.weights == "hub", self._model_kwargs, num_classes=None)
+        head = full.get_classifier()
+        if not isinstance(head, torch.nn.Linear | torch.nn.Conv2d):
+            return None
+        return _as_linear(head.weight, head.bias, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | FeatureMaps:
         if self.features == "pooled":
@@ -102,6 +134,25 @@ class TimmBackbone(Backbone):
         if rest:  # group_parameters assigns every parameter today; stay correct if that changes
             groups.append(("rest", rest))
         return groups
+
+
+def _as_linear(weight: torch.Tensor | None, bias: torch.Tensor | None, num_features: int) -> torch.nn.Linear | None:
+    """A frozen CPU Linear with these tensors, if they map num_features inputs to classes (a 1x1 conv
+    classifier on pooled maps counts); None otherwise."""
+    if weight is None:
+        return None
+    weight = weight.detach().float().cpu()
+    if weight.ndim == 4 and tuple(weight.shape[2:]) == (1, 1):
+        weight = weight.flatten(1)
+    if weight.ndim != 2 or weight.shape[1] != num_features:
+        return None
+    # skip_init: no default init, so building the head draws nothing from the RNG
+    head = torch.nn.utils.skip_init(torch.nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias.detach().reshape(-1))
+    return head.eval().requires_grad_(False)
 
 
 def _pyramid(model: torch.nn.Module, name: str) -> list[int]:
@@ -145,9 +196,10 @@ def _check_name(name: str) -> None:
     )
 
 
-def _create(name: str, pretrained: bool, model_kwargs: dict[str, Any]) -> torch.nn.Module:
+def _create(name: str, pretrained: bool, model_kwargs: dict[str, Any], num_classes: int | None = 0) -> torch.nn.Module:
+    """timm.create_model; num_classes=0: pooled features, None: the pretrained tag's own classifier."""
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **model_kwargs)
     except TypeError as e:
         raise ConfigError(f"timm model '{name}' rejected an extra backbone argument: {e}") from e
     except Exception as e:

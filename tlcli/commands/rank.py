@@ -2,8 +2,10 @@
 
 For each candidate: build the backbone, build the data module with that backbone's own
 transforms (augmentation off), extract pooled features of the train and val splits once
-(eval mode, no gradients), and score them with LogME, H-score and a linear probe
-(tlcli.reporting.transferability). The table is sorted by LogME; rank.json and rank.csv go to the
+(eval mode, no gradients), and score them with LogME, H-score and a linear probe, and, where the
+candidate keeps its source classifier (an ImageNet head: timm models, random init included), with
+LEEP and NCE on that head's predictions for train (tlcli.reporting.transferability; None elsewhere,
+e.g. a text encoder). The table is sorted by LogME; rank.json and rank.csv go to the
 run dir, with a recommendation: the top candidate, and the runner-up too when their LogME gap is
 within noise (the paired gap over disjoint folds of train is under two standard errors).
 
@@ -36,13 +38,26 @@ from tlcli.data.samples import fold_ids
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T
+from tlcli.reporting.rank_table import print_recommendation, print_table, score_text
 from tlcli.training import distributed
 from tlcli.training.feature_store import FeatureCache
 from tlcli.training.features import extract, subset_indices
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("rank", "candidate", "name", "weights", "num_features", "logme", "hscore", "probe_acc", "seconds")
+COLUMNS = (
+    "rank",
+    "candidate",
+    "name",
+    "weights",
+    "num_features",
+    "logme",
+    "hscore",
+    "probe_acc",
+    "leep",
+    "nce",
+    "seconds",
+)
 FOLDS = 5  # disjoint stratified folds of train for the LogME gap's standard error
 NOISE_SE = 2.0  # a gap under this many standard errors is within noise
 # a fine-tuning step (forward + backward + update) costs about this many forward passes
@@ -83,7 +98,7 @@ def rank(cfg: DictConfig) -> dict[str, Any]:
     files.write_json_atomic(run_dir / "rank.json", result)
     files.write_text_atomic(run_dir / "rank.csv", to_csv(rows))
     print_table(rows, data)
-    print_recommendation(result)
+    print_recommendation(result, TRAIN_STEP_FORWARDS)
     console.console.print(f"run dir: {run_dir}")
     return result
 
@@ -138,6 +153,7 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     (ftr, ytr), (fva, yva), forwards = _features(backbone, datamodule, cfg)
     per_example_s = (time.perf_counter() - extract_start) / max(forwards, 1)
     n_train, n_val = (len(datamodule.samples[s]) for s in ("train", "val"))
+    probs = source_probs(backbone.source_head(), ftr)  # the same train subset LogME scores
     row = {
         "candidate": candidate.spec,
         "name": str(candidate.backbone.name),
@@ -146,6 +162,8 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
         "logme": T.logme(ftr, ytr),
         "hscore": T.hscore(ftr, ytr, shrinkage=cfg.hscore_shrinkage),
         "probe_acc": T.linear_probe_accuracy(ftr, ytr, fva, yva, c=cfg.probe_c, max_iter=cfg.probe_max_iter),
+        "leep": None if probs is None else T.leep(probs, ytr),
+        "nce": None if probs is None else T.nce(probs, ytr),
         "seconds": round(time.perf_counter() - start, 2),
         # what fine-tuning this candidate would cost here: its epochs of a training pass over train
         # (a forward pass's time x TRAIN_STEP_FORWARDS per example) and an evaluation pass over val
@@ -158,9 +176,24 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
         "n_val": len(yva),
     }
     log.info(
-        "%s: LogME %.4f, H-score %.3f, probe acc %.3f", candidate.spec, row["logme"], row["hscore"], row["probe_acc"]
+        "%s: LogME %.4f, H-score %.3f, probe acc %.3f, LEEP %s, NCE %s",
+        candidate.spec,
+        row["logme"],
+        row["hscore"],
+        row["probe_acc"],
+        score_text(row["leep"], 4),
+        score_text(row["nce"], 4),
     )
     return row, data, logme_folds(ftr, ytr, cfg.seed)
+
+
+def source_probs(head: torch.nn.Linear | None, features: np.ndarray) -> np.ndarray | None:
+    """The source classifier's softmax (N, Z) on pooled features (N, D), in float64; None without a head."""
+    if head is None:
+        return None
+    with torch.no_grad():
+        logits = head.double()(torch.from_numpy(np.asarray(features, dtype=np.float64)))
+    return logits.softmax(dim=1).numpy()
 
 
 def _features(backbone, datamodule, cfg: DictConfig):
@@ -245,57 +278,3 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def _duration(seconds: float) -> str:
-    return (
-        f"{seconds:.0f} s"
-        if seconds < 120
-        else f"{seconds / 60:.0f} min"
-        if seconds < 7200
-        else f"{seconds / 3600:.1f} h"
-    )
-
-
-def print_recommendation(result: dict[str, Any]) -> None:
-    rec, t, rows = result["recommendation"], result["time"], result["candidates"]
-    chosen = [rec["candidate"]] + ([rec["runner_up"]] if rec["runner_up"] else [])
-    say = console.console.print
-    say(f"recommendation: fine-tune {' and '.join(chosen)} ({rec['reason']})")
-    if len(rows) > 1:
-        fit_chosen = sum(r["fit_estimate_s"] for r in rows if r["candidate"] in chosen)
-        say(
-            f"ranking took {_duration(t['rank_s'])}; fine-tuning all {len(rows)} candidates would take about "
-            f"{_duration(t['fit_all_estimate_s'])} here, the recommendation alone about {_duration(fit_chosen)} "
-            f"(estimate: each candidate's epochs x {TRAIN_STEP_FORWARDS:g} forward passes per train example)"
-        )
-    say(f"next: {result['fit_command']}", soft_wrap=True, markup=False, highlight=False)  # one line to copy
-
-
-def print_table(rows: list[dict[str, Any]], data: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(
-        title=f"transferability on {data['n_train']} train / {data['n_val']} val samples, "
-        f"{data['num_classes']} classes (sorted by LogME)"
-    )
-    for col in ("rank", "candidate", "weights", "features", "LogME", "H-score", "probe acc", "s"):
-        text = col in ("candidate", "weights")
-        # fold long names onto several lines rather than cut them (a narrow terminal or a log file)
-        table.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
-    for r in rows:
-        table.add_row(
-            str(r["rank"]),
-            r["candidate"],
-            r["weights"],
-            str(r["num_features"]),
-            f"{r['logme']:.4f}",
-            f"{r['hscore']:.3f}",
-            f"{r['probe_acc']:.3f}",
-            f"{r['seconds']:.1f}",
-        )
-    console.console.print(table)
-    console.console.print(
-        "LogME: log evidence per sample of a Bayesian linear model (higher = better); "
-        f"H-score: 0 to {data['num_classes'] - 1}; probe acc: logistic regression on train, scored on val"
-    )

@@ -8,6 +8,10 @@ All three take pooled features (N, D) and integer labels (N,):
   (Ledoit-Wolf by default), because the plain score saturates at C - 1 for any features
   once D approaches N.
 - `linear_probe_accuracy`: a logistic regression trained on one split, scored on another.
+
+Two more read the candidate's own source classifier (its ImageNet head) instead of its features:
+- `leep`: LEEP (Nguyen et al., ICML 2020), from the source head's class probabilities (N, Z).
+- `nce`: NCE (Tran et al., ICCV 2019), from its hard labels (argmax of those probabilities).
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ import numpy as np
 # generous cap is cheap; the original LogME code stops after 11.
 _MAX_ITER = 1000
 _TOL = 1e-6
+# softmax outputs in float32 sum to 1 within a few ulps; a row further off than this is not probabilities
+_PROB_TOL = 1e-4
+
+
+def _as_labels(labels: np.ndarray) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"expected labels (N,), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
+    return y
 
 
 def _as_inputs(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,9 +43,7 @@ def _as_inputs(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     y = np.asarray(labels)
     if f.ndim != 2 or y.ndim != 1 or len(f) != len(y):
         raise ValueError(f"expected features (N, D) and labels (N,), got {f.shape} and {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
-    return f, y
+    return f, _as_labels(y)
 
 
 def logme_evidence(y: np.ndarray, u: np.ndarray, sigma: np.ndarray, n_features: int) -> tuple[float, float, float]:
@@ -157,3 +170,55 @@ def linear_probe(
         return probe.predict_proba(f if basis is None else f @ basis)
 
     return predict_proba
+
+
+def _indices(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Distinct values -> 0..K-1 (in sorted order), and K."""
+    distinct, index = np.unique(values, return_inverse=True)
+    return index.reshape(-1), len(distinct)
+
+
+def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """LEEP, the log expected empirical prediction (Nguyen et al., "LEEP: A New Measure to Evaluate
+    Transferability of Learned Representations", ICML 2020); higher = better, at most 0.
+
+    source_probs: theta (N, Z), the source classifier's softmax on each target example; labels (N,).
+    P(y, z) = mean_i theta_iz [y_i = y], P(y | z) = P(y, z) / P(z), and
+    LEEP = mean_i log sum_z P(y_i | z) theta_iz: the log likelihood of the target labels under the
+    classifier that maps each source class to target classes by their co-occurrence.
+    """
+    theta, y = _as_inputs(source_probs, labels)
+    if (theta < 0).any() or not np.allclose(theta.sum(axis=1), 1.0, atol=_PROB_TOL):
+        raise ValueError("source_probs must be probabilities: non-negative rows that sum to 1 (a softmax)")
+    index, n_classes = _indices(y)
+    onehot = np.eye(n_classes)[index]  # (N, C)
+    joint = onehot.T @ theta / len(y)  # P(y, z), (C, Z)
+    marginal = joint.sum(axis=0)  # P(z)
+    # a source class no example puts mass on has no conditional; theta is 0 there, so 0 loses nothing
+    conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
+    eep = (theta * conditional[index]).sum(axis=1)  # the expected empirical prediction of y_i
+    return float(np.log(np.clip(eep, np.finfo(np.float64).tiny, None)).mean())
+
+
+def nce(source_labels_or_probs: np.ndarray, labels: np.ndarray) -> float:
+    """NCE, the negative conditional entropy -H(Y | Z) (Tran et al., "Transferability and Hardness
+    of Supervised Classification Tasks", ICCV 2019); higher = better, at most 0.
+
+    source_labels_or_probs: the source classifier's hard label z_i of each target example (N,), or
+    its class probabilities (N, Z), of which the argmax is taken. With the empirical joint P(y, z) of
+    the counts, NCE = sum_{y,z} P(y, z) log P(y | z); empty cells add nothing.
+    """
+    z = np.asarray(source_labels_or_probs)
+    if z.ndim == 2:
+        z = z.argmax(axis=1)
+    y = _as_labels(labels)
+    if z.shape != y.shape or not np.issubdtype(z.dtype, np.integer):
+        raise ValueError(f"expected source labels (N,) of integers or probabilities (N, Z), got {z.shape} {z.dtype}")
+    yi, n_classes = _indices(y)
+    zi, n_source = _indices(z)
+    counts = np.zeros((n_classes, n_source))
+    np.add.at(counts, (yi, zi), 1.0)
+    joint = counts / len(y)
+    conditional = joint / joint.sum(axis=0)  # every column holds at least one example
+    cells = joint > 0
+    return float((joint[cells] * np.log(conditional[cells])).sum())
