@@ -628,6 +628,7 @@ def test_source_head_takes_what_forward_gives_where_a_pre_logits_layer_widens_it
     with torch.no_grad():
         pooled = backbone(torch.randn(1, 3, 224, 224))
         assert pooled.shape == (1, 1024) and backbone.source_head()(pooled).shape == (1, 1000)
+    assert backbone.num_features == 1024  # what a head on the pooled features is built for
 
 
 def test_hub_source_head_is_the_pretrained_models_classifier(monkeypatch):

@@ -68,7 +68,8 @@ class TimmBackbone(Backbone):
             self.levels = _pyramid(self.model, name)
             self.num_features = tuple(int(self.model.feature_info[i]["num_chs"]) for i in self.levels)
         else:
-            self.num_features = int(self.model.num_features)
+            # forward's width: a pre-logits layer's (MobileNetV3's conv_head) where there is one, else the trunk's
+            self.num_features = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
 
     def _load(self, state: dict[str, torch.Tensor], source: str) -> None:
         # The checkpoint may carry the classifier our num_classes=0 model does not have.
@@ -90,8 +91,7 @@ class TimmBackbone(Backbone):
         """
         if self.features != "pooled":
             return None
-        # forward's width: a pre-logits layer's (MobileNetV3's conv_head) where there is one, else the trunk's
-        width = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        width = self.num_features
         if self.weights not in ("hub", "none"):
             return _as_linear(*self._head, width)
         with torch.random.fork_rng(devices=[]):
