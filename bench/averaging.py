@@ -75,7 +75,16 @@ def row(set_name: str, seed: int, method: str, m: dict, wall: float | str = "", 
     }
 
 
-def measure(results: Path, set_name: str, seed: int, done: set[tuple], plain_v: str, other_v: str) -> list[dict]:
+def measure(
+    results: Path,
+    set_name: str,
+    seed: int,
+    done: set[tuple],
+    plain_v: str,
+    other_v: str,
+    verbs: tuple[str, ...] = ("wise", "soup"),
+) -> list[dict]:
+    """The two fits' own rows, then a row per verb run on them (those in `verbs` not yet done)."""
     base = results / set_name
     plain, ema = base / plain_v / f"seed{seed}", base / other_v / f"seed{seed}"
     out = []
@@ -85,11 +94,11 @@ def measure(results: Path, set_name: str, seed: int, done: set[tuple], plain_v: 
     if not (plain / "metrics.json").is_file():
         return out
     wise = base / "wise" / f"seed{seed}"
-    if (set_name, str(seed), "wise") not in done:
+    if "wise" in verbs and (set_name, str(seed), "wise") not in done:
         wall = tlcli(["wise", f"ckpt={plain}"], wise)
         m = metrics(wise)
         out.append(row(set_name, seed, "wise", m, wall, f"finetuned acc {m.get('finetuned/test/acc', '')}"))
-    if (ema / "metrics.json").is_file() and (set_name, str(seed), "soup") not in done:
+    if "soup" in verbs and (ema / "metrics.json").is_file() and (set_name, str(seed), "soup") not in done:
         sweep = Path(tempfile.mkdtemp(prefix=f"soup-{set_name}-{seed}-"))
         (sweep / "0").symlink_to(plain.resolve())
         (sweep / "1").symlink_to(ema.resolve())
@@ -200,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plain", default="defaults", help="the suite variant that is the defaults")
     p.add_argument("--other", default="ema", help="the variant souped with it")
     p.add_argument("--out", default="averaging", help="bench/results/<out>.csv/.md")
+    p.add_argument(
+        "--verbs", nargs="*", default=["wise", "soup"], help="verbs to run (none: only the fits' own rows, e.g. ECE)"
+    )
     args = p.parse_args(argv)
     command = "python -m bench.averaging " + " ".join(argv if argv is not None else sys.argv[1:])
     csv_path, calib_path = RESULTS / f"{args.out}.csv", RESULTS / "calibration_runs.csv"
@@ -217,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for set_name in args.sets:
                 done = {(r["set"], str(r["seed"]), r["method"]) for r in rows}
-                new = measure(results, set_name, seed, done, args.plain, args.other)
+                new = measure(results, set_name, seed, done, args.plain, args.other, tuple(args.verbs))
                 fresh = {(r["set"], str(r["seed"]), r["method"]) for r in new}
                 rows = [r for r in rows if (r["set"], str(r["seed"]), r["method"]) not in fresh] + new
                 write_csv(rows, csv_path, COLUMNS)

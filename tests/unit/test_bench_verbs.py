@@ -111,3 +111,11 @@ def test_kfold_joins_the_fold_fits_as_a_sweep_and_scores_each_fold_on_its_own_va
     ]
     with pytest.raises(SystemExit, match="fold2/seed0 has no metrics.json"):
         kfold.assemble(tmp_path, "cats_vs_dogs", 0, 3)
+
+
+def test_averaging_without_verbs_gives_only_the_fits_own_rows(tmp_path, fake_tlcli):
+    _fit(tmp_path, "flowers5", "lr3e4", 1, 0.85)
+    _fit(tmp_path, "flowers5", "randaug", 1, 0.86)
+    rows = averaging.measure(tmp_path, "flowers5", 1, set(), "lr3e4", "randaug", verbs=())
+    assert [(r["method"], r["test_ece"]) for r in rows] == [("defaults", 0.05), ("randaug", 0.05)]
+    assert not fake_tlcli
