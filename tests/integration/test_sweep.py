@@ -129,6 +129,18 @@ def test_seed_axis_is_aggregated_as_mean_and_sample_std(sweep):
     ]
 
 
+def test_a_metric_only_some_folds_have_is_averaged_over_those_and_says_so(tmp_path):
+    d = tmp_path / "sweep"
+    for fold, ece in ((0, None), (1, 0.04), (2, 0.06)):
+        metrics = {"best_val/val/loss": 0.1, "test/acc": 0.9}
+        if ece is not None:  # calibration kept T = 1 on fold 0: no uncalibrated figure
+            metrics["test/ece_uncalibrated"] = ece
+        make_job(d, fold, ["data.num_folds=3", f"data.fold={fold}"], metrics, monitor="val/loss", monitor_mode="min")
+    header, body = aggregate(build(d))
+    assert body[0][header.index("test/ece_uncalibrated")] == "0.0500 ± 0.0141 (2 of 3)"
+    assert body[0][header.index("test/acc")] == "0.9000 ± 0.0000"
+
+
 def test_minimised_monitor_sorts_ascending(tmp_path):
     d = tmp_path / "sweep"
     for num, lr, loss in ((0, "0.1", 0.9), (1, "0.01", 0.3), (2, "0.001", 0.5)):

@@ -158,7 +158,8 @@ def aggregate(lb: Leaderboard, metrics: list[str] | None = None) -> tuple[list[s
         cells = []
         for m in metrics:
             vals = [float(j.metrics[m]) for j in done if _is_number(j.metrics.get(m))]
-            cells.append(_mean_std(vals))
+            # a metric some runs lack (test/ece_uncalibrated where T stayed 1): say whose mean it is
+            cells.append(_mean_std(vals) + (f" ({len(vals)} of {len(done)})" if 0 < len(vals) < len(done) else ""))
         sort = statistics.mean(v) if (v := [_num(j.metrics.get(lb.sort_key)) for j in done]) else math.nan
         table.append((sort, [*key, str(len(done)), *cells, str(len(members) - len(done))]))
     sign = -1 if lb.mode == "max" else 1
