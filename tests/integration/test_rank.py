@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import compose_fit
 from tlcli.cli import main
-from tlcli.commands.rank import COLUMNS, logme_folds, parse_candidates, rank, recommend
+from tlcli.commands.rank import COLUMNS, fold_scores, parse_candidates, rank, recommend, sort_key
 from tlcli.errors import ConfigError
 from tlcli.training.features import subset_indices
 
@@ -56,9 +56,9 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
 
     # the decision: a 0.3 LogME gap over 5 folds of 18 digits is far outside the noise
     rec = saved["recommendation"]
-    assert (rec["candidate"], rec["runner_up"], rec["folds"]) == ("lite0_offline", None, 5)
-    assert rec["logme_gap"] == pytest.approx(pre["logme"] - tiny["logme"]) and rec["logme_gap"] > 2 * rec["gap_se"]
-    assert rec["reason"].startswith(f"LogME {pre['logme']:.4f}, ahead of test_resnet by {rec['logme_gap']:.4f}")
+    assert (rec["candidate"], rec["runner_up"], rec["folds"], rec["score"]) == ("lite0_offline", None, 5, "logme")
+    assert rec["gap"] == pytest.approx(pre["logme"] - tiny["logme"]) and rec["gap"] > 2 * rec["gap_se"]
+    assert rec["reason"].startswith(f"LogME {pre['logme']:.4f}, ahead of test_resnet by {rec['gap']:.4f}")
     flat = " ".join(out.split())
     assert f"recommendation: fine-tune lite0_offline (LogME {pre['logme']:.4f}, ahead of test_resnet" in flat
     # the saving: measured rank time against each candidate's estimated fine-tune (10 epochs each)
@@ -108,6 +108,46 @@ def test_leep_and_nce_come_from_the_candidates_own_head_and_are_none_without_one
     out = capsys.readouterr().out
     assert "n/a" in out and "LEEP" in out and "NCE" in out
     assert len(result["candidates"]) == 2
+    assert json.loads((run_dir / "rank.json").read_text())["sorted_by"] == "logme"  # the default
+
+
+def test_sort_by_leep_sorts_and_recommends_by_leep_with_its_own_fold_noise(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = compose_fit(["backbones=[test_resnet,lite0_offline]", *FEW_DIGITS, "sort_by=leep"], run_dir, "rank")
+    result = rank(cfg)
+    saved = json.loads((run_dir / "rank.json").read_text())
+    assert saved["sorted_by"] == "leep"
+    first, second = saved["candidates"]
+    assert first["leep"] > second["leep"] and first["rank"] == 1
+    rec = saved["recommendation"]
+    assert (rec["candidate"], rec["score"], rec["folds"]) == (first["candidate"], "leep", 5)
+    assert rec["gap"] == pytest.approx(first["leep"] - second["leep"])
+    assert rec["reason"].startswith(f"LEEP {first['leep']:.4f}")
+    assert result["recommendation"] == rec
+    assert "10 classes (sorted by LEEP)" in capsys.readouterr().out
+
+
+def test_sort_by_auto_takes_leep_only_when_every_candidate_has_it():
+    rows = [{"candidate": "a", "logme": 0.2, "leep": -1.0}, {"candidate": "b", "logme": 0.1, "leep": -0.9}]
+    assert sort_key("auto", rows) == "leep"
+    assert sort_key("logme", rows) == "logme"
+    rows.append({"candidate": "minilm_offline", "logme": 0.3, "leep": None})
+    assert sort_key("auto", rows) == "logme"
+    with pytest.raises(ConfigError) as exc:
+        sort_key("leep", rows)
+    assert exc.value.problems == [
+        "sort_by=leep: minilm_offline has no LEEP (no source classifier, e.g. a text encoder); sort by a score "
+        "every candidate has (sort_by=logme) or let rank choose (sort_by=auto)"
+    ]
+
+
+def test_an_unknown_sort_by_exits_2_before_any_backbone_is_built(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["rank", "backbones=[test_resnet]", "sort_by=accuracy", f"hydra.run.dir={tmp_path}"])
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "sort_by=accuracy is not a score: use auto or one of logme, hscore, probe_acc, leep, nce" in err
+    assert not (tmp_path / "rank.json").exists() and not (tmp_path / "features").exists()
 
 
 def test_the_ranked_backbone_goes_straight_to_fit_and_its_probe_reads_ranks_features(tmp_path, caplog):
@@ -165,8 +205,12 @@ def test_folds_are_disjoint_stratified_and_the_same_for_every_candidate():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [30, 20, 10])
     feats = rng.normal(size=(60, 8)) + labels[:, None]
-    first, again = logme_folds(feats, labels, seed=3), logme_folds(feats, labels, seed=3)
-    assert len(first) == 5 and first == again
+    probs = rng.dirichlet(np.ones(4), size=60)
+    scores = fold_scores(feats, labels, probs, seed=3)
+    assert set(scores) == {"logme", "hscore", "leep", "nce"} and scores == fold_scores(feats, labels, probs, seed=3)
+    assert set(fold_scores(feats, labels, None, seed=3)) == {"logme", "hscore"}  # no source head: no LEEP/NCE
+    first = scores["logme"]
+    assert len(first) == 5
     from tlcli.reporting import transferability as T
 
     # fold k holds every 5th example of each class in a seeded order: rebuild fold 0 by hand
@@ -178,7 +222,9 @@ def test_folds_are_disjoint_stratified_and_the_same_for_every_candidate():
         offset += len(idx)
     assert sorted(np.bincount(labels[fold0]).tolist()) == [2, 4, 6]
     assert first[0] == pytest.approx(T.logme(feats[sorted(fold0)], labels[sorted(fold0)]))
-    assert logme_folds(feats[:19], labels[:19], seed=3) == []  # under 4 per fold: no noise estimate
+    assert scores["leep"][0] == pytest.approx(T.leep(probs[sorted(fold0)], labels[sorted(fold0)]))
+    assert scores["hscore"][0] == pytest.approx(T.hscore(feats[sorted(fold0)], labels[sorted(fold0)]))
+    assert fold_scores(feats[:19], labels[:19], None, seed=3) == {}  # under 4 per fold: no noise estimate
 
 
 def test_a_gap_within_noise_recommends_the_runner_up_too():
@@ -193,6 +239,10 @@ def test_a_gap_within_noise_recommends_the_runner_up_too():
     assert (rec["candidate"], rec["runner_up"]) == ("a", None)
     assert recommend(rows[:1], {})["reason"] == "the only candidate"
     assert "the gap's noise is not known" in recommend(rows, {"a": [], "b": []})["reason"]
+    probe = [{"candidate": "a", "probe_acc": 0.9}, {"candidate": "b", "probe_acc": 0.8}]
+    assert recommend(probe, {}, "probe_acc")["reason"] == (
+        "highest probe acc; it is scored on val, not on folds of train, so the gap's noise is not known"
+    )
 
 
 @pytest.mark.slow

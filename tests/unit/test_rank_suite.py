@@ -111,6 +111,12 @@ def test_tau_top1_and_time_from_the_rows():
     assert "| flowers5 | 4 | 0.67 (p " in text and "| lite2_offline | 0.5 pt | yes | 30 | 400 |" in text
     assert "| lite0_offline@none | 0 1 | -1.0000 | 1.000 | 0.500 | -2.000 | -1.000 | 0.400 ± 0.000 | 100 |" in text
     assert "| set | candidates | tau LogME | tau H-score | tau probe acc | tau LEEP | tau NCE | LogME's first |" in text
+    # every score's first pick: LogME's and the probe's lite2 (0.5 pt behind), LEEP's lite0 (5 behind)
+    assert out["first"]["logme"] == {"candidate": "lite2_offline", "gap": pytest.approx(0.005), "ok": True}
+    assert out["first"]["leep"]["candidate"] == "lite0_offline" and not out["first"]["leep"]["ok"]
+    assert "| set | LogME | H-score | probe acc | LEEP | NCE |" in text
+    assert "| flowers5 | lite2_offline (0.5, ok) | lite0_offline (5.0) | lite0_offline (5.0) | " in text
+    assert "| **within 1 pt** | **1/1** | **0/1** |" in text
 
 
 def test_a_top_candidate_more_than_a_point_behind_is_not_ok():
@@ -170,6 +176,14 @@ def test_a_set_where_no_candidate_has_leep_reports_no_tau_for_it():
     assert "| ag_news | 2 | 1.00 (p 1.00) | nan (p nan) | nan (p nan) | n/a | n/a | minilm_offline |" in text
     # the mean tau of LEEP is over the one set that has it, and says so
     assert "| **mean** | | **1.00** | **nan** | **nan** | **1.00** (1 of 2 sets) | **1.00** (1 of 2 sets) |" in text
+    # no LEEP on the text set: its first pick is n/a there, and the count is over the image set
+    assert text_set["first"]["leep"] is None
+    assert (
+        "| ag_news | minilm_offline (0.0, ok) | minilm_offline (0.0, ok) | minilm_offline (0.0, ok) | n/a | n/a |"
+        in text
+    )
+    # (H-score and the probe are constant here: their first pick on the image set is the first listed, lite0)
+    assert "| **within 1 pt** | **2/2** | **1/2** | **1/2** | **1/1** | **1/1** |" in text
 
 
 def test_rank_rows_carry_n_a_for_a_missing_score_and_old_rows_are_run_again(tmp_path):

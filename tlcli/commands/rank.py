@@ -5,9 +5,10 @@ transforms (augmentation off), extract pooled features of the train and val spli
 (eval mode, no gradients), and score them with LogME, H-score and a linear probe, and, where the
 candidate keeps its source classifier (an ImageNet head: timm models, random init included), with
 LEEP and NCE on that head's predictions for train (tlcli.reporting.transferability; None elsewhere,
-e.g. a text encoder). The table is sorted by LogME; rank.json and rank.csv go to the
-run dir, with a recommendation: the top candidate, and the runner-up too when their LogME gap is
-within noise (the paired gap over disjoint folds of train is under two standard errors).
+e.g. a text encoder). The table is sorted by `sort_by` (auto: LEEP when every candidate has it,
+else LogME); rank.json and rank.csv go to the run dir, with a recommendation: the top candidate,
+and the runner-up too when their gap in that score is within noise (the paired gap over disjoint
+folds of train is under two standard errors).
 
 With feature_cache=true the features of every split go through the feature cache (the file a
 linear probe reads), so `tlcli fit backbone=@rank:RUN_DIR finetune=linear_probe` starts at once.
@@ -38,7 +39,7 @@ from tlcli.data.samples import fold_ids
 from tlcli.errors import ConfigError, TlcliError
 from tlcli.reporting import files
 from tlcli.reporting import transferability as T
-from tlcli.reporting.rank_table import print_recommendation, print_table, score_text
+from tlcli.reporting.rank_table import SCORE_NAMES, print_recommendation, print_table, score_text
 from tlcli.training import distributed
 from tlcli.training.feature_store import FeatureCache
 from tlcli.training.features import extract, subset_indices
@@ -58,11 +59,13 @@ COLUMNS = (
     "nce",
     "seconds",
 )
-FOLDS = 5  # disjoint stratified folds of train for the LogME gap's standard error
+FOLDS = 5  # disjoint stratified folds of train for the standard error of the top two candidates' gap
 NOISE_SE = 2.0  # a gap under this many standard errors is within noise
 # a fine-tuning step (forward + backward + update) costs about this many forward passes
 TRAIN_STEP_FORWARDS = 3.0
 EXAMPLE = "e.g. backbones=[lite0_offline,lite0_offline@none,test_resnet]"
+SORTABLE = tuple(SCORE_NAMES)  # sort_by: one of these, or auto
+SOURCE_SCORES = ("leep", "nce")  # need the candidate's source classifier
 
 
 @dataclass
@@ -76,28 +79,30 @@ def rank(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     started = time.perf_counter()
     candidates = parse_candidates(cfg.backbones)  # every bad name reported before any work starts
+    check_sort_by(cfg.sort_by)
     if not distributed.launched_rank_zero():
         # one process ranks (`srun` with several tasks, torchrun): the others would extract the same features again
         log.info("rank: rank 0 of this launch scores the backbones; this process has nothing to do")
         return {}
     scored = [score(c, cfg) for c in candidates]
-    folds = {row["candidate"]: fold for row, _, fold in scored}
-    rows = sorted((row for row, _, _ in scored), key=lambda r: -r["logme"])
+    key = sort_key(str(cfg.sort_by), [row for row, _, _ in scored])  # before anything is written
+    folds = {row["candidate"]: fold.get(key, []) for row, _, fold in scored}
+    rows = sorted((row for row, _, _ in scored), key=lambda r: -r[key])
     for i, row in enumerate(rows, start=1):
         row["rank"] = i
     # Same split and seed for every candidate, so the data summary is the same too.
     data = scored[0][1]
     result = {
-        "sorted_by": "logme",
+        "sorted_by": key,
         "data": data,
         "candidates": rows,
-        "recommendation": recommend(rows, folds),
+        "recommendation": recommend(rows, folds, key),
         "time": time_saved(rows, time.perf_counter() - started),
         "fit_command": fit_command(run_dir),
     }
     files.write_json_atomic(run_dir / "rank.json", result)
     files.write_text_atomic(run_dir / "rank.csv", to_csv(rows))
-    print_table(rows, data)
+    print_table(rows, data, key)
     print_recommendation(result, TRAIN_STEP_FORWARDS)
     console.console.print(f"run dir: {run_dir}")
     return result
@@ -123,6 +128,25 @@ def parse_candidates(specs) -> list[Candidate]:
     return out
 
 
+def check_sort_by(choice) -> None:
+    if str(choice) not in (*SORTABLE, "auto"):
+        raise ConfigError(f"sort_by={choice} is not a score: use auto or one of {', '.join(SORTABLE)}")
+
+
+def sort_key(choice: str, rows: list[dict[str, Any]]) -> str:
+    """The score the table is sorted by: `choice`, or for auto LEEP when every candidate has it, else LogME."""
+    if choice == "auto":
+        return "leep" if all(r.get("leep") is not None for r in rows) else "logme"
+    missing = [r["candidate"] for r in rows if r.get(choice) is None]
+    if missing:
+        raise ConfigError(
+            f"sort_by={choice}: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no "
+            f"{SCORE_NAMES[choice]} (no source classifier, e.g. a text encoder); sort by a score every candidate "
+            "has (sort_by=logme) or let rank choose (sort_by=auto)"
+        )
+    return choice
+
+
 def _compose(overrides: list[str]) -> DictConfig:
     """compose_checked, also from inside a running Hydra app (which holds the global Hydra)."""
     from hydra.core.global_hydra import GlobalHydra
@@ -138,8 +162,8 @@ def _compose(overrides: list[str]) -> DictConfig:
         restore_gh_from_backup(backup)
 
 
-def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
-    """(the candidate's row, a summary of the data it was scored on, LogME on each fold of train)."""
+def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[float]]]:
+    """(the candidate's row, a summary of the data it was scored on, each score on each fold of train)."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # random-init candidates (weights none) get the same init every run
     backbone, datamodule = build.frozen(candidate.backbone, cfg.data)
@@ -184,7 +208,7 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
         score_text(row["leep"], 4),
         score_text(row["nce"], 4),
     )
-    return row, data, logme_folds(ftr, ytr, cfg.seed)
+    return row, data, fold_scores(ftr, ytr, probs, cfg.seed, cfg.hscore_shrinkage)
 
 
 def source_probs(head: torch.nn.Linear | None, features: np.ndarray) -> np.ndarray | None:
@@ -217,43 +241,54 @@ def _features(backbone, datamodule, cfg: DictConfig):
     return out[0], out[1], sum(len(t) for _, t in splits.values())
 
 
-def logme_folds(features: np.ndarray, labels: np.ndarray, seed: int, folds: int = FOLDS) -> list[float]:
-    """LogME on each of `folds` disjoint stratified folds of train (the same folds for every
-    candidate: they see the same examples in the same order); [] when a fold would be too small."""
+def fold_scores(
+    features: np.ndarray, labels: np.ndarray, probs: np.ndarray | None, seed: int, shrinkage="auto", folds: int = FOLDS
+) -> dict[str, list[float]]:
+    """LogME, H-score (and LEEP and NCE with source probabilities) on each of `folds` disjoint
+    stratified folds of train: the same folds for every candidate (they see the same examples in the
+    same order), so the top two candidates' gap can be paired fold by fold. The probe has none (it
+    scores on val). {} when a fold would be too small."""
     if len(labels) < 4 * folds:
-        return []
+        return {}
     fold_of = fold_ids(labels, len(labels), folds, seed)  # the folds k-fold cross-validation deals
-    return [T.logme(features[fold_of == k], labels[fold_of == k]) for k in range(folds)]
+    parts = [fold_of == k for k in range(folds)]
+    out = {
+        "logme": [T.logme(features[m], labels[m]) for m in parts],
+        "hscore": [T.hscore(features[m], labels[m], shrinkage=shrinkage) for m in parts],
+    }
+    if probs is not None:
+        out["leep"] = [T.leep(probs[m], labels[m]) for m in parts]
+        out["nce"] = [T.nce(probs[m], labels[m]) for m in parts]
+    return out
 
 
-def recommend(rows: list[dict[str, Any]], folds: dict[str, list[float]]) -> dict[str, Any]:
-    """The candidate to fine-tune, and the runner-up as well when the LogME gap is within noise."""
-    best = rows[0]
-    out: dict[str, Any] = {"candidate": best["candidate"], "runner_up": None}
+def recommend(rows: list[dict[str, Any]], folds: dict[str, list[float]], key: str = "logme") -> dict[str, Any]:
+    """The candidate to fine-tune, and the runner-up as well when its gap in score `key` is within noise.
+    folds: each candidate's `key` on the folds of train (empty: no noise estimate)."""
+    name, best = SCORE_NAMES[key], rows[0]
+    out: dict[str, Any] = {"candidate": best["candidate"], "runner_up": None, "score": key}
     if len(rows) == 1:
         return {**out, "reason": "the only candidate"}
     second = rows[1]
-    gap = best["logme"] - second["logme"]
+    gap = best[key] - second[key]
     a, b = folds.get(best["candidate"], []), folds.get(second["candidate"], [])
     if not a or not b:
-        return {
-            **out,
-            "logme_gap": gap,
-            "reason": f"highest LogME; too few train examples for {FOLDS} folds, so the gap's noise is not known",
-        }
+        why = f"too few train examples for {FOLDS} folds"
+        why = "it is scored on val, not on folds of train" if key == "probe_acc" else why
+        return {**out, "gap": gap, "reason": f"highest {name}; {why}, so the gap's noise is not known"}
     diffs = np.asarray(a) - np.asarray(b)
     se = float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
-    out.update(logme_gap=gap, gap_se=se, folds=len(diffs))
+    out.update(gap=gap, gap_se=se, folds=len(diffs))
     if gap < NOISE_SE * se:
         out["runner_up"] = second["candidate"]
         out["reason"] = (
-            f"LogME {best['logme']:.4f} against {second['logme']:.4f}: a gap of {gap:.4f} is under "
+            f"{name} {best[key]:.4f} against {second[key]:.4f}: a gap of {gap:.4f} is under "
             f"{NOISE_SE:g} standard errors ({se:.4f}, paired over {len(diffs)} folds of train), within noise; "
             "fine-tune both if you can"
         )
     else:
         out["reason"] = (
-            f"LogME {best['logme']:.4f}, ahead of {second['candidate']} by {gap:.4f} "
+            f"{name} {best[key]:.4f}, ahead of {second['candidate']} by {gap:.4f} "
             f"({gap / se if se > 0 else float('inf'):.1f} standard errors over {len(diffs)} folds of train)"
         )
     return out

@@ -6,6 +6,9 @@ from typing import Any
 
 from tlcli import console
 
+# every score rank computes, by its key in rank.json/rank.csv, as the table names it
+SCORE_NAMES = {"logme": "LogME", "hscore": "H-score", "probe_acc": "probe acc", "leep": "LEEP", "nce": "NCE"}
+
 
 def score_text(value: float | None, digits: int) -> str:
     """A score to `digits` decimals, or n/a where the candidate has none (LEEP/NCE without a source head)."""
@@ -37,12 +40,12 @@ def print_recommendation(result: dict[str, Any], train_step_forwards: float) -> 
     say(f"next: {result['fit_command']}", soft_wrap=True, markup=False, highlight=False)  # one line to copy
 
 
-def print_table(rows: list[dict[str, Any]], data: dict[str, Any]) -> None:
+def print_table(rows: list[dict[str, Any]], data: dict[str, Any], key: str = "logme") -> None:
     from rich.table import Table
 
     table = Table(
         title=f"transferability on {data['n_train']} train / {data['n_val']} val samples, "
-        f"{data['num_classes']} classes (sorted by LogME)"
+        f"{data['num_classes']} classes (sorted by {SCORE_NAMES[key]})"
     )
     for col in ("rank", "candidate", "weights", "features", "LogME", "H-score", "probe acc", "LEEP", "NCE", "s"):
         text = col in ("candidate", "weights")
