@@ -111,11 +111,13 @@ def test_tau_top1_and_time_from_the_rows():
     assert "| flowers5 | 4 | 0.67 (p " in text and "| lite2_offline | 0.5 pt | yes | 30 | 400 |" in text
     assert "| lite0_offline@none | 0 1 | -1.0000 | 1.000 | 0.500 | -2.000 | -1.000 | 0.400 ± 0.000 | 100 |" in text
     assert "| set | candidates | tau LogME | tau H-score | tau probe acc | tau LEEP | tau NCE | LogME's first |" in text
-    # every score's first pick: LogME's and the probe's lite2 (0.5 pt behind), LEEP's lite0 (5 behind)
+    # every score's first pick: LogME's lite2 (0.5 pt behind the best)
+    tie = "lite0_offline/lite1_offline/lite2_offline/lite0_offline@none"
     assert out["first"]["logme"] == {"candidate": "lite2_offline", "gap": pytest.approx(0.005), "ok": True}
-    assert out["first"]["leep"]["candidate"] == "lite0_offline" and not out["first"]["leep"]["ok"]
+    assert out["first"]["leep"] == {"candidate": tie, "gap": pytest.approx(0.5), "ok": False}
     assert "| set | LogME | H-score | probe acc | LEEP | NCE |" in text
-    assert "| flowers5 | lite2_offline (0.5, ok) | lite0_offline (5.0) | lite0_offline (5.0) | " in text
+    # H-score, probe, LEEP and NCE are the same for every candidate: a four-way tie, the worst (none) counts
+    assert f"| flowers5 | lite2_offline (0.5, ok) | {tie} (50.0) | {tie} (50.0) | {tie} (50.0) | {tie} (50.0) |" in text
     assert "| **within 1 pt** | **1/1** | **0/1** |" in text
 
 
@@ -176,14 +178,13 @@ def test_a_set_where_no_candidate_has_leep_reports_no_tau_for_it():
     assert "| ag_news | 2 | 1.00 (p 1.00) | nan (p nan) | nan (p nan) | n/a | n/a | minilm_offline |" in text
     # the mean tau of LEEP is over the one set that has it, and says so
     assert "| **mean** | | **1.00** | **nan** | **nan** | **1.00** (1 of 2 sets) | **1.00** (1 of 2 sets) |" in text
-    # no LEEP on the text set: its first pick is n/a there, and the count is over the image set
+    # no LEEP on the text set: its first pick is n/a there, and the count is over the image set; H-score and
+    # the probe are constant here, so each set's candidates tie at the top and the worst of them counts
     assert text_set["first"]["leep"] is None
-    assert (
-        "| ag_news | minilm_offline (0.0, ok) | minilm_offline (0.0, ok) | minilm_offline (0.0, ok) | n/a | n/a |"
-        in text
-    )
-    # (H-score and the probe are constant here: their first pick on the image set is the first listed, lite0)
-    assert "| **within 1 pt** | **2/2** | **1/2** | **1/2** | **1/1** | **1/1** |" in text
+    tie = "minilm_offline/minilm_offline@none (40.0)"
+    assert f"| ag_news | minilm_offline (0.0, ok) | {tie} | {tie} | n/a | n/a |" in text
+    assert "| flowers5 | lite1_offline (0.0, ok) | lite0_offline/lite1_offline (5.0) |" in text
+    assert "| **within 1 pt** | **2/2** | **0/2** | **0/2** | **1/1** | **1/1** |" in text
 
 
 def test_rank_rows_carry_n_a_for_a_missing_score_and_old_rows_are_run_again(tmp_path):
