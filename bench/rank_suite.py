@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -135,6 +136,7 @@ def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict
         accs = [float(fits[v][s]["test_acc"]) for s in common]
         row["acc"], row["acc_sd"] = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
         row["fit_s"] = statistics.mean(float(fits[v][s]["wall_s"]) for s in common)
+        row["lrs"] = {m.group(1) for s in common if (m := re.search(r"\blr=(\S+)", fits[v][s].get("effective") or ""))}
         row["rank_s"] = statistics.mean(float(by_seed[s]["rank_s"]) for s in common)
         cands.append(row)
     out = {"set": set_name, "candidates": cands, "tau": {}, "p": {}, "n": {}}
@@ -182,6 +184,8 @@ def write_tables(summaries: list[dict], command: str) -> str:
         "bench/results/rank_suite_fits.md. rank s: one `tlcli rank` scoring every candidate; fine-tuning all s: "
         "the sum of one fit per candidate (mean over seeds).",
         "",
+        fit_lr_line(summaries),
+        "",
         "| set | candidates | " + " | ".join(f"tau {SCORES[k].removesuffix(' (val)')}" for k in SCORES) + " | "
         "LogME's first | its gap to the best | top-1 ok | rank s | fine-tuning all s |",
         "|---|---|" + "---|" * len(SCORES) + "---|---|---|---|---|",
@@ -202,6 +206,12 @@ def write_tables(summaries: list[dict], command: str) -> str:
         lines += candidate_lines(s) if s["candidates"] else []
     lines += ["", "## Command", "", f"    {command}", ""]
     return "\n".join(lines)
+
+
+def fit_lr_line(summaries: list[dict]) -> str:
+    """The learning rates the counted fits ran at (as their settings column records them)."""
+    lrs = sorted({lr for s in summaries for c in s["candidates"] for lr in c.get("lrs", ())}, key=float)
+    return f"Learning rate of the fits counted here: {', '.join(lrs) or 'not recorded'}."
 
 
 def tau_cell(summary: dict, k: str) -> str:

@@ -108,6 +108,11 @@ def test_tau_top1_and_time_from_the_rows():
     assert out["top"] == "lite2_offline" and out["top_gap"] == pytest.approx(0.005) and out["top_ok"]
     assert out["fit_all_s"] == pytest.approx(400.0) and out["rank_s"] == pytest.approx(30.0)
     text = rank_suite.write_tables([out], "cmd")
+    assert "Learning rate of the fits counted here: not recorded." in text  # these rows have no settings
+    fits["bb_lite1_offline"][0]["effective"] = "finetune=Full lr=0.001 monitor=val/loss"
+    fits["defaults"][1]["effective"] = "finetune=Full lr=0.0003 monitor=val/loss"
+    text = rank_suite.write_tables([rank_suite.set_summary("flowers5", ranks, fits, [0, 1, 2])], "cmd")
+    assert "Learning rate of the fits counted here: 0.0003, 0.001." in text
     assert "| flowers5 | 4 | 0.67 (p " in text and "| lite2_offline | 0.5 pt | yes | 30 | 400 |" in text
     assert "| lite0_offline@none | 0 1 | -1.0000 | 1.000 | 0.500 | -2.000 | -1.000 | 0.400 ± 0.000 | 100 |" in text
     assert "| set | candidates | tau LogME | tau H-score | tau probe acc | tau LEEP | tau NCE | LogME's first |" in text
