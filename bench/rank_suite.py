@@ -147,6 +147,13 @@ def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict
         t = kendalltau([c[k] for c in have], [c["acc"] for c in have]) if len(have) >= 2 else None
         out["tau"][k], out["p"][k] = (float(t.statistic), float(t.pvalue)) if t is not None else (None, None)
         out["n"][k] = len(have)
+    # the same among pretrained candidates only: every score puts the random-init control last, and so does
+    # fine-tuning, so with one control among four its three pairs are concordant whatever the score does
+    out["tau_pretrained"] = {}
+    for k in SCORES:
+        have = [c for c in cands if c[k] is not None and "@none" not in c["candidate"]]
+        t = kendalltau([c[k] for c in have], [c["acc"] for c in have]) if len(have) >= 2 else None
+        out["tau_pretrained"][k] = float(t.statistic) if t is not None else None
     best = max(c["acc"] for c in cands)
     out["first"] = {}  # per score: the candidate it ranks first, and that one's fine-tuned gap to the best
     for k in SCORES:
@@ -201,6 +208,7 @@ def write_tables(summaries: list[dict], command: str) -> str:
         means = " | ".join(mean_tau_cell(done, k) for k in SCORES)
         ok = sum(s["top_ok"] for s in done)
         lines.append(f"| **mean** | | {means} | | | {ok}/{len(done)} | | |")
+    lines += pretrained_tau_lines(done)
     lines += first_pick_lines(done)
     for s in summaries:
         lines += candidate_lines(s) if s["candidates"] else []
@@ -229,6 +237,37 @@ def mean_tau_cell(done: list[dict], k: str) -> str:
     if not taus:
         return NA
     return f"**{statistics.mean(taus):.2f}**" + (f" ({len(taus)} of {len(done)} sets)" if len(taus) < len(done) else "")
+
+
+def tau_text(tau: float | None) -> str:
+    """A tau to 2 decimals; n/a without one (fewer than two candidates, or nan: a score constant over them)."""
+    return NA if tau is None or tau != tau else f"{tau:.2f}"
+
+
+def pretrained_tau_lines(done: list[dict]) -> list[str]:
+    """Kendall's tau among the pretrained candidates only (the random-init controls left out)."""
+    if not done:
+        return []
+    lines = [
+        "",
+        "## Among the pretrained candidates only",
+        "",
+        "Every score and every fine-tune put the random-init control last, so its pairs are concordant whatever a "
+        "score does: with three pretrained candidates and one control, a score that orders the three at random "
+        "still has an expected tau of 0.5 above. Here is tau over the pretrained candidates alone (1: the "
+        "fine-tuned order, 0: what a random order gets on average, -1: reversed).",
+        "",
+        "| set | " + " | ".join(SCORES[k].removesuffix(" (val)") for k in SCORES) + " |",
+        "|---|" + "---|" * len(SCORES),
+    ]
+    for s in done:
+        lines.append(f"| {s['set']} | " + " | ".join(tau_text(s["tau_pretrained"][k]) for k in SCORES) + " |")
+    means = []
+    for k in SCORES:
+        taus = [t for s in done if (t := s["tau_pretrained"][k]) is not None and t == t]
+        means.append(f"**{statistics.mean(taus):.2f}**" if taus else NA)
+    lines.append("| **mean** | " + " | ".join(means) + " |")
+    return lines
 
 
 def first_pick_lines(done: list[dict]) -> list[str]:

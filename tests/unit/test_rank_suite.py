@@ -113,6 +113,9 @@ def test_tau_top1_and_time_from_the_rows():
     fits["defaults"][1]["effective"] = "finetune=Full lr=0.0003 monitor=val/loss"
     text = rank_suite.write_tables([rank_suite.set_summary("flowers5", ranks, fits, [0, 1, 2])], "cmd")
     assert "Learning rate of the fits counted here: 0.0003, 0.001." in text
+    # without the control, LogME's order lite2 > lite1 > lite0 against lite1 > lite2 > lite0: one swap of three
+    assert out["tau_pretrained"]["logme"] == pytest.approx(1 / 3)
+    assert "| flowers5 | 0.33 | n/a | n/a | n/a | n/a |" in text  # the others are constant: no order
     assert "| flowers5 | 4 | 0.67 (p " in text and "| lite2_offline | 0.5 pt | yes | 30 | 400 |" in text
     assert "| lite0_offline@none | 0 1 | -1.0000 | 1.000 | 0.500 | -2.000 | -1.000 | 0.400 ± 0.000 | 100 |" in text
     assert "| set | candidates | tau LogME | tau H-score | tau probe acc | tau LEEP | tau NCE | LogME's first |" in text
