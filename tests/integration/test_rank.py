@@ -21,7 +21,7 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     cfg = compose_fit(["backbones=[test_resnet,lite0_offline]", *FEW_DIGITS], run_dir, config_name="rank")
     result = rank(cfg)
 
-    pre, tiny = result["candidates"]  # sorted by LogME, best first
+    pre, tiny = result["candidates"]  # sorted by LEEP (sort_by=auto: both keep a source classifier), best first
     assert (pre["candidate"], tiny["candidate"]) == ("lite0_offline", "test_resnet")
     # measured: LogME 0.06 vs -0.19, probe accuracy 0.70 vs 0.67 (64 px)
     assert pre["logme"] > tiny["logme"] + 0.1
@@ -38,7 +38,7 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     assert result["data"] == {"num_classes": 10, "class_names": [str(i) for i in range(10)], "n_train": 90, "n_val": 30}
 
     saved = json.loads((run_dir / "rank.json").read_text())
-    assert saved["sorted_by"] == "logme" and saved["data"] == result["data"]
+    assert saved["sorted_by"] == "leep" and saved["data"] == result["data"]
     assert [(r["rank"], r["candidate"]) for r in saved["candidates"]] == [(1, "lite0_offline"), (2, "test_resnet")]
     assert saved["candidates"][0]["logme"] == pytest.approx(pre["logme"])
     assert saved["candidates"][0]["leep"] == pytest.approx(pre["leep"])
@@ -51,16 +51,17 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     assert float(rows[1]["logme"]) == pytest.approx(tiny["logme"])
     assert float(rows[0]["nce"]) == pytest.approx(pre["nce"])
     out = capsys.readouterr().out
-    assert "transferability on 90 train / 30 val samples, 10 classes (sorted by LogME)" in out
-    assert f"{pre['logme']:.4f}" in out and f"{tiny['probe_acc']:.3f}" in out and f"{pre['leep']:.3f}" in out
+    assert "transferability on 90 train / 30 val samples, 10 classes (sorted by LEEP)" in out
+    # (an 80-column console cuts the LogME column to "0.06…"; rank.json and rank.csv hold every digit)
+    assert f"{tiny['probe_acc']:.3f}" in out and f"{pre['leep']:.3f}" in out and f"{tiny['hscore']:.3f}" in out
 
-    # the decision: a 0.3 LogME gap over 5 folds of 18 digits is far outside the noise
+    # the decision: a 0.9 LEEP gap over 5 folds of 18 digits is far outside the noise
     rec = saved["recommendation"]
-    assert (rec["candidate"], rec["runner_up"], rec["folds"], rec["score"]) == ("lite0_offline", None, 5, "logme")
-    assert rec["gap"] == pytest.approx(pre["logme"] - tiny["logme"]) and rec["gap"] > 2 * rec["gap_se"]
-    assert rec["reason"].startswith(f"LogME {pre['logme']:.4f}, ahead of test_resnet by {rec['gap']:.4f}")
+    assert (rec["candidate"], rec["runner_up"], rec["folds"], rec["score"]) == ("lite0_offline", None, 5, "leep")
+    assert rec["gap"] == pytest.approx(pre["leep"] - tiny["leep"]) and rec["gap"] > 2 * rec["gap_se"]
+    assert rec["reason"].startswith(f"LEEP {pre['leep']:.4f}, ahead of test_resnet by {rec['gap']:.4f}")
     flat = " ".join(out.split())
-    assert f"recommendation: fine-tune lite0_offline (LogME {pre['logme']:.4f}, ahead of test_resnet" in flat
+    assert f"recommendation: fine-tune lite0_offline (LEEP {pre['leep']:.4f}, ahead of test_resnet" in flat
     # the saving: measured rank time against each candidate's estimated fine-tune (10 epochs each)
     assert saved["time"]["fit_all_estimate_s"] == pytest.approx(pre["fit_estimate_s"] + tiny["fit_estimate_s"], 0.01)
     assert pre["fit_estimate_s"] > tiny["fit_estimate_s"] > 0  # Lite0 is the slower network
@@ -108,23 +109,25 @@ def test_leep_and_nce_come_from_the_candidates_own_head_and_are_none_without_one
     out = capsys.readouterr().out
     assert "n/a" in out and "LEEP" in out and "NCE" in out
     assert len(result["candidates"]) == 2
-    assert json.loads((run_dir / "rank.json").read_text())["sorted_by"] == "logme"  # the default
+    # sort_by=auto: one candidate has no LEEP, so the table is sorted by LogME
+    assert json.loads((run_dir / "rank.json").read_text())["sorted_by"] == "logme"
 
 
-def test_sort_by_leep_sorts_and_recommends_by_leep_with_its_own_fold_noise(tmp_path, capsys):
+def test_sort_by_logme_sorts_and_recommends_by_logme_with_its_own_fold_noise(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    cfg = compose_fit(["backbones=[test_resnet,lite0_offline]", *FEW_DIGITS, "sort_by=leep"], run_dir, "rank")
+    cfg = compose_fit(["backbones=[test_resnet,lite0_offline]", *FEW_DIGITS, "sort_by=logme"], run_dir, "rank")
     result = rank(cfg)
     saved = json.loads((run_dir / "rank.json").read_text())
-    assert saved["sorted_by"] == "leep"
+    assert saved["sorted_by"] == "logme"
     first, second = saved["candidates"]
-    assert first["leep"] > second["leep"] and first["rank"] == 1
+    # measured: LogME 0.06 vs -0.19
+    assert (first["candidate"], first["rank"]) == ("lite0_offline", 1) and first["logme"] > second["logme"] + 0.1
     rec = saved["recommendation"]
-    assert (rec["candidate"], rec["score"], rec["folds"]) == (first["candidate"], "leep", 5)
-    assert rec["gap"] == pytest.approx(first["leep"] - second["leep"])
-    assert rec["reason"].startswith(f"LEEP {first['leep']:.4f}")
+    assert (rec["candidate"], rec["score"], rec["folds"]) == ("lite0_offline", "logme", 5)
+    assert rec["gap"] == pytest.approx(first["logme"] - second["logme"])
+    assert rec["reason"].startswith(f"LogME {first['logme']:.4f}, ahead of test_resnet by {rec['gap']:.4f}")
     assert result["recommendation"] == rec
-    assert "10 classes (sorted by LEEP)" in capsys.readouterr().out
+    assert "10 classes (sorted by LogME)" in capsys.readouterr().out
 
 
 def test_sort_by_auto_takes_leep_only_when_every_candidate_has_it():
