@@ -244,22 +244,23 @@ def tau_text(tau: float | None) -> str:
     return NA if tau is None or tau != tau else f"{tau:.2f}"
 
 
+def score_table_head(title: str, text: str) -> list[str]:
+    """A section of the report: its title, what it shows, and the head of a table with a column per score."""
+    header = "| set | " + " | ".join(SCORES[k].removesuffix(" (val)") for k in SCORES) + " |"
+    return ["", f"## {title}", "", text, "", header, "|---|" + "---|" * len(SCORES)]
+
+
 def pretrained_tau_lines(done: list[dict]) -> list[str]:
     """Kendall's tau among the pretrained candidates only (the random-init controls left out)."""
     if not done:
         return []
-    lines = [
-        "",
-        "## Among the pretrained candidates only",
-        "",
+    lines = score_table_head(
+        "Among the pretrained candidates only",
         "Every score and every fine-tune put the random-init control last, so its pairs are concordant whatever a "
         "score does: with three pretrained candidates and one control, a score that orders the three at random "
         "still has an expected tau of 0.5 above. Here is tau over the pretrained candidates alone (1: the "
         "fine-tuned order, 0: what a random order gets on average, -1: reversed).",
-        "",
-        "| set | " + " | ".join(SCORES[k].removesuffix(" (val)") for k in SCORES) + " |",
-        "|---|" + "---|" * len(SCORES),
-    ]
+    )
     for s in done:
         lines.append(f"| {s['set']} | " + " | ".join(tau_text(s["tau_pretrained"][k]) for k in SCORES) + " |")
     means = []
@@ -274,17 +275,12 @@ def first_pick_lines(done: list[dict]) -> list[str]:
     """Per set and score: the candidate the score ranks first and how far its fine-tune is from the best."""
     if not done:
         return []
-    lines = [
-        "",
-        "## Each score's first pick",
-        "",
+    lines = score_table_head(
+        "Each score's first pick",
         "The candidate each score ranks first (mean score over the seeds) and its fine-tuned test accuracy's gap "
         f"to the best candidate's, in points; **ok** when within {WITHIN * 100:.0f} point (the issue's target). "
         "Where several tie at the top, all are named and the worst of their fine-tunes counts.",
-        "",
-        "| set | " + " | ".join(SCORES[k].removesuffix(" (val)") for k in SCORES) + " |",
-        "|---|" + "---|" * len(SCORES),
-    ]
+    )
     for s in done:
         cells = []
         for k in SCORES:
