@@ -212,6 +212,11 @@ def test_folds_are_disjoint_stratified_and_the_same_for_every_candidate():
     scores = fold_scores(feats, labels, probs, seed=3)
     assert set(scores) == {"logme", "hscore", "leep", "nce"} and scores == fold_scores(feats, labels, probs, seed=3)
     assert set(fold_scores(feats, labels, None, seed=3)) == {"logme", "hscore"}  # no source head: no LEEP/NCE
+    # only the scores asked for (rank asks for the one that sorts, or LEEP and LogME under auto)
+    assert fold_scores(feats, labels, probs, seed=3, keys=("leep", "logme")) == {
+        k: scores[k] for k in ("logme", "leep")
+    }
+    assert fold_scores(feats, labels, probs, seed=3, keys=("probe_acc",)) == {}
     first = scores["logme"]
     assert len(first) == 5
     from tlcli.reporting import transferability as T

@@ -65,7 +65,7 @@ NOISE_SE = 2.0  # a gap under this many standard errors is within noise
 TRAIN_STEP_FORWARDS = 3.0
 EXAMPLE = "e.g. backbones=[lite0_offline,lite0_offline@none,test_resnet]"
 SORTABLE = tuple(SCORE_NAMES)  # sort_by: one of these, or auto
-SOURCE_SCORES = ("leep", "nce")  # need the candidate's source classifier
+FOLD_SCORES = ("logme", "hscore", "leep", "nce")  # the scores with a noise estimate over folds of train
 
 
 @dataclass
@@ -208,7 +208,9 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
         score_text(row["leep"], 4),
         score_text(row["nce"], 4),
     )
-    return row, data, fold_scores(ftr, ytr, probs, cfg.seed, cfg.hscore_shrinkage)
+    # only the folds of the score(s) that may sort: auto resolves to LEEP or LogME once every candidate is scored
+    wanted = ("leep", "logme") if cfg.sort_by == "auto" else (str(cfg.sort_by),)
+    return row, data, fold_scores(ftr, ytr, probs, cfg.seed, cfg.hscore_shrinkage, keys=wanted)
 
 
 def source_probs(head: torch.nn.Linear | None, features: np.ndarray) -> np.ndarray | None:
@@ -242,23 +244,27 @@ def _features(backbone, datamodule, cfg: DictConfig):
 
 
 def fold_scores(
-    features: np.ndarray, labels: np.ndarray, probs: np.ndarray | None, seed: int, shrinkage="auto", folds: int = FOLDS
+    features: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray | None,
+    seed: int,
+    shrinkage="auto",
+    folds: int = FOLDS,
+    keys=FOLD_SCORES,
 ) -> dict[str, list[float]]:
-    """LogME, H-score (and LEEP and NCE with source probabilities) on each of `folds` disjoint
-    stratified folds of train: the same folds for every candidate (they see the same examples in the
-    same order), so the top two candidates' gap can be paired fold by fold. The probe has none (it
-    scores on val). {} when a fold would be too small."""
+    """Each score of `keys` (of LogME, H-score, and LEEP and NCE with source probabilities) on each
+    of `folds` disjoint stratified folds of train: the same folds for every candidate (they see the
+    same examples in the same order), so the top two candidates' gap can be paired fold by fold.
+    The probe has none (it scores on val). {} when a fold would be too small."""
     if len(labels) < 4 * folds:
         return {}
     fold_of = fold_ids(labels, len(labels), folds, seed)  # the folds k-fold cross-validation deals
     parts = [fold_of == k for k in range(folds)]
-    out = {
-        "logme": [T.logme(features[m], labels[m]) for m in parts],
-        "hscore": [T.hscore(features[m], labels[m], shrinkage=shrinkage) for m in parts],
-    }
+    on_features = {"logme": T.logme, "hscore": lambda f, y: T.hscore(f, y, shrinkage=shrinkage)}
+    on_probs = {"leep": T.leep, "nce": T.nce}
+    out = {k: [fn(features[m], labels[m]) for m in parts] for k, fn in on_features.items() if k in keys}
     if probs is not None:
-        out["leep"] = [T.leep(probs[m], labels[m]) for m in parts]
-        out["nce"] = [T.nce(probs[m], labels[m]) for m in parts]
+        out |= {k: [fn(probs[m], labels[m]) for m in parts] for k, fn in on_probs.items() if k in keys}
     return out
 
 
