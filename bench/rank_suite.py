@@ -142,24 +142,27 @@ def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict
     out = {"set": set_name, "candidates": cands, "tau": {}, "p": {}, "n": {}}
     if len(cands) < 2:
         return out
-    for k in SCORES:  # over the candidates that have the score; None when fewer than two do
-        have = [c for c in cands if c[k] is not None]
-        t = kendalltau([c[k] for c in have], [c["acc"] for c in have]) if len(have) >= 2 else None
-        out["tau"][k], out["p"][k] = (float(t.statistic), float(t.pvalue)) if t is not None else (None, None)
-        out["n"][k] = len(have)
+
+    def tau(k: str, pretrained_only: bool = False) -> tuple[float | None, float | None, int]:
+        """(tau, p, how many) over the candidates that have score k; (None, None, n) when fewer than two do."""
+        have = [c for c in cands if c[k] is not None and not (pretrained_only and "@none" in c["candidate"])]
+        if len(have) < 2:
+            return None, None, len(have)
+        t = kendalltau([c[k] for c in have], [c["acc"] for c in have])
+        return float(t.statistic), float(t.pvalue), len(have)
+
+    for k in SCORES:
+        out["tau"][k], out["p"][k], out["n"][k] = tau(k)
     # the same among pretrained candidates only: every score puts the random-init control last, and so does
     # fine-tuning, so with one control among four its three pairs are concordant whatever the score does
-    out["tau_pretrained"] = {}
-    for k in SCORES:
-        have = [c for c in cands if c[k] is not None and "@none" not in c["candidate"]]
-        t = kendalltau([c[k] for c in have], [c["acc"] for c in have]) if len(have) >= 2 else None
-        out["tau_pretrained"][k] = float(t.statistic) if t is not None else None
+    out["tau_pretrained"] = {k: tau(k, pretrained_only=True)[0] for k in SCORES}
     best = max(c["acc"] for c in cands)
     out["first"] = {}  # per score: the candidate it ranks first, and that one's fine-tuned gap to the best
     for k in SCORES:
         have = [c for c in cands if c[k] is not None]
         # a tie at the top (e.g. every probe at 1.000) picks none of them: the worst tied fine-tune counts
-        tied = [c for c in have if c[k] == max(h[k] for h in have)]
+        top = max((c[k] for c in have), default=None)
+        tied = [c for c in have if c[k] == top]
         gap = best - min(c["acc"] for c in tied) if tied else None
         out["first"][k] = {"candidate": "/".join(c["candidate"] for c in tied), "gap": gap} if tied else None
         if tied:
