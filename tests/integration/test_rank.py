@@ -16,6 +16,9 @@ from tlcli.training.features import subset_indices
 FEW_DIGITS = ["data.limit_per_class=15", "data.image_size=64", "data.num_workers=0"]
 
 
+SHOWN = (("logme", 4), ("hscore", 3), ("probe_acc", 3), ("leep", 3), ("nce", 3))  # digits rank prints
+
+
 def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cfg = compose_fit(["backbones=[test_resnet,lite0_offline]", *FEW_DIGITS], run_dir, config_name="rank")
@@ -52,8 +55,18 @@ def test_pretrained_lite0_outranks_a_tiny_random_model_and_writes_the_tables(tmp
     assert float(rows[0]["nce"]) == pytest.approx(pre["nce"])
     out = capsys.readouterr().out
     assert "transferability on 90 train / 30 val samples, 10 classes (sorted by LEEP)" in out
-    # (an 80-column console cuts the LogME column to "0.06…"; rank.json and rank.csv hold every digit)
+    # the table fits the 80 columns of a captured console whole: no score cut to "0.06…", no folded line
+    assert all(f"{r['logme']:.4f}" in out and f"{r['nce']:.3f}" in out for r in (pre, tiny))
     assert f"{tiny['probe_acc']:.3f}" in out and f"{pre['leep']:.3f}" in out and f"{tiny['hscore']:.3f}" in out
+    line = [x for x in out.splitlines() if x.split()[:2] == ["1", "lite0_offline"]]
+    assert "…" not in out and len(line) == 1 and len(line[0]) <= 80, line
+    assert line[0].split() == [
+        "1",
+        "lite0_offline",
+        "1280",
+        *(f"{pre[k]:.{d}f}" for k, d in SHOWN),
+        f"{pre['seconds']:.0f}",
+    ]
 
     # the decision: a 0.9 LEEP gap over 5 folds of 18 digits is far outside the noise
     rec = saved["recommendation"]

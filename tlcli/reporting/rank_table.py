@@ -41,33 +41,42 @@ def print_recommendation(result: dict[str, Any], train_step_forwards: float) -> 
 
 
 def print_table(rows: list[dict[str, Any]], data: dict[str, Any], key: str = "logme") -> None:
+    """One line per candidate that fits an 80-column console whole: no vertical rules, numbers never cut,
+    the candidate's weights source left to rank.csv/rank.json (its name says it: `@none`, a preset)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(
-        title=f"transferability on {data['n_train']} train / {data['n_val']} val samples, "
+    console.console.print(  # above the table, not its title, which would wrap to the table's width
+        f"transferability on {data['n_train']} train / {data['n_val']} val samples, "
         f"{data['num_classes']} classes (sorted by {SCORE_NAMES[key]})"
     )
-    for col in ("rank", "candidate", "weights", "features", "LogME", "H-score", "probe acc", "LEEP", "NCE", "s"):
-        text = col in ("candidate", "weights")
-        # fold long names onto several lines rather than cut them (a narrow terminal or a log file)
-        table.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col in ("rank", "candidate", "dim", "LogME", "H-score", "probe", "LEEP", "NCE", "s"):
+        if col == "candidate":  # a long name folds onto a second line rather than being cut
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             str(r["rank"]),
             r["candidate"],
-            r["weights"],
             str(r["num_features"]),
             f"{r['logme']:.4f}",
             f"{r['hscore']:.3f}",
             f"{r['probe_acc']:.3f}",
             score_text(r.get("leep"), 3),
             score_text(r.get("nce"), 3),
-            f"{r['seconds']:.1f}",
+            f"{r['seconds']:.0f}",
         )
     console.console.print(table)
     console.console.print(
-        "LogME: log evidence per sample of a Bayesian linear model (higher = better); "
-        f"H-score: 0 to {data['num_classes'] - 1}; probe acc: logistic regression on train, scored on val; "
+        "dim: feature size; LogME: log evidence per sample of a Bayesian linear model (higher = better); "
+        f"H-score: 0 to {data['num_classes'] - 1}; probe: accuracy on val of a logistic regression on train; "
         "LEEP, NCE: how well the candidate's own source (ImageNet) classes predict the labels, on train "
-        "(at most 0, higher = better; n/a: no source classifier)"
+        "(at most 0, higher = better; n/a: no source classifier); s: seconds to score it. "
+        "Each candidate's weights and every digit: rank.csv"
     )
