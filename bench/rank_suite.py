@@ -13,7 +13,8 @@ For each set (../shared/data, as bench/suite.py reads them) and seed:
    bench/results/rank_suite_fits.csv. The suite's own backbone is its `defaults` variant, whose rows are
    read from bench/results/suite.csv (--reuse) when that file has them, and run otherwise.
 3. Per set: Kendall's tau (tau-b) between each score (mean over seeds) and the fine-tuned test accuracy
-   (mean over seeds), whether the candidate ranked first by LogME fine-tunes within 1 point of the best
+   (mean over seeds), whether the candidate `tlcli rank` ranks first by default (sort_by=auto: LEEP, or LogME
+   where a candidate has no source classifier) fine-tunes within 1 point of the best
    one, and the time the rank took against fine-tuning every candidate; bench/results/rank_suite.md/.csv.
    LEEP and NCE need the candidate's source classifier (the ImageNet head): a candidate without one
    (a text encoder) has none, "n/a" in the CSV, and their tau is over the candidates that have them
@@ -167,11 +168,18 @@ def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict
         out["first"][k] = {"candidate": "/".join(c["candidate"] for c in tied), "gap": gap} if tied else None
         if tied:
             out["first"][k]["ok"] = gap <= WITHIN + 1e-9
-    top = out["first"]["logme"]
+    out["auto"] = auto_score(cands)  # the tool's default order picks the one it recommends
+    top = out["first"][out["auto"]]
     out["top"], out["top_gap"], out["top_ok"] = top["candidate"], top["gap"], top["ok"]
     out["rank_s"] = statistics.mean(c["rank_s"] for c in cands)  # one rank run scores every candidate
     out["fit_all_s"] = sum(c["fit_s"] for c in cands)
     return out
+
+
+def auto_score(cands: list[dict]) -> str:
+    """The score `tlcli rank`'s default (sort_by=auto) sorts by: LEEP when every candidate has a source
+    classifier, else LogME."""
+    return "leep" if all(c["leep"] is not None for c in cands) else "logme"
 
 
 def write_tables(summaries: list[dict], command: str) -> str:
@@ -187,7 +195,9 @@ def write_tables(summaries: list[dict], command: str) -> str:
         "Kendall's tau-b compares each score's order with the order of fine-tuned test accuracy (1 = the same). "
         "A candidate without a source classifier (a text encoder) has no LEEP or NCE (n/a): their tau is over the "
         "candidates that have them (the cell says how many when not all do; n/a when fewer than two do). "
-        f"**top-1 ok**: the candidate LogME ranks first fine-tunes within {WITHIN * 100:.0f} point of the best. "
+        "**auto sorts by**: the score `tlcli rank` sorts and recommends by with its default `sort_by=auto` (LEEP "
+        "when every candidate has a source classifier, else LogME); **top-1 ok**: the candidate it ranks first "
+        f"fine-tunes within {WITHIN * 100:.0f} point of the best. "
         "Random-init candidates (`@none`) are controls: a score that cannot tell them from pretrained weights fails. "
         "The fits of each set's default backbone are the `defaults` rows of bench/results/suite.csv (the real-data "
         "suite's own runs, same command and seeds) where it has them; the others are in "
@@ -197,20 +207,21 @@ def write_tables(summaries: list[dict], command: str) -> str:
         fit_lr_line(summaries),
         "",
         "| set | candidates | " + " | ".join(f"tau {SCORES[k].removesuffix(' (val)')}" for k in SCORES) + " | "
-        "LogME's first | its gap to the best | top-1 ok | rank s | fine-tuning all s |",
-        "|---|---|" + "---|" * len(SCORES) + "---|---|---|---|---|",
+        "auto sorts by | its first | its gap to the best | top-1 ok | rank s | fine-tuning all s |",
+        "|---|---|" + "---|" * len(SCORES) + "---|---|---|---|---|---|",
     ]
     done = [s for s in summaries if s["tau"]]
     for s in done:
         taus = " | ".join(tau_cell(s, k) for k in SCORES)
         lines.append(
-            f"| {s['set']} | {len(s['candidates'])} | {taus} | {s['top']} | {s['top_gap'] * 100:.1f} pt | "
+            f"| {s['set']} | {len(s['candidates'])} | {taus} | {SCORES[s['auto']]} | {s['top']} | "
+            f"{s['top_gap'] * 100:.1f} pt | "
             f"{'yes' if s['top_ok'] else 'no'} | {s['rank_s']:.0f} | {s['fit_all_s']:.0f} |"
         )
     if done:
         means = " | ".join(mean_tau_cell(done, k) for k in SCORES)
         ok = sum(s["top_ok"] for s in done)
-        lines.append(f"| **mean** | | {means} | | | {ok}/{len(done)} | | |")
+        lines.append(f"| **mean** | | {means} | | | | {ok}/{len(done)} | | |")
     lines += pretrained_tau_lines(done)
     lines += first_pick_lines(done)
     for s in summaries:

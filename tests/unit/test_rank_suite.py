@@ -105,7 +105,9 @@ def test_tau_top1_and_time_from_the_rows():
     # LogME order lite2 > lite1 > lite0 > none; accuracy order lite1 > lite2 > lite0 > none: one swap of six pairs
     assert out["tau"]["logme"] == pytest.approx(4 / 6)
     assert out["tau"]["hscore"] != out["tau"]["hscore"]  # a constant score has no order: nan
-    assert out["top"] == "lite2_offline" and out["top_gap"] == pytest.approx(0.005) and out["top_ok"]
+    # every candidate has LEEP, so the default sorts by it; it is the same for all four: a tie, the worst counts
+    tie = "lite0_offline/lite1_offline/lite2_offline/lite0_offline@none"
+    assert out["auto"] == "leep" and out["top"] == tie and out["top_gap"] == pytest.approx(0.5) and not out["top_ok"]
     assert out["fit_all_s"] == pytest.approx(400.0) and out["rank_s"] == pytest.approx(30.0)
     text = rank_suite.write_tables([out], "cmd")
     assert "Learning rate of the fits counted here: not recorded." in text  # these rows have no settings
@@ -116,11 +118,10 @@ def test_tau_top1_and_time_from_the_rows():
     # without the control, LogME's order lite2 > lite1 > lite0 against lite1 > lite2 > lite0: one swap of three
     assert out["tau_pretrained"]["logme"] == pytest.approx(1 / 3)
     assert "| flowers5 | 0.33 | n/a | n/a | n/a | n/a |" in text  # the others are constant: no order
-    assert "| flowers5 | 4 | 0.67 (p " in text and "| lite2_offline | 0.5 pt | yes | 30 | 400 |" in text
+    assert "| flowers5 | 4 | 0.67 (p " in text and f"| LEEP | {tie} | 50.0 pt | no | 30 | 400 |" in text
     assert "| lite0_offline@none | 0 1 | -1.0000 | 1.000 | 0.500 | -2.000 | -1.000 | 0.400 ± 0.000 | 100 |" in text
-    assert "| set | candidates | tau LogME | tau H-score | tau probe acc | tau LEEP | tau NCE | LogME's first |" in text
+    assert "| tau LEEP | tau NCE | auto sorts by | its first | its gap to the best | top-1 ok |" in text
     # every score's first pick: LogME's lite2 (0.5 pt behind the best)
-    tie = "lite0_offline/lite1_offline/lite2_offline/lite0_offline@none"
     assert out["first"]["logme"] == {"candidate": "lite2_offline", "gap": pytest.approx(0.005), "ok": True}
     assert out["first"]["leep"] == {"candidate": tie, "gap": pytest.approx(0.5), "ok": False}
     assert "| set | LogME | H-score | probe acc | LEEP | NCE |" in text
@@ -136,7 +137,8 @@ def test_a_top_candidate_more_than_a_point_behind_is_not_ok():
         "bb_lite1_offline": {0: fit("cats_vs_dogs", "x", 0, 0.97)},
     }
     out = rank_suite.set_summary("cats_vs_dogs", ranks, fits, [0])
-    assert out["top"] == "lite0_offline" and not out["top_ok"] and out["tau"]["logme"] == pytest.approx(-1.0)
+    assert out["auto"] == "leep" and out["tau"]["logme"] == pytest.approx(-1.0)
+    assert out["first"]["logme"] == {"candidate": "lite0_offline", "gap": pytest.approx(0.02), "ok": False}
 
 
 def fits_for(set_name, accs, seeds=(0,)):
@@ -167,6 +169,9 @@ def test_a_candidate_without_leep_is_left_out_of_its_tau_and_the_table_says_so()
         in text
     )
     assert "| lite0_offline | 0 | 0.8500 | 1.000 | 0.500 | n/a | n/a | 0.850 ± 0.000 | 100 |" in text
+    # one candidate without LEEP: the default sorts by LogME, whose first (lite1) is the best fine-tune
+    assert out["auto"] == "logme" and out["top"] == "lite1_offline" and out["top_ok"]
+    assert "| LogME | lite1_offline | 0.0 pt | yes |" in text
 
 
 def test_a_set_where_no_candidate_has_leep_reports_no_tau_for_it():
@@ -183,7 +188,7 @@ def test_a_set_where_no_candidate_has_leep_reports_no_tau_for_it():
         [0],
     )
     text = rank_suite.write_tables([text_set, image_set], "cmd")
-    assert "| ag_news | 2 | 1.00 (p 1.00) | nan (p nan) | nan (p nan) | n/a | n/a | minilm_offline |" in text
+    assert "| ag_news | 2 | 1.00 (p 1.00) | nan (p nan) | nan (p nan) | n/a | n/a | LogME | minilm_offline |" in text
     # the mean tau of LEEP is over the one set that has it, and says so
     assert "| **mean** | | **1.00** | **nan** | **nan** | **1.00** (1 of 2 sets) | **1.00** (1 of 2 sets) |" in text
     # no LEEP on the text set: its first pick is n/a there, and the count is over the image set; H-score and
