@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_imagefolder
+from tlcli.backbones import weights as W
 from tlcli.cli import main
 from tlcli.commands.check import run_checks
 from tlcli.errors import ConfigError, DataError, WeightsError
@@ -159,7 +160,7 @@ def test_hf_model_unavailable_offline_skips_the_data_check(tmp_path, hub_cache, 
     assert found.exit_code == 4
 
 
-def test_text_data_with_the_packaged_minilm(tmp_path):
+def test_text_data_with_the_packaged_minilm(tmp_path, monkeypatch):
     csv = tmp_path / "train.csv"
     csv.write_text("text,label\n" + "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(10)))
     found = run_checks(["backbone=minilm_offline", "data=csv", f"data.train_csv={csv}"])
@@ -171,6 +172,16 @@ def test_text_data_with_the_packaged_minilm(tmp_path):
     )
     assert found.rows[2] == ("data", "ok", "2 classes; train 8, val 2; no test split (the test report will use val)")
     assert found.counts == {"train": {"neg": 4, "pos": 4}, "val": {"neg": 1, "pos": 1}}
+    # its random-init copy (rank's minilm_offline@none) needs no hub either, as fit and rank find
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    found = run_checks(["backbone=minilm_offline", "backbone.weights=none", "data=csv", f"data.train_csv={csv}"])
+    assert found.exit_code == 0, found.problems
+    assert found.rows[1] == (
+        "weights (sentence-transformers/all-MiniLM-L6-v2)",
+        "ok",
+        f"random init; config and tokenizer from {W.minilm_dir()}",
+    )
+    assert found.rows[2][:2] == ("data", "ok")
 
 
 def test_all_problem_classes_at_once_exit_with_the_highest_code(tmp_path, capsys):

@@ -169,7 +169,10 @@ def _hf(node):
     from tlcli.backbones.hf import HFBackbone
 
     name, weights = str(node.name), str(node.weights)
-    if weights in ("hub", "none"):
+    arch = W.packaged_architecture(name, "hf") if weights == "none" else None
+    if arch is not None:  # random init of a model a package ships: its config and tokenizer are there
+        status, detail, source = "ok", f"random init; config and tokenizer from {arch}", str(arch)
+    elif weights in ("hub", "none"):
         # random init still reads the config and tokenizer from the hub
         checks: list[Callable[[], str | None]] = [lambda: _hf_cached(name, "config.json")]
         if weights == "hub":
