@@ -223,13 +223,15 @@ def test_folds_are_disjoint_stratified_and_the_same_for_every_candidate():
     feats = rng.normal(size=(60, 8)) + labels[:, None]
     probs = rng.dirichlet(np.ones(4), size=60)
     scores = fold_scores(feats, labels, probs, seed=3)
-    assert set(scores) == {"logme", "hscore", "leep", "nce"} and scores == fold_scores(feats, labels, probs, seed=3)
-    assert set(fold_scores(feats, labels, None, seed=3)) == {"logme", "hscore"}  # no source head: no LEEP/NCE
+    assert set(scores) == {"logme", "hscore", "probe_acc", "leep", "nce"}
+    assert scores == fold_scores(feats, labels, probs, seed=3)
+    no_head = fold_scores(feats, labels, None, seed=3)
+    assert set(no_head) == {"logme", "hscore", "probe_acc"}  # no source head: no LEEP/NCE
     # only the scores asked for (rank asks for the one that sorts, or LEEP and LogME under auto)
     assert fold_scores(feats, labels, probs, seed=3, keys=("leep", "logme")) == {
         k: scores[k] for k in ("logme", "leep")
     }
-    assert fold_scores(feats, labels, probs, seed=3, keys=("probe_acc",)) == {}
+    assert fold_scores(feats, labels, probs, seed=3, keys=("probe_acc",)) == {"probe_acc": scores["probe_acc"]}
     first = scores["logme"]
     assert len(first) == 5
     from tlcli.reporting import transferability as T
@@ -245,6 +247,15 @@ def test_folds_are_disjoint_stratified_and_the_same_for_every_candidate():
     assert first[0] == pytest.approx(T.logme(feats[sorted(fold0)], labels[sorted(fold0)]))
     assert scores["leep"][0] == pytest.approx(T.leep(probs[sorted(fold0)], labels[sorted(fold0)]))
     assert scores["hscore"][0] == pytest.approx(T.hscore(feats[sorted(fold0)], labels[sorted(fold0)]))
+    # the probe is cross-validated: fit on the other four folds (with rank's c), scored on fold 0
+    rest = np.setdiff1d(np.arange(60), fold0)
+    probe0 = T.linear_probe_accuracy(feats[rest], labels[rest], feats[sorted(fold0)], labels[sorted(fold0)], c=0.5)
+    assert fold_scores(feats, labels, None, seed=3, keys=("probe_acc",), probe={"c": 0.5})["probe_acc"][0] == probe0
+    assert probe0 != fold_scores(feats, labels, None, seed=3, keys=("probe_acc",), probe={"c": 1e-4})["probe_acc"][0]
+    # a class of one example is missing from the other folds of its own fold: no probe noise, the rest stays
+    rare = np.concatenate([labels, [3]])
+    only = fold_scores(np.vstack([feats, feats[:1]]), rare, None, seed=3)
+    assert set(only) == {"logme", "hscore"}
     assert fold_scores(feats[:19], labels[:19], None, seed=3) == {}  # under 4 per fold: no noise estimate
 
 
@@ -262,8 +273,15 @@ def test_a_gap_within_noise_recommends_the_runner_up_too():
     assert "the gap's noise is not known" in recommend(rows, {"a": [], "b": []})["reason"]
     probe = [{"candidate": "a", "probe_acc": 0.9}, {"candidate": "b", "probe_acc": 0.8}]
     assert recommend(probe, {}, "probe_acc")["reason"] == (
-        "highest probe acc; it is scored on val, not on folds of train, so the gap's noise is not known"
+        "highest probe acc; too few train examples for 5 folds, so the gap's noise is not known"
     )
+    rec = recommend(probe, {"a": [0.9, 0.95, 0.9, 0.85, 0.9], "b": [0.8, 0.8, 0.85, 0.8, 0.75]}, "probe_acc")
+    assert (rec["candidate"], rec["runner_up"], rec["score"]) == ("a", None, "probe_acc")
+    assert rec["reason"].startswith("probe acc 0.9000, ahead of b by 0.1000")
+    # the same accuracy on every fold: no spread, yet no evidence either; both are named
+    tie = [{"candidate": "a", "probe_acc": 0.9}, {"candidate": "b", "probe_acc": 0.9}]
+    rec = recommend(tie, {"a": [0.9] * 5, "b": [0.9] * 5}, "probe_acc")
+    assert (rec["candidate"], rec["runner_up"], rec["gap"], rec["gap_se"]) == ("a", "b", 0.0, 0.0)
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ NOISE_SE = 2.0  # a gap under this many standard errors is within noise
 TRAIN_STEP_FORWARDS = 3.0
 EXAMPLE = "e.g. backbones=[lite0_offline,lite0_offline@none,test_resnet]"
 SORTABLE = tuple(SCORE_NAMES)  # sort_by: one of these, or auto
-FOLD_SCORES = ("logme", "hscore", "leep", "nce")  # the scores with a noise estimate over folds of train
+FOLD_SCORES = ("logme", "hscore", "probe_acc", "leep", "nce")  # each has a noise estimate over folds of train
 
 
 @dataclass
@@ -210,7 +210,8 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
     )
     # only the folds of the score(s) that may sort: auto resolves to LEEP or LogME once every candidate is scored
     wanted = ("leep", "logme") if cfg.sort_by == "auto" else (str(cfg.sort_by),)
-    return row, data, fold_scores(ftr, ytr, probs, cfg.seed, cfg.hscore_shrinkage, keys=wanted)
+    probe = {"c": cfg.probe_c, "max_iter": cfg.probe_max_iter}
+    return row, data, fold_scores(ftr, ytr, probs, cfg.seed, cfg.hscore_shrinkage, keys=wanted, probe=probe)
 
 
 def source_probs(head: torch.nn.Linear | None, features: np.ndarray) -> np.ndarray | None:
@@ -251,11 +252,13 @@ def fold_scores(
     shrinkage="auto",
     folds: int = FOLDS,
     keys=FOLD_SCORES,
+    probe: dict[str, Any] | None = None,
 ) -> dict[str, list[float]]:
-    """Each score of `keys` (of LogME, H-score, and LEEP and NCE with source probabilities) on each
-    of `folds` disjoint stratified folds of train: the same folds for every candidate (they see the
-    same examples in the same order), so the top two candidates' gap can be paired fold by fold.
-    The probe has none (it scores on val). {} when a fold would be too small."""
+    """Each score of `keys` (of LogME, H-score, the probe, and LEEP and NCE with source probabilities)
+    on each of `folds` disjoint stratified folds of train: the same folds for every candidate (they see
+    the same examples in the same order), so the top two candidates' gap can be paired fold by fold.
+    The probe's is cross-validated: fit on the other folds (`probe`: its c and max_iter), scored on
+    this one; none where a class would be missing from the other folds. {} when a fold would be too small."""
     if len(labels) < 4 * folds:
         return {}
     fold_of = fold_ids(labels, len(labels), folds, seed)  # the folds k-fold cross-validation deals
@@ -265,6 +268,12 @@ def fold_scores(
     out = {k: [fn(features[m], labels[m]) for m in parts] for k, fn in on_features.items() if k in keys}
     if probs is not None:
         out |= {k: [fn(probs[m], labels[m]) for m in parts] for k, fn in on_probs.items() if k in keys}
+    classes = set(labels.tolist())
+    if "probe_acc" in keys and all(set(labels[~m].tolist()) == classes for m in parts):
+        fit = {**(probe or {})}
+        out["probe_acc"] = [
+            T.linear_probe_accuracy(features[~m], labels[~m], features[m], labels[m], **fit) for m in parts
+        ]
     return out
 
 
@@ -280,12 +289,11 @@ def recommend(rows: list[dict[str, Any]], folds: dict[str, list[float]], key: st
     a, b = folds.get(best["candidate"], []), folds.get(second["candidate"], [])
     if not a or not b:
         why = f"too few train examples for {FOLDS} folds"
-        why = "it is scored on val, not on folds of train" if key == "probe_acc" else why
         return {**out, "gap": gap, "reason": f"highest {name}; {why}, so the gap's noise is not known"}
     diffs = np.asarray(a) - np.asarray(b)
     se = float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
     out.update(gap=gap, gap_se=se, folds=len(diffs))
-    if gap < NOISE_SE * se:
+    if gap <= NOISE_SE * se:  # a tie, even on every fold, is within noise
         out["runner_up"] = second["candidate"]
         out["reason"] = (
             f"{name} {best[key]:.4f} against {second[key]:.4f}: a gap of {gap:.4f} is under "
