@@ -13,7 +13,7 @@ For each set (../shared/data, as bench/suite.py reads them) and seed:
    bench/results/rank_suite_fits.csv. The suite's own backbone is its `defaults` variant, whose rows are
    read from bench/results/suite.csv (--reuse) when that file has them, and run otherwise.
 3. Per set: Kendall's tau (tau-b) between each score (mean over seeds) and the fine-tuned test accuracy
-   (mean over seeds), whether the candidate `tlcli rank` ranks first by default (sort_by=auto: LEEP, or LogME
+   (mean over seeds), whether the candidate `tlcli rank` ranks first by default (sort_by=auto: LEEP, or the probe
    where a candidate has no source classifier) fine-tunes within 1 point of the best
    one, and the time the rank took against fine-tuning every candidate; bench/results/rank_suite.md/.csv.
    LEEP and NCE need the candidate's source classifier (the ImageNet head): a candidate without one
@@ -178,8 +178,8 @@ def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict
 
 def auto_score(cands: list[dict]) -> str:
     """The score `tlcli rank`'s default (sort_by=auto) sorts by: LEEP when every candidate has a source
-    classifier, else LogME."""
-    return "leep" if all(c["leep"] is not None for c in cands) else "logme"
+    classifier, else the probe."""
+    return "leep" if all(c["leep"] is not None for c in cands) else "probe_acc"
 
 
 def write_tables(summaries: list[dict], command: str) -> str:
@@ -196,7 +196,7 @@ def write_tables(summaries: list[dict], command: str) -> str:
         "A candidate without a source classifier (a text encoder) has no LEEP or NCE (n/a): their tau is over the "
         "candidates that have them (the cell says how many when not all do; n/a when fewer than two do). "
         "**auto sorts by**: the score `tlcli rank` sorts and recommends by with its default `sort_by=auto` (LEEP "
-        "when every candidate has a source classifier, else LogME); **top-1 ok**: the candidate it ranks first "
+        "when every candidate has a source classifier, else the probe); **top-1 ok**: the candidate it ranks first "
         f"fine-tunes within {WITHIN * 100:.0f} point of the best. "
         "Random-init candidates (`@none`) are controls: a score that cannot tell them from pretrained weights fails. "
         "The fits of each set's default backbone are the `defaults` rows of bench/results/suite.csv (the real-data "

@@ -122,8 +122,13 @@ def test_leep_and_nce_come_from_the_candidates_own_head_and_are_none_without_one
     out = capsys.readouterr().out
     assert "n/a" in out and "LEEP" in out and "NCE" in out
     assert len(result["candidates"]) == 2
-    # sort_by=auto: one candidate has no LEEP, so the table is sorted by LogME
-    assert json.loads((run_dir / "rank.json").read_text())["sorted_by"] == "logme"
+    # sort_by=auto: one candidate has no LEEP, so the table is sorted by the probe, whose noise is cross-validated
+    saved = json.loads((run_dir / "rank.json").read_text())
+    assert saved["sorted_by"] == "probe_acc" and saved["recommendation"]["score"] == "probe_acc"
+    assert saved["recommendation"]["folds"] == 5
+    assert [r["probe_acc"] for r in saved["candidates"]] == sorted(
+        (r["probe_acc"] for r in rows.values()), reverse=True
+    )
 
 
 def test_sort_by_logme_sorts_and_recommends_by_logme_with_its_own_fold_noise(tmp_path, capsys):
@@ -148,7 +153,7 @@ def test_sort_by_auto_takes_leep_only_when_every_candidate_has_it():
     assert sort_key("auto", rows) == "leep"
     assert sort_key("logme", rows) == "logme"
     rows.append({"candidate": "minilm_offline", "logme": 0.3, "leep": None})
-    assert sort_key("auto", rows) == "logme"
+    assert sort_key("auto", rows) == "probe_acc"
     with pytest.raises(ConfigError) as exc:
         sort_key("leep", rows)
     assert exc.value.problems == [

@@ -153,7 +153,7 @@ def test_a_candidate_without_leep_is_left_out_of_its_tau_and_the_table_says_so()
     accs = {"lite0_offline": 0.85, "lite1_offline": 0.90, "lite2_offline": 0.895, "lite0_offline@none": 0.40}
     leeps = {"lite0_offline": None, "lite1_offline": -1.0, "lite2_offline": -1.5, "lite0_offline@none": -3.0}
     ranks = [
-        ranked("flowers5", 0, c, logme=acc, leep=leeps[c], nce=None if leeps[c] is None else leeps[c] / 2)
+        ranked("flowers5", 0, c, logme=acc, probe=acc, leep=leeps[c], nce=None if leeps[c] is None else leeps[c] / 2)
         for c, acc in accs.items()
     ]
     out = rank_suite.set_summary("flowers5", ranks, fits_for("flowers5", accs), [0])
@@ -165,13 +165,13 @@ def test_a_candidate_without_leep_is_left_out_of_its_tau_and_the_table_says_so()
     assert out["tau"]["logme"] == pytest.approx(1.0)  # LogME is the accuracy itself here
     text = rank_suite.write_tables([out], "cmd")
     assert (
-        "| flowers5 | 4 | 1.00 (p 0.08) | nan (p nan) | nan (p nan) | 1.00 (p 0.33, 3 of 4) | 1.00 (p 0.33, 3 of 4) |"
+        "| flowers5 | 4 | 1.00 (p 0.08) | nan (p nan) | 1.00 (p 0.08) | 1.00 (p 0.33, 3 of 4) | 1.00 (p 0.33, 3 of 4) |"
         in text
     )
-    assert "| lite0_offline | 0 | 0.8500 | 1.000 | 0.500 | n/a | n/a | 0.850 ± 0.000 | 100 |" in text
-    # one candidate without LEEP: the default sorts by LogME, whose first (lite1) is the best fine-tune
-    assert out["auto"] == "logme" and out["top"] == "lite1_offline" and out["top_ok"]
-    assert "| LogME | lite1_offline | 0.0 pt | yes |" in text
+    assert "| lite0_offline | 0 | 0.8500 | 1.000 | 0.850 | n/a | n/a | 0.850 ± 0.000 | 100 |" in text
+    # one candidate without LEEP: the default sorts by the probe, whose first (lite1) is the best fine-tune
+    assert out["auto"] == "probe_acc" and out["top"] == "lite1_offline" and out["top_ok"]
+    assert "| probe acc (val) | lite1_offline | 0.0 pt | yes |" in text
 
 
 def test_a_set_where_no_candidate_has_leep_reports_no_tau_for_it():
@@ -188,7 +188,12 @@ def test_a_set_where_no_candidate_has_leep_reports_no_tau_for_it():
         [0],
     )
     text = rank_suite.write_tables([text_set, image_set], "cmd")
-    assert "| ag_news | 2 | 1.00 (p 1.00) | nan (p nan) | nan (p nan) | n/a | n/a | LogME | minilm_offline |" in text
+    # no LEEP there: the default sorts by the probe, which ties here, so the worse of the two counts
+    tied = "minilm_offline/minilm_offline@none"
+    assert (
+        "| ag_news | 2 | 1.00 (p 1.00) | nan (p nan) | nan (p nan) | n/a | n/a | "
+        f"probe acc (val) | {tied} | 40.0 pt | no |" in text
+    )
     # the mean tau of LEEP is over the one set that has it, and says so
     assert "| **mean** | | **1.00** | **nan** | **nan** | **1.00** (1 of 2 sets) | **1.00** (1 of 2 sets) |" in text
     # no LEEP on the text set: its first pick is n/a there, and the count is over the image set; H-score and

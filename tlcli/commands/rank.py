@@ -6,7 +6,7 @@ transforms (augmentation off), extract pooled features of the train and val spli
 candidate keeps its source classifier (an ImageNet head: timm models, random init included), with
 LEEP and NCE on that head's predictions for train (tlcli.reporting.transferability; None elsewhere,
 e.g. a text encoder). The table is sorted by `sort_by` (auto: LEEP when every candidate has it,
-else LogME); rank.json and rank.csv go to the run dir, with a recommendation: the top candidate,
+else the linear probe); rank.json and rank.csv go to the run dir, with a recommendation: the top candidate,
 and the runner-up too when their gap in that score is within noise (the paired gap over disjoint
 folds of train is under two standard errors).
 
@@ -134,9 +134,11 @@ def check_sort_by(choice) -> None:
 
 
 def sort_key(choice: str, rows: list[dict[str, Any]]) -> str:
-    """The score the table is sorted by: `choice`, or for auto LEEP when every candidate has it, else LogME."""
+    """The score the table is sorted by: `choice`, or for auto LEEP when every candidate has it, else the
+    probe's accuracy (of the scores every candidate has, the one that agreed best with fine-tuning on the
+    real suite: README, bench/results/rank_suite.md)."""
     if choice == "auto":
-        return "leep" if all(r.get("leep") is not None for r in rows) else "logme"
+        return "leep" if all(r.get("leep") is not None for r in rows) else "probe_acc"
     missing = [r["candidate"] for r in rows if r.get(choice) is None]
     if missing:
         raise ConfigError(
@@ -208,8 +210,8 @@ def score(candidate: Candidate, cfg: DictConfig) -> tuple[dict[str, Any], dict[s
         score_text(row["leep"], 4),
         score_text(row["nce"], 4),
     )
-    # only the folds of the score(s) that may sort: auto resolves to LEEP or LogME once every candidate is scored
-    wanted = ("leep", "logme") if cfg.sort_by == "auto" else (str(cfg.sort_by),)
+    # only the folds of the score(s) that may sort: auto resolves to LEEP or the probe once every candidate is scored
+    wanted = ("leep", "probe_acc") if cfg.sort_by == "auto" else (str(cfg.sort_by),)
     probe = {"c": cfg.probe_c, "max_iter": cfg.probe_max_iter}
     return row, data, fold_scores(ftr, ytr, probs, cfg.seed, cfg.hscore_shrinkage, keys=wanted, probe=probe)
 
