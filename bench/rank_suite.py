@@ -168,18 +168,14 @@ def set_summary(set_name: str, ranks: list[dict], fits: dict[str, dict[int, dict
         out["first"][k] = {"candidate": "/".join(c["candidate"] for c in tied), "gap": gap} if tied else None
         if tied:
             out["first"][k]["ok"] = gap <= WITHIN + 1e-9
-    out["auto"] = auto_score(cands)  # the tool's default order picks the one it recommends
+    from tlcli.commands.rank import sort_key  # the rule `tlcli rank` itself applies, not a copy of it
+
+    out["auto"] = sort_key("auto", cands)  # the score the tool's default sorts and recommends by
     top = out["first"][out["auto"]]
     out["top"], out["top_gap"], out["top_ok"] = top["candidate"], top["gap"], top["ok"]
     out["rank_s"] = statistics.mean(c["rank_s"] for c in cands)  # one rank run scores every candidate
     out["fit_all_s"] = sum(c["fit_s"] for c in cands)
     return out
-
-
-def auto_score(cands: list[dict]) -> str:
-    """The score `tlcli rank`'s default (sort_by=auto) sorts by: LEEP when every candidate has a source
-    classifier, else the probe."""
-    return "leep" if all(c["leep"] is not None for c in cands) else "probe_acc"
 
 
 def write_tables(summaries: list[dict], command: str) -> str:

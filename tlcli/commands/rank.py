@@ -270,11 +270,10 @@ def fold_scores(
     out = {k: [fn(features[m], labels[m]) for m in parts] for k, fn in on_features.items() if k in keys}
     if probs is not None:
         out |= {k: [fn(probs[m], labels[m]) for m in parts] for k, fn in on_probs.items() if k in keys}
-    classes = set(labels.tolist())
-    if "probe_acc" in keys and all(set(labels[~m].tolist()) == classes for m in parts):
-        fit = {**(probe or {})}
+    # the probe fits on the other folds, which must hold every class
+    if "probe_acc" in keys and all(len(np.unique(labels[~m])) == len(np.unique(labels)) for m in parts):
         out["probe_acc"] = [
-            T.linear_probe_accuracy(features[~m], labels[~m], features[m], labels[m], **fit) for m in parts
+            T.linear_probe_accuracy(features[~m], labels[~m], features[m], labels[m], **(probe or {})) for m in parts
         ]
     return out
 
